@@ -1,0 +1,41 @@
+# A newcomer's two commands: `make demo` and `make test`. Both install everything into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.convrepair-installed
+FIXTURES := fixtures/out
+FIXTURE_STAMP := $(FIXTURES)/.built
+# torch first and pinned: pip would otherwise pull a multi-GB CUDA build (see README).
+TORCH  := torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test install fixtures clean bench
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+fixtures: $(FIXTURE_STAMP)
+
+$(FIXTURE_STAMP): fixtures/build.py $(STAMP)
+	$(BIN)/python fixtures/build.py --out $(FIXTURES)
+	touch $@
+
+demo: $(FIXTURE_STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" bash fixtures/demo.sh $(FIXTURES) demo-out
+
+test: $(FIXTURE_STAMP)
+	CONVREPAIR_FIXTURES=$(abspath $(FIXTURES)) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(FIXTURE_STAMP)
+	$(BIN)/python bench/check_bench.py --fixtures $(FIXTURES)
+
+clean:
+	rm -rf $(FIXTURES) demo-out .pytest_cache

@@ -1,0 +1,3 @@
+from convrepair.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""The command line: one thin function per command; the work happens in the engine modules.
+
+Exit status: 0 ok / equivalent, 1 discrepancy or failed conversion/verification, 2 usage or bad input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from convrepair.errors import EXIT_BAD_INPUT, ConvrepairError
+
+app = typer.Typer(
+    name="convrepair",
+    help="Convert models between frameworks, prove the conversion on real data, localize and repair faults.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # rich tracebacks would print locals, key material included
+    add_completion=False,
+)
+
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+def _parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+@app.command()
+def convert(
+    source: Annotated[Path, typer.Argument(help="Model to convert (.keras, SavedModel dir, .pt2, .pt, .onnx).")],
+    to: Annotated[list[str], typer.Option("--to", help="Target: onnx, torch, onnx-fp16, onnx-int8, tflite, tflite-int8. Repeat for several.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output path (only with a single --to).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option(help="Directory for outputs named after the source (default: beside it).")] = None,
+    opset: Annotated[Optional[int], typer.Option(help="ONNX opset for exporters that write ONNX.")] = None,
+    option: Annotated[list[str], typer.Option("--option", "-O", help="Converter option KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    calibration: Annotated[Optional[Path], typer.Option(help=".npz of inputs for static int8 calibration.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=".npz (x, optional y) to validate each output against the source.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the conversion results as JSON.")] = None,
+) -> None:
+    """Convert SOURCE to one or more targets; multi-hop routes are found automatically."""
+    from convrepair import convert as engine
+    from convrepair.fsutil import write_json_atomic
+    from convrepair.plugins import default_registry
+    from convrepair.report.terminal import render_conversions
+
+    if out is not None and len(to) != 1:
+        raise typer.BadParameter("--out needs exactly one --to")
+    options = _parse_options(option)
+    if opset is not None:
+        options["opset"] = str(opset)
+    registry = default_registry()
+    calib = engine.load_calibration(calibration) if calibration else None
+    results = [engine.convert(registry, source, target, out, options, calib, out_dir=out_dir) for target in to]
+    checks = [engine.validate(registry, result, data) for result in results] if data else None
+    render_conversions(results, checks)
+    if json_out:
+        payload = [r.to_json() | ({"validation": c.to_json()} if checks else {}) for r, c in zip(results, checks or [None] * len(results))]
+        write_json_atomic(json_out, {"schema": "convrepair.convert/v1", "conversions": payload})
+    failed = checks is not None and any(not c.agrees for c in checks)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def plugins(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    deep: Annotated[bool, typer.Option("--deep/--quick", help="Import each framework to prove it works (slower).")] = True,
+) -> None:
+    """List plugins, their formats and converters, and why an unavailable one is unavailable."""
+    import json
+
+    from convrepair.plugins import default_registry
+    from convrepair.report.terminal import plugin_rows, render_plugins
+
+    registry = default_registry()
+    if json_out:
+        print(json.dumps(plugin_rows(registry, deep), indent=2))
+    else:
+        render_plugins(registry, deep)
+
+
+def main() -> None:
+    """Entry point: run the app and turn `ConvrepairError`s into one line and an exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        app(standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except ConvrepairError as exc:
+        if _state["debug"]:
+            raise
+        print(f"convrepair: error: {exc.one_line()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except (typer.BadParameter, typer.Abort) as exc:
+        print(f"convrepair: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:  # click usage errors (typer vendors click) and the unexpected
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(EXIT_BAD_INPUT)
+        if _state["debug"]:
+            raise
+        print(f"convrepair: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

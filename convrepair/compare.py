@@ -1,0 +1,183 @@
+"""Output comparison of two models on the same samples: metrics, label agreement, statistics.
+
+Knows no framework: it sees runners and numpy arrays. Outputs are matched by position (names
+differ across frameworks). Batches are streamed into an accumulator, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convrepair.data import Dataset, batches, feeds_for
+from convrepair.errors import BadInput
+from convrepair.model import Runner
+
+_EPS = 1e-12
+
+
+@dataclass
+class OutputStats:
+    index: int
+    source_name: str
+    target_name: str
+    max_abs: float
+    max_rel: float
+    cosine_min: float
+    sqnr_db: float
+
+
+@dataclass
+class Comparison:
+    """Pooled result of one comparison (one round, or several pooled)."""
+
+    n: int
+    label_agreement: float | None
+    topk_agreement: float | None
+    flips: list[int]
+    outputs: list[OutputStats]
+    source_correct: int | None = None
+    target_correct: int | None = None
+    flip_labels: list[tuple[int, int]] = field(default_factory=list)  # (source label, target label)
+
+    @property
+    def max_abs(self) -> float:
+        return max(o.max_abs for o in self.outputs)
+
+    @property
+    def max_rel(self) -> float:
+        return max(o.max_rel for o in self.outputs)
+
+    @property
+    def cosine_min(self) -> float:
+        return min(o.cosine_min for o in self.outputs)
+
+
+class Accumulator:
+    """Streams batches of paired outputs; `result()` gives the pooled `Comparison`."""
+
+    def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1):
+        self.source_names, self.target_names, self.top_k = source_names, target_names, top_k
+        k = len(source_names)
+        self.n = 0
+        self.max_abs = np.zeros(k)
+        self.max_rel = np.zeros(k)
+        self.cos_min = np.ones(k)
+        self.signal = np.zeros(k)
+        self.noise = np.zeros(k)
+        self.agree = self.topk = 0
+        self.classifier = True
+        self.flips: list[int] = []
+        self.flip_labels: list[tuple[int, int]] = []
+        self.source_correct = self.target_correct = 0
+        self.has_labels = False
+
+    def add(self, source: list[np.ndarray], target: list[np.ndarray], indices: np.ndarray, labels: np.ndarray | None) -> None:
+        for i, (s, t) in enumerate(zip(source, target)):
+            s64, t64 = s.astype(np.float64).reshape(len(s), -1), t.astype(np.float64).reshape(len(t), -1)
+            if s64.shape != t64.shape:
+                raise BadInput(
+                    f"output {i} shapes differ: source {tuple(s.shape)} vs target {tuple(t.shape)}"
+                )
+            diff = np.abs(s64 - t64)
+            self.max_abs[i] = max(self.max_abs[i], float(diff.max(initial=0.0)))
+            scale = np.maximum(np.abs(s64), 1e-6)
+            self.max_rel[i] = max(self.max_rel[i], float((diff / scale).max(initial=0.0)))
+            norms = np.linalg.norm(s64, axis=1) * np.linalg.norm(t64, axis=1)
+            cos = np.where(norms > _EPS, (s64 * t64).sum(axis=1) / np.maximum(norms, _EPS), 1.0 - diff.max(axis=1))
+            self.cos_min[i] = min(self.cos_min[i], float(cos.min(initial=1.0)))
+            self.signal[i] += float((s64**2).sum())
+            self.noise[i] += float((diff**2).sum())
+        first_s, first_t = source[0], target[0]
+        self.classifier = self.classifier and first_s.ndim == 2 and first_s.shape[1] > 1
+        if self.classifier:
+            s_label = first_s.argmax(axis=1)
+            t_label = first_t.argmax(axis=1)
+            same = s_label == t_label
+            self.agree += int(same.sum())
+            k = min(self.top_k, first_t.shape[1])
+            t_topk = np.argpartition(-first_t, k - 1, axis=1)[:, :k]
+            self.topk += int((t_topk == s_label[:, None]).any(axis=1).sum())
+            for j in np.nonzero(~same)[0]:
+                self.flips.append(int(indices[j]))
+                self.flip_labels.append((int(s_label[j]), int(t_label[j])))
+            if labels is not None:
+                self.has_labels = True
+                self.source_correct += int((s_label == labels).sum())
+                self.target_correct += int((t_label == labels).sum())
+        self.n += len(first_s)
+
+    def result(self) -> Comparison:
+        stats = [
+            OutputStats(
+                index=i,
+                source_name=self.source_names[i],
+                target_name=self.target_names[i],
+                max_abs=float(self.max_abs[i]),
+                max_rel=float(self.max_rel[i]),
+                cosine_min=float(self.cos_min[i]),
+                sqnr_db=_sqnr(self.signal[i], self.noise[i]),
+            )
+            for i in range(len(self.source_names))
+        ]
+        n = max(self.n, 1)
+        return Comparison(
+            n=self.n,
+            label_agreement=self.agree / n if self.classifier else None,
+            topk_agreement=self.topk / n if self.classifier else None,
+            flips=sorted(self.flips),
+            outputs=stats,
+            source_correct=self.source_correct if self.has_labels else None,
+            target_correct=self.target_correct if self.has_labels else None,
+            flip_labels=self.flip_labels,
+        )
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    if noise <= _EPS:
+        return float("inf")
+    return float(10.0 * np.log10(max(signal, _EPS) / noise))
+
+
+def check_output_counts(source: Runner, target: Runner, source_outputs: dict, target_outputs: dict) -> None:
+    if len(source_outputs) != len(target_outputs):
+        raise BadInput(
+            f"output counts differ: source has {len(source_outputs)} ({list(source_outputs)}), "
+            f"target has {len(target_outputs)} ({list(target_outputs)})"
+        )
+
+
+def compare_on(
+    source: Runner,
+    target: Runner,
+    dataset: Dataset,
+    indices: np.ndarray,
+    top_k: int = 1,
+    batch_size: int = 256,
+    accumulator: Accumulator | None = None,
+) -> Comparison:
+    """Run both models on `dataset[indices]` batch by batch and compare their outputs."""
+    subset = dataset.take(indices)
+    acc = accumulator
+    for start, stop in batches(len(subset), batch_size):
+        s_out = source.run(feeds_for(source.inputs, subset, start, stop))
+        t_out = target.run(feeds_for(target.inputs, subset, start, stop))
+        check_output_counts(source, target, s_out, t_out)
+        if acc is None:
+            acc = Accumulator(list(s_out), list(t_out), top_k)
+        labels = subset.labels[start:stop] if subset.labels is not None else None
+        acc.add(list(s_out.values()), list(t_out.values()), indices[start:stop], labels)
+    assert acc is not None
+    return acc.result()
+
+
+def clopper_pearson_upper(failures: int, n: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound on a failure rate after `failures` in `n` trials."""
+    if n == 0:
+        return 1.0
+    if failures >= n:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, failures + 1, n - failures))

@@ -1,0 +1,240 @@
+"""`convrepair convert`: find a path over the converter graph, run it, write output and sidecar."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from convrepair.errors import BadInput, ConversionFailed, ConvrepairError
+from convrepair.fsutil import atomic_output, combined_digest, file_digests
+from convrepair.model import ModelRef, model_ref
+from convrepair.plugins import ConvertRequest, ConverterSpec, PluginRegistry
+from convrepair.sidecar import ConversionStep, Sidecar, read_sidecar, sidecar_path, write_sidecar
+
+
+@dataclass
+class ConversionResult:
+    source: ModelRef
+    output: ModelRef
+    target: str
+    route: list[str]
+    steps: list[ConversionStep]
+    seconds: float
+    sidecar: Path
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": "convrepair.convert/v1",
+            "source": self.source.to_json(),
+            "output": self.output.to_json(),
+            "target": self.target,
+            "route": self.route,
+            "seconds": round(self.seconds, 3),
+            "sidecar": str(self.sidecar),
+            "sizes": self.sizes,
+            "steps": [step.__dict__ for step in self.steps],
+        }
+
+
+def plan_route(registry: PluginRegistry, source_format: str, target: str) -> list[ConverterSpec]:
+    """Shortest chain of available converters from `source_format` to `target` (breadth first).
+
+    Intermediate hops only use lossless format conversions: a path never quantizes on the way.
+    """
+    usable = [
+        conv
+        for conv in registry.converters.values()
+        if registry.plugin(conv.plugin).unavailable_reason() is None
+    ]
+    if target not in {conv.target for conv in registry.converters.values()}:
+        raise BadInput(f"unknown conversion target '{target}'; known: {', '.join(registry.targets())}")
+    queue: deque[tuple[str, list[ConverterSpec]]] = deque([(source_format, [])])
+    seen = {source_format}
+    while queue:
+        fmt, route = queue.popleft()
+        for conv in sorted(usable, key=lambda c: c.name):
+            if fmt not in conv.sources:
+                continue
+            if conv.target == target:
+                return [*route, conv]
+            if conv.lossy or conv.output_format in seen:
+                continue
+            seen.add(conv.output_format)
+            queue.append((conv.output_format, [*route, conv]))
+    raise BadInput(f"no available converter path from '{source_format}' to '{target}' (see `convrepair plugins`)")
+
+
+def default_output(registry: PluginRegistry, source: Path, route: list[ConverterSpec]) -> Path:
+    last = route[-1]
+    suffix = registry.formats[last.output_format].suffix
+    stem = source.name.split(".")[0]
+    tag = f".{last.target}" if last.lossy else ""
+    out = source.with_name(f"{stem}{tag}{suffix}")
+    if out.resolve() == source.resolve():
+        out = source.with_name(f"{stem}.converted{suffix}")
+    return out
+
+
+def convert(
+    registry: PluginRegistry,
+    source_path: Path,
+    target: str,
+    out: Path | None = None,
+    options: dict[str, Any] | None = None,
+    calibration: dict | None = None,
+    out_dir: Path | None = None,
+) -> ConversionResult:
+    source = model_ref(source_path, registry)
+    source_sidecar = read_sidecar(source.path) or Sidecar()
+    route = plan_route(registry, source.format, target)
+    chosen_by_user = out is not None
+    out = Path(out) if chosen_by_user else default_output(registry, source.path, route)
+    if out_dir is not None and not chosen_by_user:
+        out = Path(out_dir) / out.name
+    if out.resolve() == source.path.resolve():
+        raise BadInput("output path is the source model itself; choose another --out", out)
+    options = dict(options or {})
+    if not source_sidecar.input_layout:
+        with registry.load(source, source_sidecar, device="cpu") as runner:
+            source_sidecar.input_layout = [spec.layout for spec in runner.inputs]
+
+    started = time.perf_counter()
+    steps: list[ConversionStep] = []
+    work = Path(tempfile.mkdtemp(prefix="convrepair-convert-"))
+    try:
+        current, current_sidecar = source, source_sidecar
+        for index, conv in enumerate(route):
+            fmt = registry.formats[conv.output_format]
+            step_out = work / f"step{index}" / f"model{fmt.suffix}"
+            step_out.parent.mkdir(parents=True)
+            request = ConvertRequest(current, step_out, options, current_sidecar, calibration)
+            t0 = time.perf_counter()
+            try:
+                notes = conv.convert(request)
+            except ConvrepairError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a converter's failure becomes a clear error
+                detail = " ".join(str(exc).split())[:300]
+                raise ConversionFailed(
+                    f"converter '{conv.name}' ({current.format} -> {conv.target}) failed: "
+                    f"{type(exc).__name__}: {detail}",
+                    current.path,
+                ) from exc
+            written = notes.output or step_out
+            step = ConversionStep(
+                converter=conv.name,
+                tool=notes.tool,
+                tool_versions=notes.tool_versions,
+                options={k: v for k, v in options.items()},
+                source_format=current.format,
+                output_format=notes.output_format,
+                seconds=round(time.perf_counter() - t0, 3),
+                details=notes.details,
+            )
+            steps.append(step)
+            current = model_ref(written, registry, fmt=notes.output_format)
+            current_sidecar = Sidecar(
+                source=source.to_json(),
+                steps=[*source_sidecar.steps, *steps],
+                input_layout=notes.input_layout or list(current_sidecar.input_layout),
+                preprocessing=current_sidecar.preprocessing,
+                precision=notes.precision or current_sidecar.precision,
+                labels=current_sidecar.labels,
+            )
+        if not chosen_by_user and current.format != route[-1].output_format:
+            out = out.with_suffix(registry.formats[current.format].suffix)  # converter fell back
+        with atomic_output(out) as tmp:
+            _move(current.path, tmp)
+        output = ModelRef(out, current.format, combined_digest(file_digests(out)), file_digests(out))
+        current_sidecar.output = output.to_json()
+        if source_sidecar.source:  # a converted model converted again keeps the original source
+            current_sidecar.source = source_sidecar.source
+        side = write_sidecar(out, current_sidecar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    return ConversionResult(
+        source=source,
+        output=output,
+        target=target,
+        route=[conv.name for conv in route],
+        steps=steps,
+        seconds=time.perf_counter() - started,
+        sidecar=side,
+        sizes={"source": _size(source.path), "output": _size(out)},
+    )
+
+
+@dataclass
+class Validation:
+    """How a converted model compares with its source on sample data."""
+
+    data: str
+    n: int
+    label_agreement: float | None
+    max_abs: float
+    flips: int
+    source_accuracy: float | None
+    target_accuracy: float | None
+
+    @property
+    def agrees(self) -> bool:
+        return self.label_agreement is None or self.label_agreement >= 1.0 or self.flips == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__ | {"agrees": self.agrees}
+
+
+def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int = 256) -> Validation:
+    """Run source and output on every sample of `data` and compare them."""
+    import numpy as np
+
+    from convrepair.compare import compare_on
+    from convrepair.data import load_npz
+
+    source_sidecar = read_sidecar(result.source.path)
+    with registry.load(result.source, source_sidecar, device="auto") as source, registry.load(
+        result.output, read_sidecar(result.output.path), device="auto"
+    ) as target:
+        dataset = load_npz(data, source.inputs)
+        comparison = compare_on(source, target, dataset, np.arange(len(dataset)), batch_size=batch_size)
+    n = comparison.n
+    return Validation(
+        data=str(data),
+        n=n,
+        label_agreement=comparison.label_agreement,
+        max_abs=comparison.max_abs,
+        flips=len(comparison.flips),
+        source_accuracy=comparison.source_correct / n if comparison.source_correct is not None else None,
+        target_accuracy=comparison.target_correct / n if comparison.target_correct is not None else None,
+    )
+
+
+def load_calibration(path: Path) -> dict:
+    """Calibration inputs: every array of an .npz except labels (`y`)."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files if key != "y"}
+    except (OSError, ValueError) as exc:
+        raise BadInput(f"is not a readable .npz calibration file: {exc}", path) from None
+
+
+def _move(src: Path, dst: Path) -> None:
+    shutil.move(str(src), str(dst))
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+__all__ = ["ConversionResult", "convert", "plan_route", "default_output", "sidecar_path"]

@@ -1,0 +1,1 @@
+"""Built-in convrepair plugins. Each subpackage registers through the `convrepair.plugins` entry points."""

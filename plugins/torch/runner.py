@@ -1,0 +1,109 @@
+"""Recognise PyTorch archives by their zip members and run them (CUDA when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convrepair.model import Runner, TensorSpec, conform_feeds, guess_layout, zip_members
+from convrepair.plugins import LoadRequest
+from convrepair_plugins.torch import PLUGIN
+from convrepair_plugins.torch.safe_load import load_exported_program, load_torchscript
+
+
+def is_pt2(path: Path) -> bool:
+    return path.is_file() and any(m.endswith("/archive_format") for m in zip_members(path))
+
+
+def is_torchscript(path: Path) -> bool:
+    members = zip_members(path) if path.is_file() else []
+    return any("/code/" in m for m in members) and any(m.endswith("data.pkl") or m.endswith("constants.pkl") for m in members)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested in ("auto", "cuda") and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+class TorchRunner(Runner):
+    """Runs a torch callable; inputs are passed positionally in the declared order."""
+
+    def __init__(self, path: Path, module, inputs: list[TensorSpec], device: str):
+        import torch
+
+        self.path = path
+        self.device = device
+        self.module = module.to(device) if hasattr(module, "to") else module
+        self.inputs = inputs
+        self.outputs: list[TensorSpec] = []
+        self._torch = torch
+
+    @property
+    def torch_module(self):
+        """The live module, for stages that need gradients or hooks (localization, lenses)."""
+        return self.module
+
+    def run(self, feeds):
+        torch = self._torch
+        feeds = conform_feeds(self.inputs, feeds, self.path)
+        args = [torch.from_numpy(feeds[spec.name]).to(self.device) for spec in self.inputs]
+        with torch.no_grad():
+            result = self.module(*args)
+        values = _flatten(result)
+        if not self.outputs:
+            self.outputs = [
+                TensorSpec(f"output_{i}", (None, *v.shape[1:]), str(v.dtype).replace("torch.", ""))
+                for i, v in enumerate(values)
+            ]
+        return {spec.name: v.detach().cpu().numpy() for spec, v in zip(self.outputs, values)}
+
+
+def _flatten(result) -> list:
+    if isinstance(result, (list, tuple)):
+        return [t for item in result for t in _flatten(item)]
+    if isinstance(result, dict):
+        return [t for item in result.values() for t in _flatten(item)]
+    return [result]
+
+
+def _layouts(request: LoadRequest, shapes: list[tuple]) -> list[str]:
+    declared = request.sidecar.input_layout if request.sidecar else []
+    return [declared[i] if i < len(declared) else guess_layout(shape) for i, shape in enumerate(shapes)]
+
+
+def exported_input_specs(program) -> list[tuple[str, tuple, str]]:
+    """(name, shape with None for symbolic dims, dtype) of an exported program's user inputs."""
+    from torch.export.graph_signature import InputKind
+
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    specs = []
+    for name in user:
+        meta = nodes[name].meta.get("val")
+        shape = tuple(int(d) if str(d).isdigit() else None for d in meta.shape)
+        specs.append((name, shape, str(meta.dtype).replace("torch.", "")))
+    return specs
+
+
+@PLUGIN.format("pt2", description="PyTorch exported program (torch.export, .pt2)", suffix=".pt2", detect=is_pt2)
+def load_pt2(request: LoadRequest) -> Runner:
+    program = load_exported_program(request.ref.path)
+    raw = exported_input_specs(program)
+    layouts = _layouts(request, [shape for _, shape, _ in raw])
+    inputs = [TensorSpec(n, s, d, layouts[i]) for i, (n, s, d) in enumerate(raw)]
+    return TorchRunner(request.ref.path, program.module(), inputs, pick_device(request.device))
+
+
+@PLUGIN.format("torchscript", description="TorchScript archive (torch.jit.save, .pt)", suffix=".pt", detect=is_torchscript)
+def load_torchscript_model(request: LoadRequest) -> Runner:
+    module, declared = load_torchscript(request.ref.path)
+    if declared:
+        raw = [(d["name"], tuple(d["shape"]), d.get("dtype", "float32")) for d in declared]
+    else:
+        names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
+        raw = [(name, (), "float32") for name in names]  # shapes unknown: not checked
+    layouts = _layouts(request, [shape for _, shape, _ in raw])
+    inputs = [TensorSpec(n, s, d, layouts[i]) for i, (n, s, d) in enumerate(raw)]
+    return TorchRunner(request.ref.path, module, inputs, pick_device(request.device))

@@ -1,0 +1,64 @@
+"""Shared test fixtures: the built fixture models and a helper that runs the real CLI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(tmp_path_factory) -> Path:
+    """Built fixtures: `make test` builds them once and passes CONVREPAIR_FIXTURES; else build here."""
+    given = os.environ.get("CONVREPAIR_FIXTURES")
+    if given and (Path(given) / "keras_cnn.keras").exists():
+        return Path(given)
+    out = tmp_path_factory.mktemp("fixtures")
+    subprocess.run([sys.executable, str(ROOT / "fixtures" / "build.py"), "--out", str(out)], check=True)
+    return out
+
+
+@pytest.fixture
+def work(tmp_path, fixtures_dir) -> Path:
+    """A scratch copy of the fixtures, so a test may write beside them."""
+    for item in fixtures_dir.iterdir():
+        if item.name.startswith("."):
+            continue
+        if item.is_dir():
+            shutil.copytree(item, tmp_path / item.name)
+        else:
+            shutil.copy2(item, tmp_path / item.name)
+    return tmp_path
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> CliResult:
+    """Run the installed CLI as a user would: a real subprocess."""
+    env = dict(os.environ, COLUMNS="200")
+    proc = subprocess.run(
+        [sys.executable, "-m", "convrepair", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
