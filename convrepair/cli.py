@@ -78,6 +78,39 @@ def convert(
 
 
 @app.command()
+def check(
+    source: Annotated[Path, typer.Argument(help="The source model (the reference behaviour).")],
+    target: Annotated[Path, typer.Argument(help="The converted model to prove.")],
+    data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y; default: uniform inputs.")] = None,
+    rounds: Annotated[int, typer.Option(help="Sampling rounds.")] = 5,
+    samples: Annotated[int, typer.Option(help="Distinct samples per round.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of the sampling rounds.")] = 0,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance (default by the target's precision).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="k of the top-k agreement.")] = 1,
+    localize: Annotated[Optional[bool], typer.Option("--localize/--no-localize", help="Layer-wise localization (default: when discrepant).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.check/v1).")] = None,
+) -> None:
+    """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
+
+    Exit 0 equivalent, 1 discrepant, 2 bad input.
+    """
+    from convrepair.check import CheckConfig, run_check
+    from convrepair.fsutil import write_json_atomic
+    from convrepair.plugins import default_registry
+    from convrepair.report.terminal import render_check, round_progress
+
+    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize)
+    with round_progress(rounds) as advance:
+        report = run_check(default_registry(), source, target, config, on_round=advance)
+    payload = report.to_json()
+    if json_out:
+        write_json_atomic(json_out, payload)
+    render_check(payload)
+    raise typer.Exit(1 if report.discrepant else 0)
+
+
+@app.command()
 def plugins(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     deep: Annotated[bool, typer.Option("--deep/--quick", help="Import each framework to prove it works (slower).")] = True,
@@ -99,7 +132,8 @@ def main() -> None:
     """Entry point: run the app and turn `ConvrepairError`s into one line and an exit status."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)  # click returns, not raises, a command's Exit code here
+        sys.exit(status if isinstance(status, int) else 0)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except ConvrepairError as exc:

@@ -26,6 +26,23 @@ class OutputStats:
     max_rel: float
     cosine_min: float
     sqnr_db: float
+    violations: int = 0  # elements outside atol + rtol * |source|
+    elements: int = 0
+    signal_energy: float = 0.0
+    noise_energy: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "index": self.index,
+            "source_name": self.source_name,
+            "target_name": self.target_name,
+            "max_abs": self.max_abs,
+            "max_rel": self.max_rel,
+            "cosine_min": self.cosine_min,
+            "sqnr_db": self.sqnr_db if np.isfinite(self.sqnr_db) else None,
+            "violations": self.violations,
+            "elements": self.elements,
+        }
 
 
 @dataclass
@@ -57,9 +74,12 @@ class Comparison:
 class Accumulator:
     """Streams batches of paired outputs; `result()` gives the pooled `Comparison`."""
 
-    def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1):
+    def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1, atol: float = np.inf, rtol: float = 0.0):
         self.source_names, self.target_names, self.top_k = source_names, target_names, top_k
+        self.atol, self.rtol = atol, rtol
         k = len(source_names)
+        self.violations = np.zeros(k, dtype=np.int64)
+        self.elements = np.zeros(k, dtype=np.int64)
         self.n = 0
         self.max_abs = np.zeros(k)
         self.max_rel = np.zeros(k)
@@ -89,6 +109,8 @@ class Accumulator:
             self.cos_min[i] = min(self.cos_min[i], float(cos.min(initial=1.0)))
             self.signal[i] += float((s64**2).sum())
             self.noise[i] += float((diff**2).sum())
+            self.violations[i] += int((diff > self.atol + self.rtol * np.abs(s64)).sum())
+            self.elements[i] += diff.size
         first_s, first_t = source[0], target[0]
         self.classifier = self.classifier and first_s.ndim == 2 and first_s.shape[1] > 1
         if self.classifier:
@@ -118,6 +140,10 @@ class Accumulator:
                 max_rel=float(self.max_rel[i]),
                 cosine_min=float(self.cos_min[i]),
                 sqnr_db=_sqnr(self.signal[i], self.noise[i]),
+                violations=int(self.violations[i]),
+                elements=int(self.elements[i]),
+                signal_energy=float(self.signal[i]),
+                noise_energy=float(self.noise[i]),
             )
             for i in range(len(self.source_names))
         ]
@@ -155,21 +181,62 @@ def compare_on(
     indices: np.ndarray,
     top_k: int = 1,
     batch_size: int = 256,
-    accumulator: Accumulator | None = None,
+    atol: float = np.inf,
+    rtol: float = 0.0,
 ) -> Comparison:
     """Run both models on `dataset[indices]` batch by batch and compare their outputs."""
     subset = dataset.take(indices)
-    acc = accumulator
+    acc = None
     for start, stop in batches(len(subset), batch_size):
         s_out = source.run(feeds_for(source.inputs, subset, start, stop))
         t_out = target.run(feeds_for(target.inputs, subset, start, stop))
         check_output_counts(source, target, s_out, t_out)
         if acc is None:
-            acc = Accumulator(list(s_out), list(t_out), top_k)
+            acc = Accumulator(list(s_out), list(t_out), top_k, atol, rtol)
         labels = subset.labels[start:stop] if subset.labels is not None else None
         acc.add(list(s_out.values()), list(t_out.values()), indices[start:stop], labels)
     assert acc is not None
     return acc.result()
+
+
+def pool(parts: list[Comparison]) -> Comparison:
+    """Pool per-round comparisons: sums of counts, extremes of errors, energy-weighted SQNR."""
+    n = sum(p.n for p in parts)
+    classifier = all(p.label_agreement is not None for p in parts)
+    outputs = []
+    for i, first in enumerate(parts[0].outputs):
+        column = [p.outputs[i] for p in parts]
+        signal = sum(o.signal_energy for o in column)
+        noise = sum(o.noise_energy for o in column)
+        outputs.append(
+            OutputStats(
+                index=i,
+                source_name=first.source_name,
+                target_name=first.target_name,
+                max_abs=max(o.max_abs for o in column),
+                max_rel=max(o.max_rel for o in column),
+                cosine_min=min(o.cosine_min for o in column),
+                sqnr_db=_sqnr(signal, noise),
+                violations=sum(o.violations for o in column),
+                elements=sum(o.elements for o in column),
+                signal_energy=signal,
+                noise_energy=noise,
+            )
+        )
+    def weighted(attr: str) -> float | None:
+        return sum(getattr(p, attr) * p.n for p in parts) / max(n, 1) if classifier else None
+
+    labelled = all(p.source_correct is not None for p in parts)
+    return Comparison(
+        n=n,
+        label_agreement=weighted("label_agreement"),
+        topk_agreement=weighted("topk_agreement"),
+        flips=sorted({i for p in parts for i in p.flips}),
+        outputs=outputs,
+        source_correct=sum(p.source_correct for p in parts) if labelled else None,
+        target_correct=sum(p.target_correct for p in parts) if labelled else None,
+        flip_labels=[pair for p in parts for pair in p.flip_labels],
+    )
 
 
 def clopper_pearson_upper(failures: int, n: int, confidence: float = 0.95) -> float:

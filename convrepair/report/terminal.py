@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -82,3 +83,82 @@ def render_plugins(registry: PluginRegistry, deep: bool) -> None:
         converters = "\n".join(f"{c['name']}: {'/'.join(c['from'])} → {c['to']}" for c in row["converters"])
         table.add_row(row["plugin"], status, ", ".join(row["formats"]), converters)
     console.print(table)
+
+
+@contextlib.contextmanager
+def round_progress(total: int):
+    """A transient progress bar over sampling rounds (on stderr, so stdout stays the report)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    err = Console(stderr=True)
+    with Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("rounds", total=total)
+        yield lambda done, _total: progress.update(task, completed=done)
+
+
+def _fmt(value: float | None, spec: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def render_check(report: dict[str, Any]) -> None:
+    """The check report for a person: verdict, rounds, outputs, and where and why it diverges."""
+    verdict = report["verdict"]
+    colour = "green" if verdict == "equivalent" else "red"
+    console.print(
+        f"[bold]{report['source']['path']}[/] ({report['source']['format']}) vs "
+        f"[bold]{report['target']['path']}[/] ({report['target']['format']}): [bold {colour}]{verdict.upper()}[/]"
+    )
+    agreement = report["label_agreement"]
+    if agreement is not None:
+        bound = report["disagreement_upper_bound"]
+        console.print(
+            f"label agreement {agreement:.2%} over {report['samples']} samples in {len(report['rounds'])} rounds; "
+            f"{len(report['flips'])} flip(s); 95% upper bound on the flip rate {bound:.2%}"
+        )
+    if report.get("accuracy"):
+        acc = report["accuracy"]
+        console.print(f"accuracy on labels: source {acc['source']:.2%}, target {acc['target']:.2%}")
+    for reason in report["reasons"]:
+        console.print(f"  [red]•[/] {reason}")
+    rounds = Table(title="rounds", title_justify="left")
+    for column in ("seed", "n", "label agr.", f"top-{report['top_k']} agr.", "max |Δ|", "max rel", "min cosine"):
+        rounds.add_column(column, justify="right")
+    for r in report["rounds"]:
+        rounds.add_row(
+            str(r["seed"]), str(r["n"]), _fmt(r["label_agreement"], ".2%"), _fmt(r["topk_agreement"], ".2%"),
+            _fmt(r["max_abs"]), _fmt(r["max_rel"]), _fmt(r["cosine_min"], ".6f"),
+        )
+    console.print(rounds)
+    outputs = Table(title="outputs", title_justify="left")
+    for column in ("#", "source", "target", "max |Δ|", "SQNR dB", "outside tol."):
+        outputs.add_column(column)
+    for o in report["outputs"]:
+        outputs.add_row(str(o["index"]), o["source_name"], o["target_name"], _fmt(o["max_abs"]), _fmt(o["sqnr_db"], ".1f"), f"{o['violations']}/{o['elements']}")
+    console.print(outputs)
+    loc = report.get("localization")
+    if loc:
+        render_localization(loc)
+
+
+def render_localization(loc: dict[str, Any]) -> None:
+    layers = Table(title="layers (aligned, topological order)", title_justify="left")
+    for column in ("source layer", "target layer", "kind", "rel L2", "max |Δ|", "cosine", "status"):
+        layers.add_column(column)
+    styles = {"ok": "green", "diverged": "bold red", "carried": "yellow", "incomparable": "dim"}
+    for row in loc["layers"]:
+        layers.add_row(
+            row["source_layer"], row["target_layer"], row["kind"], _fmt(row["rel_l2"]), _fmt(row["max_abs"]),
+            _fmt(row["cosine"], ".6f"), f"[{styles.get(row['status'], '')}]{row['status']}[/]",
+        )
+    console.print(layers)
+    fault = loc["fault"]
+    if fault is None:
+        console.print("[green]no aligned layer diverges[/]")
+        return
+    first = loc.get("first_divergent")
+    where = f" at [bold]{first['target_layer']}[/] (source {first['source_layer']})" if first else ""
+    console.print(f"fault: [bold red]{fault['type']}[/]{where}\n  {fault['detail']}")
+    shadow = loc.get("shadow")
+    if shadow and shadow.get("confirmed") is not None:
+        verdict = "diverges in isolation: the fault is here" if shadow["confirmed"] else "agrees in isolation: carried from earlier"
+        console.print(f"  shadow run (target segment fed the source's input): {verdict}")

@@ -1,0 +1,253 @@
+"""Layer-wise fault localization across frameworks.
+
+Both models are brought to a common IR (ONNX), their layers aligned, and the aligned pairs walked
+in topological order on the flipped samples plus as many agreeing ones. The first pair whose
+output diverges while its input still agrees is the candidate; it is confirmed in isolation
+(shadow mode: the target's segment fed the *source's* input), then explained by `faults`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convrepair.data import Dataset, feeds_for
+from convrepair.localize.align import align
+from convrepair.localize.capture import capture, run_segment
+from convrepair.localize.faults import Fault, FaultContext, explain
+from convrepair.localize.graph import GraphView, Layer
+from convrepair.localize.ir import to_onnx_ir
+from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff
+from convrepair.model import ModelRef, TensorSpec
+from convrepair.plugins import PluginRegistry
+from convrepair.sidecar import Sidecar
+
+# rel_l2 above which a layer's output counts as diverged, by the target's precision.
+DIVERGENCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
+MAX_SAMPLES = 64  # flipped samples used, and as many agreeing ones
+CHUNK = 8
+
+
+@dataclass
+class LayerRow:
+    source_layer: str
+    target_layer: str
+    kind: str
+    diff: TensorDiff | None
+    status: str  # "ok" | "diverged" | "carried" | "incomparable"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"source_layer": self.source_layer, "target_layer": self.target_layer, "kind": self.kind, "status": self.status}
+        metrics = self.diff.to_json() if self.diff else {"max_abs": None, "max_rel": None, "cosine": None, "rel_l2": None}
+        return out | metrics
+
+
+@dataclass
+class Localization:
+    first_divergent: dict[str, Any] | None
+    fault: Fault | None  # None: nothing diverges
+    layers: list[LayerRow]
+    ir: dict[str, Any]
+    samples: dict[str, int]
+    shadow: dict[str, Any] | None = None
+    unaligned: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "first_divergent": self.first_divergent,
+            "fault": self.fault.to_json() if self.fault else None,
+            "layers": [row.to_json() for row in self.layers],
+            "shadow": self.shadow,
+            "ir": self.ir,
+            "samples": self.samples,
+            "unaligned": self.unaligned,
+        }
+
+
+def localization_samples(dataset: Dataset, flips: list[int], seed: int) -> tuple[Dataset, dict[str, int]]:
+    rng = np.random.default_rng(seed)
+    flipped = np.asarray(sorted(flips)[:MAX_SAMPLES], dtype=np.int64)
+    others = np.setdiff1d(np.arange(len(dataset)), flipped)
+    count = min(len(others), max(len(flipped), 16), MAX_SAMPLES)
+    agreeing = np.sort(rng.choice(others, size=count, replace=False)) if count else np.array([], dtype=np.int64)
+    chosen = np.concatenate([flipped, agreeing])
+    return dataset.take(chosen), {"flipped": int(len(flipped)), "agreeing": int(len(agreeing))}
+
+
+def _feeds(model, layouts: list[str], dataset: Dataset) -> dict[str, np.ndarray]:
+    import onnx
+
+    initializers = {i.name for i in model.graph.initializer}
+    specs = []
+    for index, value in enumerate(v for v in model.graph.input if v.name not in initializers):
+        elem = value.type.tensor_type.elem_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "float32"
+        layout = layouts[index] if index < len(layouts) else dataset.layouts[index]
+        specs.append(TensorSpec(value.name, (), dtype, layout))
+    feeds = feeds_for(specs, dataset)
+    return {spec.name: feeds[spec.name].astype(spec.dtype) for spec in specs}
+
+
+def localize(
+    registry: PluginRegistry,
+    source_ref: ModelRef,
+    target_ref: ModelRef,
+    source_sidecar: Sidecar | None,
+    target_sidecar: Sidecar | None,
+    dataset: Dataset,
+    flips: list[int],
+    discrepant: bool,
+    seed: int = 0,
+) -> Localization:
+    import onnx
+
+    precision = target_sidecar.precision if target_sidecar else "fp32"
+    threshold = DIVERGENCE.get(precision, DIVERGENCE["fp32"])
+    samples, counts = localization_samples(dataset, flips, seed)
+    workdir = Path(tempfile.mkdtemp(prefix="convrepair-localize-"))
+    try:
+        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, samples, workdir)
+        target_ir = to_onnx_ir(registry, target_ref, target_sidecar, samples, workdir)
+        s_model, t_model = onnx.load(str(source_ir.path)), onnx.load(str(target_ir.path))
+        source_view, target_view = GraphView(s_model), GraphView(t_model)
+        s_feeds = _feeds(s_model, source_ir.layouts or samples.layouts, samples)
+        t_feeds = _feeds(t_model, target_ir.layouts or samples.layouts, samples)
+        alignment = align(source_view.layers(), target_view.layers())
+        _prefer_shared_names(alignment.pairs, target_view)
+        unaligned = {
+            key: [layer.node.name for layer in layers]
+            for key, layers in (("source_only", alignment.source_only), ("target_only", alignment.target_only))
+            if layers
+        }
+        input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds)
+        rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
+        ir_info = {
+            "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
+            "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
+        }
+        if first_index is None and not (input_evidence and not input_evidence.get("agree", True)):
+            fault = None
+            if discrepant and precision != "fp32":
+                fault = Fault("precision", f"the target runs in {precision}; each layer stays within rel_l2 "
+                              f"{threshold} of the source, and the small errors add up at the outputs",
+                              {"precision": precision, "threshold_rel_l2": threshold})
+            elif discrepant:
+                fault = Fault("unknown", "the outputs differ but no aligned layer diverges beyond rel_l2 "
+                              f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
+            return Localization(None, fault, rows, ir_info, counts, None, unaligned)
+        index = first_index if first_index is not None else 0
+        pair = alignment.pairs[index]
+        shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, threshold)
+        rows[index].status = "diverged"
+        context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
+        fault = explain(context)
+        first = {
+            "source_layer": pair[0].node.name,
+            "target_layer": pair[1].node.name,
+            "kind": pair[0].kind,
+            "metric": rows[index].diff.to_json() if rows[index].diff else None,
+        }
+        return Localization(first, fault, rows, ir_info, counts, shadow, unaligned)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _prefer_shared_names(pairs, target_view: GraphView) -> None:
+    """Where the target still has a tensor named like the source's checkpoint, compare that one.
+
+    Quantizers and fp16 converters keep the original names on the float results they rebuild
+    (ConvInteger → Cast → Mul → Add ends in the Conv's old output name), so the shared name is the
+    tensor that means the same thing.
+    """
+    for source_layer, target_layer in pairs:
+        if source_layer.tensor != target_layer.tensor and source_layer.tensor in target_view.producer:
+            target_layer.tensor = source_layer.tensor
+
+
+def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
+    """Compare aligned outputs a chunk at a time; memory holds one chunk of activations."""
+    rows: list[LayerRow] = []
+    first: int | None = None
+    for start in range(0, len(pairs), CHUNK):
+        chunk = pairs[start : start + CHUNK]
+        s_values = capture(s_model, [s.tensor for s, _ in chunk], s_feeds)
+        t_values = capture(t_model, [t.tensor for _, t in chunk], t_feeds)
+        for s_layer, t_layer in chunk:
+            diff = compare_tensors(s_values[s_layer.tensor], t_values[t_layer.tensor])
+            if diff is None:
+                status = "incomparable"
+            elif diff.rel_l2 <= threshold:
+                status = "ok"
+            else:
+                status = "carried" if first is not None else "diverged"
+                if first is None:
+                    first = len(rows)
+            rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
+    return rows, first
+
+
+def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, threshold) -> dict[str, Any] | None:
+    """Feed the target's segment the source's input to it; a fault diverges even so."""
+    if index == 0:
+        return {"confirmed": None, "reason": "first layer: its input is the model input (see the input check)"}
+    s_prev, t_prev = pairs[index - 1]
+    s_layer, t_layer = pairs[index]
+    values = capture(s_model, [s_prev.tensor, s_layer.tensor], s_feeds)
+    t_shape_probe = capture(t_model, [t_prev.tensor], t_feeds)[t_prev.tensor]
+    s_input = values[s_prev.tensor]
+    if s_input.shape != t_shape_probe.shape:
+        moved = compare_tensors(s_input, t_shape_probe)
+        if moved is None or moved.permutation is None:
+            return {"confirmed": None, "reason": "cannot map the source's input onto the target's layout"}
+        s_input = np.transpose(s_input, moved.permutation)
+    isolated = run_segment(t_model, t_prev.tensor, t_layer.tensor, s_input)
+    if isolated is None:
+        return {"confirmed": None, "reason": "the target segment depends on more than its input (not extractable)"}
+    diff = compare_tensors(values[s_layer.tensor], isolated)
+    if diff is None:
+        return {"confirmed": None, "reason": "isolated output not comparable"}
+    return {"confirmed": diff.rel_l2 > threshold, "metric": diff.to_json(),
+            "input_from": s_prev.node.name, "segment": f"{t_prev.node.name} → {t_layer.node.name}"}
+
+
+def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds) -> dict[str, Any]:
+    """Does the first layer see the same input in both? If not: scale/offset, axis order or channel order."""
+    if not pairs:
+        return {}
+    s_first, t_first = pairs[0]
+    s_name, t_name = source_view.float_origin(s_first.node.inputs[0]), target_view.float_origin(t_first.node.inputs[0])
+    s_value = s_feeds[s_name] if s_name in s_feeds else capture(s_model, [s_name], s_feeds)[s_name]
+    t_value = t_feeds[t_name] if t_name in t_feeds else capture(t_model, [t_name], t_feeds)[t_name]
+    s_value, t_value = s_value.astype(np.float32), t_value.astype(np.float32)
+    direct = direct_diff(s_value, t_value) if s_value.shape == t_value.shape else None
+    evidence: dict[str, Any] = {"source_tensor": s_name, "target_tensor": t_name}
+    if direct is not None and direct.rel_l2 <= 1e-4:
+        return evidence | {"agree": True}
+    evidence["agree"] = False
+    if direct is not None:
+        evidence["metric"] = direct.to_json()
+    from convrepair.localize.tensors import layout_permutations
+
+    for perm in layout_permutations(s_value.shape, t_value.shape):
+        if perm == tuple(range(s_value.ndim)):
+            continue
+        moved = direct_diff(np.transpose(s_value, perm), t_value)
+        if moved is not None and moved.rel_l2 <= 1e-4:
+            evidence["permutation"] = list(perm)
+            return evidence
+    if s_value.shape == t_value.shape:
+        if s_value.ndim == 4 and s_value.shape[1] > 1:
+            flipped = direct_diff(s_value[:, ::-1], t_value)
+            if flipped.rel_l2 <= 1e-4:
+                evidence["channel_reversed"] = True
+                return evidence
+        a = np.vstack([s_value.ravel(), np.ones(s_value.size)]).T
+        (scale, offset), *_ = np.linalg.lstsq(a, t_value.ravel(), rcond=None)
+        residual = float(np.linalg.norm(a @ np.array([scale, offset]) - t_value.ravel()) / max(np.linalg.norm(t_value), 1e-12))
+        evidence["affine_fit"] = {"scale": float(scale), "offset": float(offset), "residual": residual}
+    return evidence

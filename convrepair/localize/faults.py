@@ -1,0 +1,312 @@
+"""Fault explanation in FetaFix's order: input pipeline → parameters → hyperparameters → structure → precision.
+
+Each check is one function registered with `@fault_check(order)`; adding a fault class is adding
+one function. A check returns a `Fault` with the numbers that decided it, or None.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from convrepair.localize.graph import PRECISION_OPS, GraphView, Layer, Node
+
+FAULT_TYPES = ("preprocessing", "input_layout", "weights", "biases", "hyperparameter", "graph_structure", "precision", "unknown")
+
+# Attributes that change numerics, compared with a tolerance for floats.
+NUMERIC_ATTRIBUTES = (
+    "pads", "auto_pad", "strides", "dilations", "group", "kernel_shape", "epsilon", "alpha", "beta",
+    "min", "max", "axis", "mode", "coordinate_transformation_mode", "nearest_mode", "count_include_pad",
+    "approximate", "ceil_mode", "transA", "transB",
+)
+
+
+@dataclass
+class Fault:
+    type: str
+    detail: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": self.type, "detail": self.detail, "evidence": _jsonable(self.evidence)}
+
+
+@dataclass
+class FaultContext:
+    source: GraphView
+    target: GraphView
+    pair: tuple[Layer, Layer]
+    input_evidence: dict[str, Any]
+    precision: str
+    unaligned: dict[str, list[str]]
+
+
+_CHECKS: list[tuple[int, str, Callable[[FaultContext], Fault | None]]] = []
+
+
+def fault_check(order: int):
+    def register(check: Callable[[FaultContext], Fault | None]):
+        if any(existing == order for existing, _, _ in _CHECKS):
+            raise ValueError(f"a fault check is already registered at order {order}")
+        _CHECKS.append((order, check.__name__, check))
+        _CHECKS.sort(key=lambda item: item[0])
+        return check
+
+    return register
+
+
+def explain(ctx: FaultContext) -> Fault:
+    for _, _, check in _CHECKS:
+        fault = check(ctx)
+        if fault is not None:
+            return fault
+    return Fault("unknown", "the layer diverges but neither inputs, parameters, attributes nor structure differ")
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def param_tolerance(reference: np.ndarray, precision: str) -> float:
+    scale = float(np.abs(reference).max(initial=0.0))
+    if precision == "int8":
+        return 0.6 * (float(reference.max(initial=0.0) - reference.min(initial=0.0)) / 255.0) + 1e-6
+    if precision == "fp16":
+        return 1e-3 * scale + 1e-6
+    return 1e-4 * scale + 1e-6
+
+
+def match_param(source: np.ndarray, target: np.ndarray) -> tuple[float, tuple[int, ...] | None] | None:
+    """Max |Δ| after the axis order (or reshape) that best lines the two parameters up."""
+    if source.size != target.size:
+        return None
+    if source.shape == target.shape:
+        best = (float(np.abs(source - target).max(initial=0.0)), None)
+    else:
+        best = None
+    if source.ndim == target.ndim and source.ndim <= 4:
+        for perm in itertools.permutations(range(source.ndim)):
+            moved = np.transpose(source, perm)
+            if moved.shape == target.shape:
+                delta = float(np.abs(moved - target).max(initial=0.0))
+                if best is None or delta < best[0]:
+                    best = (delta, perm)
+    if best is None:
+        best = (float(np.abs(source.reshape(-1) - target.reshape(-1)).max(initial=0.0)), None)
+    return best
+
+
+def _pair_nodes(source: list[Node], target: list[Node]) -> list[tuple[Node, Node]]:
+    """Nodes of two segments paired by op type, in order."""
+    by_op: dict[str, list[Node]] = {}
+    for node in source:
+        by_op.setdefault(node.op, []).append(node)
+    pairs = []
+    for node in target:
+        if by_op.get(node.op):
+            pairs.append((by_op[node.op].pop(0), node))
+    return pairs
+
+
+def _role(node: Node, position: int, value: np.ndarray) -> str:
+    if node.op in ("Conv", "ConvTranspose", "Gemm", "ConvInteger", "QLinearConv"):
+        return "biases" if position == 2 else "weights"
+    if node.op == "BatchNormalization":
+        return "biases" if position == 2 else "weights"
+    if node.op in ("Add", "Sub"):
+        return "biases"
+    return "weights"
+
+
+def _core(segment: list[Node]) -> list[Node]:
+    return [n for n in segment if n.op not in PRECISION_OPS and n.op != "Identity"]
+
+
+# --- the checks, in FetaFix's order -----------------------------------------------------------
+
+
+@fault_check(10)
+def input_pipeline(ctx: FaultContext) -> Fault | None:
+    evidence = ctx.input_evidence
+    if not evidence or evidence.get("agree", True):
+        return None
+    if evidence.get("permutation"):
+        return Fault(
+            "input_layout",
+            f"the target's input reaches the first layer with its axes permuted {evidence['permutation']} "
+            "(transposed or reshaped dimensions)",
+            evidence,
+        )
+    if evidence.get("channel_reversed"):
+        return Fault("preprocessing", "the target's input channels are in reverse order (RGB ↔ BGR)", evidence)
+    if evidence.get("affine_fit", {}).get("residual", 1.0) < 1e-3:
+        fit = evidence["affine_fit"]
+        return Fault(
+            "preprocessing",
+            f"the target's input is the source's × {fit['scale']:.6g} + {fit['offset']:.6g} "
+            "(scale/offset of the input pipeline differs)",
+            evidence,
+        )
+    return Fault("preprocessing", "the inputs already differ before the first layer", evidence)
+
+
+@fault_check(20)
+def parameters(ctx: FaultContext) -> Fault | None:
+    source_layer, target_layer = ctx.pair
+    findings = []
+    for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
+        s_params = dict(ctx.source.params(s_node))
+        for position, t_value in ctx.target.params(t_node):
+            s_value = s_params.get(position)
+            if s_value is None:
+                continue
+            matched = match_param(s_value.astype(np.float32), t_value.astype(np.float32))
+            if matched is None:
+                continue
+            delta, perm = matched
+            tolerance = param_tolerance(s_value.astype(np.float32), ctx.precision)
+            if delta > tolerance:
+                findings.append(
+                    {
+                        "role": _role(t_node, position, t_value),
+                        "source_node": s_node.name,
+                        "target_node": t_node.name,
+                        "input": position,
+                        "tensor": t_node.inputs[position],
+                        "shape": list(t_value.shape),
+                        "max_abs_diff": delta,
+                        "tolerance": tolerance,
+                        "permutation": list(perm) if perm else None,
+                        "zeroed": bool(np.all(t_value == 0) and np.any(s_value != 0)),
+                    }
+                )
+    if not findings:
+        return None
+    worst = max(findings, key=lambda f: f["max_abs_diff"] / max(f["tolerance"], 1e-12))
+    what = "zeroed" if worst["zeroed"] else f"differ by up to {worst['max_abs_diff']:.3g}"
+    return Fault(
+        worst["role"],
+        f"{worst['role']} '{worst['tensor']}' of {worst['target_node']} {what} from the source's {worst['source_node']}",
+        {"differences": findings},
+    )
+
+
+def _clip_bounds(view: GraphView, node: Node) -> dict[str, float | None]:
+    bounds = {"min": node.attributes.get("min"), "max": node.attributes.get("max")}
+    for key, position in (("min", 1), ("max", 2)):
+        if len(node.inputs) > position and node.inputs[position]:
+            value = view.constant(node.inputs[position])
+            bounds[key] = float(value) if value is not None and value.size == 1 else bounds[key]
+    return bounds
+
+
+@fault_check(30)
+def hyperparameters(ctx: FaultContext) -> Fault | None:
+    source_layer, target_layer = ctx.pair
+    if source_layer.kind == target_layer.kind == "act" and source_layer.node.op != target_layer.node.op:
+        return Fault(
+            "hyperparameter",
+            f"activation kind differs: source {source_layer.node.op} ({source_layer.node.name}) vs "
+            f"target {target_layer.node.op} ({target_layer.node.name})",
+            {"attribute": "activation", "source": source_layer.node.op, "target": target_layer.node.op},
+        )
+    diffs = []
+    for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
+        s_attrs, t_attrs = dict(s_node.attributes), dict(t_node.attributes)
+        if s_node.op == "Clip":
+            s_attrs |= _clip_bounds(ctx.source, s_node)
+            t_attrs |= _clip_bounds(ctx.target, t_node)
+        for key in NUMERIC_ATTRIBUTES:
+            if key not in s_attrs and key not in t_attrs:
+                continue
+            for attrs, other in ((s_attrs, t_attrs), (t_attrs, s_attrs)):
+                if key in _ALL_EQUAL_DEFAULTS and key not in attrs and isinstance(other.get(key), list):
+                    attrs[key] = [_ALL_EQUAL_DEFAULTS[key]] * len(other[key])
+            a, b = s_attrs.get(key, _DEFAULTS.get(key)), t_attrs.get(key, _DEFAULTS.get(key))
+            if not _same(a, b):
+                diffs.append({"node": t_node.name, "op": t_node.op, "attribute": key, "source": a, "target": b})
+    if not diffs:
+        return None
+    first = diffs[0]
+    return Fault(
+        "hyperparameter",
+        f"{first['op']} '{first['node']}' attribute {first['attribute']}: source {first['source']} vs target {first['target']}",
+        {"differences": diffs},
+    )
+
+
+# A quantized graph computes a layer with integer kernels plus rescaling Mul and bias Add ops:
+# for reduced-precision targets those are the quantizer's own, not a structure change.
+_QUANTIZED_AS = {"ConvInteger": "Conv", "QLinearConv": "Conv", "MatMulInteger": "MatMul", "QLinearMatMul": "MatMul"}
+
+
+def _op_counts(segment: list[Node], precision: str) -> Counter:
+    ops = (n.op for n in _core(segment))
+    if precision == "fp32":
+        return Counter(ops)
+    return Counter(_QUANTIZED_AS.get(op, op) for op in ops if op not in ("Mul", "Add"))
+
+
+@fault_check(40)
+def structure(ctx: FaultContext) -> Fault | None:
+    source_layer, target_layer = ctx.pair
+    s_ops = _op_counts(source_layer.segment, ctx.precision)
+    t_ops = _op_counts(target_layer.segment, ctx.precision)
+    if s_ops == t_ops and not ctx.unaligned.get("target_only") and not ctx.unaligned.get("source_only"):
+        return None
+    missing, added = dict(s_ops - t_ops), dict(t_ops - s_ops)
+    if not missing and not added:
+        if ctx.unaligned:
+            return Fault("graph_structure", "layers exist in one graph only", dict(ctx.unaligned))
+        return None
+    return Fault(
+        "graph_structure",
+        f"ops differ in the segment ending at {target_layer.node.name}: missing {missing or '{}'}, added {added or '{}'}",
+        {"missing_in_target": missing, "added_in_target": added, **ctx.unaligned},
+    )
+
+
+@fault_check(50)
+def precision(ctx: FaultContext) -> Fault | None:
+    if ctx.precision in ("fp16", "int8", "bf16"):
+        return Fault(
+            "precision",
+            f"the target runs in {ctx.precision}; its parameters, attributes and structure match the source "
+            "within that precision, so rounding explains the divergence",
+            {"precision": ctx.precision},
+        )
+    return None
+
+
+# ONNX defaults, so an attribute spelled out on one side only is no difference.
+_DEFAULTS: dict[str, Any] = {
+    "auto_pad": "NOTSET", "group": 1, "count_include_pad": 0, "ceil_mode": 0, "transA": 0, "transB": 0,
+    "alpha": 1.0, "beta": 1.0, "approximate": "none",
+}
+_ALL_EQUAL_DEFAULTS = {"pads": 0, "strides": 1, "dilations": 1}
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return abs(float(a) - float(b)) <= 1e-7 + 1e-5 * abs(float(a))
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value

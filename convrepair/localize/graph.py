@@ -1,0 +1,147 @@
+"""A read-only view of an ONNX graph for localization: layers, their segments, params, attributes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Canonical kinds: what a layer *is*, whatever exporter named it.
+KINDS = {
+    "Conv": "conv", "ConvInteger": "conv", "QLinearConv": "conv", "ConvTranspose": "conv",
+    "Gemm": "dense", "MatMul": "dense", "MatMulInteger": "dense", "QLinearMatMul": "dense",
+    "BatchNormalization": "norm", "InstanceNormalization": "norm", "LayerNormalization": "norm",
+    "Relu": "act", "Clip": "act", "LeakyRelu": "act", "Sigmoid": "act", "Tanh": "act", "Gelu": "act",
+    "HardSigmoid": "act", "HardSwish": "act", "Elu": "act", "Selu": "act", "Erf": "act",
+    "MaxPool": "pool", "AveragePool": "pool", "GlobalAveragePool": "pool", "GlobalMaxPool": "pool",
+    "Softmax": "softmax", "LogSoftmax": "softmax",
+    "Resize": "resize", "Upsample": "resize",
+}
+# Ops that only move precision around; they are not part of what a layer computes.
+PRECISION_OPS = {"Cast", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+@dataclass
+class Node:
+    index: int
+    name: str
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attributes: dict[str, Any]
+
+    @property
+    def kind(self) -> str | None:
+        return KINDS.get(self.op)
+
+
+@dataclass
+class Layer:
+    """A checkpoint (a layer's output tensor) and the segment of nodes computing it from the last one."""
+
+    position: int
+    node: Node
+    tensor: str
+    segment: list[Node] = field(default_factory=list)
+    kind: str = ""
+
+
+class GraphView:
+    def __init__(self, model):
+        from onnx import helper, numpy_helper
+
+        self.model = model
+        graph = model.graph
+        self.initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        for node in graph.node:  # Constant nodes are parameters too
+            if node.op_type == "Constant" and node.attribute:
+                try:
+                    self.initializers[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+                except Exception:  # noqa: BLE001 - non-tensor constants are not parameters
+                    pass
+        self.nodes = [
+            Node(i, n.name or f"{n.op_type}_{i}", n.op_type, list(n.input), list(n.output),
+                 {a.name: _attr_value(helper.get_attribute_value(a)) for a in n.attribute})
+            for i, n in enumerate(graph.node)
+            if n.op_type != "Constant"
+        ]
+        self.inputs = [v.name for v in graph.input if v.name not in self.initializers]
+        self.outputs = [v.name for v in graph.output]
+        self.producer = {out: node for node in self.nodes for out in node.outputs}
+
+    def layers(self) -> list[Layer]:
+        """Layer checkpoints in topological order, each with the nodes since the previous one."""
+        layers: list[Layer] = []
+        pending: list[Node] = []
+        for node in self.nodes:
+            pending.append(node)
+            if node.kind is None or node.op == "Erf":
+                continue
+            if node.kind == "dense" and node.op == "MatMul" and not any(i in self.initializers for i in node.inputs):
+                continue  # a MatMul of two activations is not a dense layer
+            layers.append(Layer(len(layers), node, node.outputs[0], pending, node.kind))
+            pending = []
+        if pending and layers:  # trailing ops (bias Add, Cast …) belong to the last layer's segment
+            last = layers[-1]
+            final = next((n for n in reversed(pending) if n.op not in PRECISION_OPS and n.outputs[0] not in self.outputs), None)
+            last.segment = last.segment + pending
+            if final is not None and final.op in ("Add", "Mul"):
+                last.tensor = final.outputs[0]
+        return layers
+
+    def float_origin(self, tensor: str) -> str:
+        """The float tensor behind a chain of Cast/Quantize/Dequantize ops."""
+        producer = self.producer.get(tensor)
+        while producer is not None and producer.op in PRECISION_OPS:
+            tensor = producer.inputs[0]
+            producer = self.producer.get(tensor)
+        return tensor
+
+    def params(self, node: Node) -> list[tuple[int, np.ndarray]]:
+        """(input position, value) of every parameter a node reads, through Dequantize/Cast."""
+        out = []
+        for position, name in enumerate(node.inputs):
+            value = self.constant(name)
+            if value is not None and value.size > 1:
+                out.append((position, value))
+        return out
+
+    def constant(self, name: str) -> np.ndarray | None:
+        if name in self.initializers:
+            return self.initializers[name]
+        producer = self.producer.get(name)
+        if producer is not None and producer.op in ("DequantizeLinear", "Cast"):
+            base = self.constant(producer.inputs[0])
+            if base is None:
+                return None
+            if producer.op == "Cast":
+                return base.astype(np.float32)
+            scale = self.constant(producer.inputs[1]) if len(producer.inputs) > 1 else None
+            zero = self.constant(producer.inputs[2]) if len(producer.inputs) > 2 else None
+            scale = self.initializers.get(producer.inputs[1]) if scale is None else scale
+            zero = self.initializers.get(producer.inputs[2]) if (zero is None and len(producer.inputs) > 2) else zero
+            return _dequantize(base, scale, zero, producer.attributes.get("axis", 1))
+        return None
+
+
+def _dequantize(q: np.ndarray, scale, zero, axis: int) -> np.ndarray:
+    scale = np.asarray(scale, dtype=np.float32)
+    zero = np.zeros_like(scale) if zero is None else np.asarray(zero).astype(np.float32)
+    if scale.ndim == 1 and q.ndim > 1:
+        shape = [1] * q.ndim
+        shape[axis] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return (q.astype(np.float32) - zero) * scale
+
+
+def _attr_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, (list, tuple)):
+        return [_attr_value(v) for v in value]
+    if hasattr(value, "dims"):  # a TensorProto attribute
+        from onnx import numpy_helper
+
+        return numpy_helper.to_array(value).tolist()
+    return value

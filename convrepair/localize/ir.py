@@ -1,0 +1,45 @@
+"""The common IR for localization: ONNX, as FetaFix compares the two models' ONNX exports.
+
+A model that is not ONNX is converted along a lossless route; the IR is only trusted after its
+outputs are shown to match the model it stands for on the localization samples.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from convrepair.data import Dataset
+from convrepair.errors import BadInput
+from convrepair.model import ModelRef
+from convrepair.plugins import PluginRegistry
+from convrepair.sidecar import Sidecar
+
+
+@dataclass
+class OnnxIR:
+    path: Path
+    origin: str  # "as is" or the converter route
+    fidelity_max_abs: float  # IR vs the model it stands for, on the localization samples
+    layouts: list[str]
+
+
+def to_onnx_ir(
+    registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | None, dataset: Dataset, workdir: Path
+) -> OnnxIR:
+    layouts = list(sidecar.input_layout) if sidecar and sidecar.input_layout else []
+    if ref.format == "onnx":
+        return OnnxIR(ref.path, "as is", 0.0, layouts)
+    from convrepair.compare import compare_on
+    from convrepair.convert import convert
+
+    try:
+        result = convert(registry, ref.path, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx")
+    except Exception as exc:  # noqa: BLE001 - no IR means no layer-wise view, said plainly
+        raise BadInput(f"cannot bring this {ref.format} model to ONNX for localization: {exc}", ref.path) from None
+    with registry.load(ref, sidecar, device="cpu") as model, registry.load(result.output, None, device="cpu") as ir:
+        comparison = compare_on(model, ir, dataset, np.arange(len(dataset)))
+    return OnnxIR(result.output.path, " → ".join(result.route), comparison.max_abs, layouts)
