@@ -69,6 +69,10 @@ def relu6_to_relu(model, clip: str):
     del node.input[1:]
 
 
+def batchnorm_epsilon(model, epsilon: float):
+    _attr(_node(model, "", "BatchNormalization"), "epsilon", float(epsilon))
+
+
 def softmax_axis(model):
     _attr(_node(model, "", "Softmax"), "axis", 0)
 

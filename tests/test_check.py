@@ -30,8 +30,12 @@ def converted(fixtures_dir, tmp_path_factory):
         ("torch_onnx", "torch_cnn.pt2", "onnx"),
         ("torch_fp16", "torch_cnn.pt2", "onnx-fp16"),
         ("torch_int8", "torch_cnn.pt2", "onnx-int8"),
+        ("keras_tflite_int8", "keras_cnn.keras", "tflite-int8"),
     ]:
         paths[name] = convert(registry, fixtures_dir / source, target, out_dir=out / name).output.path
+    paths["torch_onnx_bn"] = convert(
+        registry, fixtures_dir / "torch_cnn.pt2", "onnx", out=out / "bn" / "torch_cnn.onnx", options={"fold_constants": "false"}
+    ).output.path
     return paths
 
 
@@ -140,6 +144,30 @@ def test_relu6_to_relu_that_never_clips_on_the_data_is_no_false_alarm(fixtures_d
     assert report.pooled.max_abs > 0  # the outputs did move, within tolerance
 
 
+def test_changed_batchnorm_epsilon_is_a_hyperparameter_fault(fixtures_dir, converted, tmp_path):
+    """BatchNorm kept as a node (fold_constants=false); the source is exported the same way."""
+    target = _faulty(converted["torch_onnx_bn"], tmp_path, fi.batchnorm_epsilon, 0.5)
+    report = _check(fixtures_dir / "torch_cnn.pt2", target, fixtures_dir / "digits_test_nchw.npz")
+    loc = report.localization
+    assert report.verdict == "discrepant"
+    assert loc["fault"]["type"] == "hyperparameter", loc["fault"]
+    assert loc["fault"]["evidence"]["differences"][0]["attribute"] == "epsilon"
+    assert loc["first_divergent"]["kind"] == "norm"
+    assert loc["shadow"]["confirmed"] is True
+
+
+def test_tflite_weight_quantization_is_checked_and_typed_precision(fixtures_dir, converted):
+    """Keras → TFLite with Optimize.DEFAULT (FetaFix's most common real case)."""
+    data = fixtures_dir / "digits_test_nhwc.npz"
+    labels = _check(fixtures_dir / "keras_cnn.keras", converted["keras_tflite_int8"], data)
+    assert labels.tolerance.enforced is False  # int8: the labels decide
+    strict = _check(fixtures_dir / "keras_cnn.keras", converted["keras_tflite_int8"], data, atol=1e-6)
+    assert strict.verdict == "discrepant"
+    loc = strict.localization
+    assert loc["fault"]["type"] == "precision", loc["fault"]
+    assert "fused" in [row["status"] for row in loc["layers"]]  # TFLite folds BatchNorm into the conv
+
+
 def test_int8_target_is_typed_precision(fixtures_dir, converted):
     report = _check(fixtures_dir / "torch_cnn.pt2", converted["torch_int8"], fixtures_dir / "digits_test_nchw.npz", atol=1e-6)
     assert report.verdict == "discrepant"
@@ -188,3 +216,23 @@ def test_check_cli_contract(cli, fixtures_dir, converted, tmp_path):
 
     unfit = cli("check", fixtures_dir / "keras_cnn.keras", converted["keras_onnx"], "--data", fixtures_dir / "digits_test_nchw.npz")
     assert unfit.code == 2 and len(unfit.stderr.strip().splitlines()) == 1
+
+
+def test_fault_in_a_pytorch_module_is_localized_against_the_keras_source(fixtures_dir, converted, tmp_path):
+    """Across frameworks: Keras source, PyTorch target (onnx2torch) with one bias zeroed in the module."""
+    import torch
+
+    program = torch.export.load(str(converted["keras_torch"]))
+    name = next(k for k in program.state_dict if "conv2" in k and k.endswith(".bias"))
+    with torch.no_grad():
+        program.state_dict[name].zero_()
+    target = tmp_path / "faulty.pt2"
+    torch.export.save(program, str(target))
+    shutil.copy(sidecar_path(converted["keras_torch"]), sidecar_path(target))
+    report = _check(fixtures_dir / "keras_cnn.keras", target, fixtures_dir / "digits_test_nhwc.npz")
+    loc = report.localization
+    assert report.verdict == "discrepant"
+    assert loc["fault"]["type"] == "biases", loc["fault"]
+    assert "conv2" in loc["first_divergent"]["source_layer"]
+    assert loc["shadow"]["confirmed"] is True
+    assert [row["status"] for row in loc["layers"][:3]] == ["ok", "ok", "ok"]

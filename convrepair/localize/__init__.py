@@ -21,7 +21,7 @@ from convrepair.localize.align import align
 from convrepair.localize.capture import capture, run_segment
 from convrepair.localize.faults import Fault, FaultContext, explain
 from convrepair.localize.graph import GraphView, Layer
-from convrepair.localize.ir import to_onnx_ir
+from convrepair.localize.ir import export_options, to_onnx_ir
 from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff
 from convrepair.model import ModelRef, TensorSpec
 from convrepair.plugins import PluginRegistry
@@ -39,7 +39,7 @@ class LayerRow:
     target_layer: str
     kind: str
     diff: TensorDiff | None
-    status: str  # "ok" | "diverged" | "carried" | "incomparable"
+    status: str  # "ok" | "diverged" | "carried" | "fused" | "incomparable"
 
     def to_json(self) -> dict[str, Any]:
         out = {"source_layer": self.source_layer, "target_layer": self.target_layer, "kind": self.kind, "status": self.status}
@@ -111,8 +111,9 @@ def localize(
     samples, counts = localization_samples(dataset, flips, seed)
     workdir = Path(tempfile.mkdtemp(prefix="convrepair-localize-"))
     try:
-        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, samples, workdir)
-        target_ir = to_onnx_ir(registry, target_ref, target_sidecar, samples, workdir)
+        # Export the source the way the target was exported (FetaFix compares like with like).
+        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, samples, workdir, export_options(target_sidecar))
+        target_ir = to_onnx_ir(registry, target_ref, target_sidecar, samples, workdir, export_options(target_sidecar))
         s_model, t_model = onnx.load(str(source_ir.path)), onnx.load(str(target_ir.path))
         source_view, target_view = GraphView(s_model), GraphView(t_model)
         s_feeds = _feeds(s_model, source_ir.layouts or samples.layouts, samples)
@@ -170,24 +171,33 @@ def _prefer_shared_names(pairs, target_view: GraphView) -> None:
 
 
 def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
-    """Compare aligned outputs a chunk at a time; memory holds one chunk of activations."""
-    rows: list[LayerRow] = []
-    first: int | None = None
+    """Compare aligned outputs a chunk at a time; memory holds one chunk of activations.
+
+    A checkpoint that diverges while the very next one agrees again is a fusion boundary (the
+    target computes that layer together with the next, e.g. TFLite folds BatchNorm into Conv),
+    not a fault: it is marked "fused" and the walk goes on.
+    """
+    diffs: list[TensorDiff | None] = []
     for start in range(0, len(pairs), CHUNK):
         chunk = pairs[start : start + CHUNK]
         s_values = capture(s_model, [s.tensor for s, _ in chunk], s_feeds)
         t_values = capture(t_model, [t.tensor for _, t in chunk], t_feeds)
-        for s_layer, t_layer in chunk:
-            diff = compare_tensors(s_values[s_layer.tensor], t_values[t_layer.tensor])
-            if diff is None:
-                status = "incomparable"
-            elif diff.rel_l2 <= threshold:
-                status = "ok"
-            else:
-                status = "carried" if first is not None else "diverged"
-                if first is None:
-                    first = len(rows)
-            rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
+        diffs += [compare_tensors(s_values[s.tensor], t_values[t.tensor]) for s, t in chunk]
+    diverged = [d is not None and d.rel_l2 > threshold for d in diffs]
+    rows: list[LayerRow] = []
+    first: int | None = None
+    for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
+        if diff is None:
+            status = "incomparable"
+        elif not diverged[i]:
+            status = "ok"
+        elif first is None and i + 1 < len(pairs) and diffs[i + 1] is not None and not diverged[i + 1]:
+            status = "fused"
+        elif first is None:
+            status, first = "diverged", i
+        else:
+            status = "carried"
+        rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
     return rows, first
 
 

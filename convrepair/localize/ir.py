@@ -27,8 +27,21 @@ class OnnxIR:
     layouts: list[str]
 
 
+def export_options(sidecar: Sidecar | None) -> dict:
+    """Options of the last step that wrote ONNX, so the other model is exported the same way."""
+    for step in reversed(sidecar.steps if sidecar else []):
+        if step.output_format == "onnx" and step.source_format != "onnx":
+            return dict(step.options)
+    return {}
+
+
 def to_onnx_ir(
-    registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | None, dataset: Dataset, workdir: Path
+    registry: PluginRegistry,
+    ref: ModelRef,
+    sidecar: Sidecar | None,
+    dataset: Dataset,
+    workdir: Path,
+    options: dict | None = None,
 ) -> OnnxIR:
     layouts = list(sidecar.input_layout) if sidecar and sidecar.input_layout else []
     if ref.format == "onnx":
@@ -37,7 +50,7 @@ def to_onnx_ir(
     from convrepair.convert import convert
 
     try:
-        result = convert(registry, ref.path, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx")
+        result = convert(registry, ref.path, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx", options=options)
     except Exception as exc:  # noqa: BLE001 - no IR means no layer-wise view, said plainly
         raise BadInput(f"cannot bring this {ref.format} model to ONNX for localization: {exc}", ref.path) from None
     with registry.load(ref, sidecar, device="cpu") as model, registry.load(result.output, None, device="cpu") as ir:

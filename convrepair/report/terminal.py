@@ -96,6 +96,12 @@ def round_progress(total: int):
         yield lambda done, _total: progress.update(task, completed=done)
 
 
+def short(name: str, width: int = 48) -> str:
+    """TFLite joins fused op names with ';' — show the first, and keep it to one column."""
+    head = name.split(";")[0]
+    return head if len(head) <= width else "…" + head[-(width - 1):]
+
+
 def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "n/a" if value is None else format(value, spec)
 
@@ -144,10 +150,10 @@ def render_localization(loc: dict[str, Any]) -> None:
     layers = Table(title="layers (aligned, topological order)", title_justify="left")
     for column in ("source layer", "target layer", "kind", "rel L2", "max |Δ|", "cosine", "status"):
         layers.add_column(column)
-    styles = {"ok": "green", "diverged": "bold red", "carried": "yellow", "incomparable": "dim"}
+    styles = {"ok": "green", "diverged": "bold red", "carried": "yellow", "fused": "cyan", "incomparable": "dim"}
     for row in loc["layers"]:
         layers.add_row(
-            row["source_layer"], row["target_layer"], row["kind"], _fmt(row["rel_l2"]), _fmt(row["max_abs"]),
+            short(row["source_layer"]), short(row["target_layer"]), row["kind"], _fmt(row["rel_l2"]), _fmt(row["max_abs"]),
             _fmt(row["cosine"], ".6f"), f"[{styles.get(row['status'], '')}]{row['status']}[/]",
         )
     console.print(layers)
@@ -156,7 +162,7 @@ def render_localization(loc: dict[str, Any]) -> None:
         console.print("[green]no aligned layer diverges[/]")
         return
     first = loc.get("first_divergent")
-    where = f" at [bold]{first['target_layer']}[/] (source {first['source_layer']})" if first else ""
+    where = f" at [bold]{short(first['target_layer'])}[/] (source {short(first['source_layer'])})" if first else ""
     console.print(f"fault: [bold red]{fault['type']}[/]{where}\n  {fault['detail']}")
     shadow = loc.get("shadow")
     if shadow and shadow.get("confirmed") is not None:

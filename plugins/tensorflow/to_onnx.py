@@ -51,3 +51,25 @@ def keras_to_onnx(request: ConvertRequest) -> ConvertNotes:
         output_format="onnx",
         details={"opset": opset, "api": "from_function", "traced": origin},
     )
+
+
+@PLUGIN.converter(
+    "tflite-to-onnx",
+    sources=["tflite"],
+    target="onnx",
+    description="tf2onnx from_tflite (quantized weights become DequantizeLinear)",
+    options={"opset": "ONNX opset (default 17)"},
+)
+def tflite_to_onnx(request: ConvertRequest) -> ConvertNotes:
+    import tf2onnx
+
+    tf = import_tensorflow()
+    opset = int(request.options.get("opset", DEFAULT_OPSET))
+    with quiet():
+        tf2onnx.convert.from_tflite(str(request.source.path), opset=opset, output_path=str(request.output))
+    return ConvertNotes(
+        tool="tf2onnx",
+        tool_versions={"tf2onnx": tf2onnx.__version__, "tensorflow": tf.__version__},
+        output_format="onnx",
+        details={"opset": opset, "api": "from_tflite"},
+    )

@@ -23,7 +23,11 @@ DEFAULT_OPSET = 17
     sources=["pt2", "torchscript"],
     target="onnx",
     description="torch.onnx export (dynamo or TorchScript exporter)",
-    options={"exporter": "torchscript | dynamo (default torchscript, dynamo as fallback)", "opset": "ONNX opset (default 17)"},
+    options={
+        "exporter": "torchscript | dynamo (default torchscript, dynamo as fallback)",
+        "opset": "ONNX opset (default 17)",
+        "fold_constants": "true | false: fold BatchNorm into Conv and other constants (torchscript exporter, default true)",
+    },
 )
 def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
     import warnings
@@ -61,12 +65,13 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
         for _, shape, dtype in specs
     )
     names = [name for name, _, _ in specs]
+    fold = str(request.options.get("fold_constants", "true")).lower() != "false"
     errors: dict[str, str] = {}
     for exporter in order:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _export(module, example, names, str(request.output), exporter, opset)
+                _export(module, example, names, str(request.output), exporter, opset, fold)
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all failures
             errors[exporter] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
@@ -81,11 +86,11 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
         tool=f"torch.onnx ({exporter} exporter)",
         tool_versions=versions,
         output_format="onnx",
-        details={"exporter": exporter, "opset": opset, "fallback_from": errors or None},
+        details={"exporter": exporter, "opset": opset, "fold_constants": fold, "fallback_from": errors or None},
     )
 
 
-def _export(module, example, names, output: str, exporter: str, opset: int) -> None:
+def _export(module, example, names, output: str, exporter: str, opset: int, fold: bool) -> None:
     import torch
 
     if exporter == "dynamo":
@@ -101,6 +106,7 @@ def _export(module, example, names, output: str, exporter: str, opset: int) -> N
         example,
         output,
         dynamo=False,
+        do_constant_folding=fold,
         input_names=names,
         dynamic_axes={name: {0: "batch"} for name in names},
         opset_version=opset,
