@@ -73,6 +73,11 @@ def batchnorm_epsilon(model, epsilon: float):
     _attr(_node(model, "", "BatchNormalization"), "epsilon", float(epsilon))
 
 
+def gelu_tanh(model):
+    """GELU computed with the tanh approximation instead of erf."""
+    _attr(_node(model, "", "Gelu"), "approximate", "tanh")
+
+
 def softmax_axis(model):
     _attr(_node(model, "", "Softmax"), "axis", 0)
 
@@ -107,3 +112,27 @@ def inject(source: Path, out: Path, fault, *args) -> Path:
     fault(model, *args)
     onnx.save(model, str(out))
     return out
+
+
+def reverse_channels(model):
+    """RGB ↔ BGR at the input: a Gather of channels [2, 1, 0]."""
+    name = model.graph.input[0].name
+    model.graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "injected_bgr"))
+    _rewire_input(model, name, "injected_bgr_input")
+    model.graph.node.insert(0, helper.make_node("Gather", [name, "injected_bgr"], ["injected_bgr_input"], axis=1, name="injected_gather"))
+
+
+def drop_pad(model):
+    """The explicit Pad in front of a Conv disappears (the conv still has pads=0)."""
+    node = _node(model, "", "Pad")
+    _rewire_input(model, node.output[0], node.input[0])
+    model.graph.node.remove(node)
+
+
+def resize_mode(model, mode: str = "asymmetric"):
+    _attr(_node(model, "", "Resize"), "coordinate_transformation_mode", mode)
+
+
+def flatten_without_transpose(model):
+    """The NCHW → NHWC Transpose before Flatten loses its permutation after a layout change."""
+    _attr(_node(model, "Transpose", "Transpose"), "perm", [0, 1, 2, 3])

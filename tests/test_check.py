@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 import faultinject as fi
+import synthetic
 from convrepair.check import CheckConfig, run_check
 from convrepair.compare import clopper_pearson_upper
 from convrepair.convert import convert
@@ -33,6 +34,9 @@ def converted(fixtures_dir, tmp_path_factory):
         ("keras_tflite_int8", "keras_cnn.keras", "tflite-int8"),
     ]:
         paths[name] = convert(registry, fixtures_dir / source, target, out_dir=out / name).output.path
+    paths["torch_onnx_dynamo"] = convert(
+        registry, fixtures_dir / "torch_cnn.pt2", "onnx", out=out / "dynamo" / "torch_cnn.onnx", options={"exporter": "dynamo", "opset": "20"}
+    ).output.path
     paths["torch_onnx_bn"] = convert(
         registry, fixtures_dir / "torch_cnn.pt2", "onnx", out=out / "bn" / "torch_cnn.onnx", options={"fold_constants": "false"}
     ).output.path
@@ -103,6 +107,7 @@ KERAS_FAULTS = [
     (fi.scale_input, (), "preprocessing", "conv1"),
     (fi.transpose_input, (), "input_layout", "conv1"),
     (fi.drop_activation, ("fc1_1/Relu",), "graph_structure", "logits"),
+    (fi.flatten_without_transpose, (), "hyperparameter", "fc1"),
 ]
 
 
@@ -154,6 +159,17 @@ def test_changed_batchnorm_epsilon_is_a_hyperparameter_fault(fixtures_dir, conve
     assert loc["fault"]["evidence"]["differences"][0]["attribute"] == "epsilon"
     assert loc["first_divergent"]["kind"] == "norm"
     assert loc["shadow"]["confirmed"] is True
+
+
+def test_gelu_erf_to_tanh_is_a_hyperparameter_fault(fixtures_dir, converted, tmp_path):
+    """The dynamo exporter writes a Gelu node; its `approximate` attribute changes numerics."""
+    target = _faulty(converted["torch_onnx_dynamo"], tmp_path, fi.gelu_tanh)
+    report = _check(fixtures_dir / "torch_cnn.pt2", target, fixtures_dir / "digits_test_nchw.npz")
+    loc = report.localization
+    assert report.verdict == "discrepant"
+    assert loc["fault"]["type"] == "hyperparameter", loc["fault"]
+    assert loc["fault"]["evidence"]["differences"][0]["attribute"] == "approximate"
+    assert loc["first_divergent"]["kind"] == "act"
 
 
 def test_tflite_weight_quantization_is_checked_and_typed_precision(fixtures_dir, converted):
@@ -236,3 +252,32 @@ def test_fault_in_a_pytorch_module_is_localized_against_the_keras_source(fixture
     assert "conv2" in loc["first_divergent"]["source_layer"]
     assert loc["shadow"]["confirmed"] is True
     assert [row["status"] for row in loc["layers"][:3]] == ["ok", "ok", "ok"]
+
+
+SYNTHETIC_FAULTS = [
+    (fi.reverse_channels, (), "preprocessing", "conv"),
+    (fi.drop_pad, (), "graph_structure", "conv"),
+    (fi.resize_mode, ("asymmetric",), "hyperparameter", "resize"),
+]
+
+
+@pytest.mark.parametrize("fault, args, fault_type, layer", SYNTHETIC_FAULTS, ids=[f[0].__name__ for f in SYNTHETIC_FAULTS])
+def test_injected_fault_in_an_rgb_onnx_model(tmp_path, fault, args, fault_type, layer):
+    """ONNX vs ONNX, no sidecars, no data: uniform inputs from the declared shape."""
+    source = synthetic.build_rgb_model(tmp_path / "rgb.onnx")
+    target = fi.inject(source, tmp_path / "rgb_faulty.onnx", fault, *args)
+    report = _check(source, target, None, rounds=2, samples=50)
+    assert report.verdict == "discrepant"
+    loc = report.localization
+    assert loc["fault"]["type"] == fault_type, loc["fault"]
+    assert loc["first_divergent"]["target_layer"] == layer
+    if fault is fi.reverse_channels:
+        assert loc["fault"]["evidence"]["channel_reversed"] is True
+
+
+def test_clean_rgb_model_against_itself_is_equivalent(tmp_path):
+    source = synthetic.build_rgb_model(tmp_path / "rgb.onnx")
+    copy = tmp_path / "copy.onnx"
+    shutil.copy(source, copy)
+    report = _check(source, copy, None, rounds=2, samples=50, localize=True)
+    assert report.verdict == "equivalent" and report.localization["fault"] is None

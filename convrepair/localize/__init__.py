@@ -127,6 +127,8 @@ def localize(
         }
         input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds)
         rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
+        if first_index is None and discrepant:
+            first_index = _first_jump(rows)
         ir_info = {
             "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
             "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
@@ -143,7 +145,8 @@ def localize(
             return Localization(None, fault, rows, ir_info, counts, None, unaligned)
         index = first_index if first_index is not None else 0
         pair = alignment.pairs[index]
-        shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, threshold)
+        end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
+        shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
         rows[index].status = "diverged"
         context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
         fault = explain(context)
@@ -183,26 +186,46 @@ def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[La
         s_values = capture(s_model, [s.tensor for s, _ in chunk], s_feeds)
         t_values = capture(t_model, [t.tensor for _, t in chunk], t_feeds)
         diffs += [compare_tensors(s_values[s.tensor], t_values[t.tensor]) for s, t in chunk]
-    diverged = [d is not None and d.rel_l2 > threshold for d in diffs]
+    # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
+    diverged = [d is None or d.rel_l2 > threshold for d in diffs]
     rows: list[LayerRow] = []
     first: int | None = None
     for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
-        if diff is None:
-            status = "incomparable"
-        elif not diverged[i]:
+        if not diverged[i]:
             status = "ok"
-        elif first is None and i + 1 < len(pairs) and diffs[i + 1] is not None and not diverged[i + 1]:
+        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1]:
             status = "fused"
         elif first is None:
             status, first = "diverged", i
         else:
-            status = "carried"
+            status = "carried" if diff is not None else "incomparable"
         rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
     return rows, first
 
 
-def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, threshold) -> dict[str, Any] | None:
-    """Feed the target's segment the source's input to it; a fault diverges even so."""
+def _first_jump(rows: list[LayerRow], factor: float = 10.0, floor: float = 1e-6) -> int | None:
+    """Below the divergence threshold, the layer where the error first jumps: rel_l2 more than
+    `factor` times anything before it. Small faults (GELU erf → tanh) and rounding start there."""
+    worst = floor
+    for index, row in enumerate(rows):
+        if row.diff is None or row.status == "fused":
+            continue
+        if row.diff.rel_l2 > factor * worst:
+            row.status = "diverged"
+            for later in rows[index + 1 :]:
+                if later.diff is not None and later.status == "ok" and later.diff.rel_l2 > worst:
+                    later.status = "carried"
+            return index
+        worst = max(worst, row.diff.rel_l2)
+    return None
+
+
+def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end: float | None) -> dict[str, Any] | None:
+    """Feed the target's segment the source's input to it; a fault diverges even so.
+
+    Confirmed when the segment alone accounts for at least half of the divergence seen end to end
+    at that layer; a layer that only carries an earlier error agrees in isolation.
+    """
     if index == 0:
         return {"confirmed": None, "reason": "first layer: its input is the model input (see the input check)"}
     s_prev, t_prev = pairs[index - 1]
@@ -221,7 +244,9 @@ def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, threshold) -> dict
     diff = compare_tensors(values[s_layer.tensor], isolated)
     if diff is None:
         return {"confirmed": None, "reason": "isolated output not comparable"}
-    return {"confirmed": diff.rel_l2 > threshold, "metric": diff.to_json(),
+    reference = end_to_end if end_to_end is not None else 0.0
+    confirmed = diff.rel_l2 > 1e-6 and diff.rel_l2 >= 0.5 * reference
+    return {"confirmed": confirmed, "metric": diff.to_json(), "end_to_end_rel_l2": end_to_end,
             "input_from": s_prev.node.name, "segment": f"{t_prev.node.name} → {t_layer.node.name}"}
 
 
@@ -239,6 +264,7 @@ def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_f
     if direct is not None and direct.rel_l2 <= 1e-4:
         return evidence | {"agree": True}
     evidence["agree"] = False
+    evidence["same_shape"] = s_value.shape == t_value.shape
     if direct is not None:
         evidence["metric"] = direct.to_json()
     from convrepair.localize.tensors import layout_permutations

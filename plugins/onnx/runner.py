@@ -82,7 +82,11 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, feeds):
         feeds = conform_feeds(self.inputs, feeds, self.path)
-        values = self.session.run(None, feeds)
+        try:
+            values = self.session.run(None, feeds)
+        except Exception as exc:  # noqa: BLE001 - e.g. a shape the graph cannot compute
+            text = " ".join(str(exc).split())[:240]
+            raise BadInput(f"ONNX Runtime fails to run this model on the given inputs: {text}", self.path) from None
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
 

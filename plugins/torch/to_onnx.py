@@ -94,8 +94,14 @@ def _export(module, example, names, output: str, exporter: str, opset: int, fold
     import torch
 
     if exporter == "dynamo":
+        import contextlib
+        import io
+        import logging
+
         program = module if isinstance(module, torch.export.ExportedProgram) else torch.export.export(module, example)
-        onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=names, opset_version=opset, verbose=False)
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # opset upgrade chatter
+        with contextlib.redirect_stdout(io.StringIO()):
+            onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=names, opset_version=opset, verbose=False)
         onnx_program.save(output)
         return
     callable_module = module.module() if isinstance(module, torch.export.ExportedProgram) else module
