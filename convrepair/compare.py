@@ -6,6 +6,7 @@ differ across frameworks). Batches are streamed into an accumulator, so memory s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -240,11 +241,29 @@ def pool(parts: list[Comparison]) -> Comparison:
 
 
 def clopper_pearson_upper(failures: int, n: int, confidence: float = 0.95) -> float:
-    """One-sided upper confidence bound on a failure rate after `failures` in `n` trials."""
-    if n == 0:
-        return 1.0
-    if failures >= n:
-        return 1.0
-    from scipy.stats import beta
+    """One-sided upper confidence bound on a failure rate after `failures` in `n` trials.
 
-    return float(beta.ppf(confidence, failures + 1, n - failures))
+    The p at which P(X ≤ failures | n, p) = 1 − confidence, by bisection on the binomial CDF
+    (pure Python: importing scipy.stats would cost a check more than its comparison).
+    """
+    if n <= 0 or failures >= n:
+        return 1.0
+    alpha = 1.0 - confidence
+    if failures == 0:
+        return 1.0 - alpha ** (1.0 / n)
+    low, high = 0.0, 1.0
+    for _ in range(100):
+        mid = (low + high) / 2
+        if _binomial_cdf(failures, n, mid) > alpha:
+            low = mid
+        else:
+            high = mid
+    return high
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    log_p, log_q = math.log(p), math.log1p(-p)
+    base = math.lgamma(n + 1)
+    return min(1.0, sum(
+        math.exp(base - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q) for i in range(k + 1)
+    ))

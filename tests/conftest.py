@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "fixtures"))  # fixtures/faults.py: fault injection shared with the demo
 
 
 @pytest.fixture(scope="session")

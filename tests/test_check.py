@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import faultinject as fi
+import faults as fi
 import synthetic
 from convrepair.check import CheckConfig, run_check
 from convrepair.compare import clopper_pearson_upper
@@ -201,10 +201,13 @@ def test_data_that_does_not_fit_is_bad_input(fixtures_dir, converted):
         _check(fixtures_dir / "keras_cnn.keras", converted["keras_onnx"], fixtures_dir / "digits_test_nchw.npz")
 
 
-def test_clopper_pearson_bounds():
+def test_clopper_pearson_bounds_match_the_beta_quantile():
+    from scipy.stats import beta
+
     assert clopper_pearson_upper(0, 500) == pytest.approx(1 - 0.05 ** (1 / 500), rel=1e-9)
     assert clopper_pearson_upper(500, 500) == 1.0
-    assert 0.01 < clopper_pearson_upper(5, 500) < 0.03
+    for k, n in [(1, 10), (5, 500), (37, 400), (99, 100)]:
+        assert clopper_pearson_upper(k, n) == pytest.approx(beta.ppf(0.95, k + 1, n - k), rel=1e-6)
 
 
 # --- the command contract -------------------------------------------------------------------------

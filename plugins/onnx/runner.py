@@ -64,7 +64,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(source, options, providers=session_providers(device))
         except Exception as exc:  # noqa: BLE001
             text = " ".join(str(exc).split())[:200]
-            raise BadInput(f"ONNX Runtime cannot load this model: {text}", path) from None
+            raise BadInput(f"is not a valid ONNX model (truncated or corrupt?): ONNX Runtime cannot load it: {text}", path) from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
         self.inputs = [
             TensorSpec(
@@ -96,6 +96,6 @@ def _shape(dims) -> tuple[int | None, ...]:
 
 @PLUGIN.format("onnx", description="ONNX model (.onnx)", suffix=".onnx", detect=looks_like_onnx)
 def load(request: LoadRequest) -> Runner:
-    load_onnx_model(request.ref.path)
+    # ONNX Runtime parses and validates the file itself; parsing it with onnx too would double the cost.
     layouts = request.sidecar.input_layout if request.sidecar else []
     return OnnxRuntimeRunner(request.ref.path, layouts, request.device)
