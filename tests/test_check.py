@@ -137,6 +137,7 @@ def test_injected_fault_in_torch_conversion_is_localized_and_typed(fixtures_dir,
     loc = report.localization
     assert loc["fault"]["type"] == fault_type, loc["fault"]
     assert loc["first_divergent"]["target_layer"] == layer
+    assert [d["target_layer"] for d in loc["static_diff"]] == [layer]  # the static diff agrees, nothing else
     if fault_type != "hyperparameter":
         assert loc["shadow"]["confirmed"] is True, loc["shadow"]
 
@@ -181,6 +182,7 @@ def test_tflite_weight_quantization_is_checked_and_typed_precision(fixtures_dir,
     assert strict.verdict == "discrepant"
     loc = strict.localization
     assert loc["fault"]["type"] == "precision", loc["fault"]
+    assert loc["static_diff"] == []  # quantized weights are within int8 rounding of the source's
     assert "fused" in [row["status"] for row in loc["layers"]]  # TFLite folds BatchNorm into the conv
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from convrepair.data import Dataset, feeds_for
 from convrepair.localize.align import align
 from convrepair.localize.capture import capture, run_segment
-from convrepair.localize.faults import Fault, FaultContext, explain
+from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView, Layer
 from convrepair.localize.ir import export_options, to_onnx_ir
 from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff
@@ -56,6 +56,7 @@ class Localization:
     samples: dict[str, int]
     shadow: dict[str, Any] | None = None
     unaligned: dict[str, list[str]] = field(default_factory=dict)
+    static_diff: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +67,7 @@ class Localization:
             "ir": self.ir,
             "samples": self.samples,
             "unaligned": self.unaligned,
+            "static_diff": self.static_diff,
         }
 
 
@@ -129,6 +131,9 @@ def localize(
         rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
         if first_index is None and discrepant:
             first_index = _first_jump(rows)
+        # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
+        comparable = [pair for pair, row in zip(alignment.pairs, rows) if row.status != "fused"]
+        static = static_diff(source_view, target_view, comparable, precision)
         ir_info = {
             "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
             "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
@@ -142,7 +147,7 @@ def localize(
             elif discrepant:
                 fault = Fault("unknown", "the outputs differ but no aligned layer diverges beyond rel_l2 "
                               f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
-            return Localization(None, fault, rows, ir_info, counts, None, unaligned)
+            return Localization(None, fault, rows, ir_info, counts, None, unaligned, static)
         index = first_index if first_index is not None else 0
         pair = alignment.pairs[index]
         end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
@@ -156,7 +161,7 @@ def localize(
             "kind": pair[0].kind,
             "metric": rows[index].diff.to_json() if rows[index].diff else None,
         }
-        return Localization(first, fault, rows, ir_info, counts, shadow, unaligned)
+        return Localization(first, fault, rows, ir_info, counts, shadow, unaligned, static)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

@@ -283,6 +283,21 @@ _DEFAULTS: dict[str, Any] = {
 _ALL_EQUAL_DEFAULTS = {"pads": 0, "strides": 1, "dilations": 1}
 
 
+def static_diff(source: GraphView, target: GraphView, pairs: list[tuple[Layer, Layer]], precision: str) -> list[dict[str, Any]]:
+    """Parameter and attribute differences over every aligned pair: evidence, not the verdict.
+
+    Compared with the precision's tolerance, so an int8 model's rounded weights are no "fault".
+    """
+    found = []
+    for pair in pairs:
+        ctx = FaultContext(source, target, pair, {}, precision, {})
+        for check in (parameters, hyperparameters):
+            fault = check(ctx)
+            if fault is not None:
+                found.append({"source_layer": pair[0].node.name, "target_layer": pair[1].node.name, **fault.to_json()})
+    return found
+
+
 def _same(a: Any, b: Any) -> bool:
     if a is None or b is None:
         return a is None and b is None
