@@ -59,6 +59,7 @@ class CheckConfig:
     top_k: int = 1
     localize: bool | None = None  # None: localize when discrepant
     batch_size: int = 256
+    subset: np.ndarray | None = None  # restrict sampling to these data indices (repair's splits)
 
 
 @dataclass
@@ -166,6 +167,8 @@ def run_check(
                 f"input counts differ: source has {len(source.inputs)}, target has {len(target.inputs)}", target_ref.path
             )
         dataset = load_dataset(config, source.inputs, source_sidecar)
+        if config.subset is not None:
+            dataset = dataset.take(np.asarray(config.subset))
         plan = sampling_rounds(len(dataset), config.rounds, config.samples, config.seed)
         parts: list[Comparison] = []
         rounds: list[RoundResult] = []

@@ -111,6 +111,39 @@ def check(
 
 
 @app.command()
+def repair(
+    source: Annotated[Path, typer.Argument(help="The source model (reference behaviour).")],
+    target: Annotated[Path, typer.Argument(help="The converted model to repair.")],
+    out: Annotated[Path, typer.Option(help="Where to write the repaired model (target's format, with a sidecar).")],
+    data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
+    strategy: Annotated[str, typer.Option(help="auto | restore | pso")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    budget_seconds: Annotated[float, typer.Option(help="Wall-clock budget for the search.")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and the search.")] = 0,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance the repair must meet (default: check's).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance the repair must meet.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
+) -> None:
+    """Repair TARGET so that it behaves like SOURCE; prove it on held-out samples.
+
+    Exit 0 repaired (or nothing to repair), 1 no acceptable repair (target untouched), 2 bad input.
+    """
+    from convrepair.fsutil import write_json_atomic
+    from convrepair.plugins import default_registry
+    from convrepair.repair import RepairConfig, run_repair
+    from convrepair.report.terminal import render_repair
+
+    config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
+                          atol=atol, rtol=rtol)
+    report = run_repair(default_registry(), source, target, out, config)
+    payload = report.to_json()
+    if json_out:
+        write_json_atomic(json_out, payload)
+    render_repair(payload)
+    raise typer.Exit(0 if report.succeeded else 1)
+
+
+@app.command()
 def plugins(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
     deep: Annotated[bool, typer.Option("--deep/--quick", help="Import each framework to prove it works (slower).")] = True,

@@ -168,3 +168,28 @@ def render_localization(loc: dict[str, Any]) -> None:
     if shadow and shadow.get("confirmed") is not None:
         verdict = "diverges in isolation: the fault is here" if shadow["confirmed"] else "agrees in isolation: carried from earlier"
         console.print(f"  shadow run (target segment fed the source's input): {verdict}")
+
+
+def render_repair(report: dict[str, Any]) -> None:
+    verdict = report["verdict"]
+    colour = {"repaired": "green", "already_equivalent": "green"}.get(verdict, "red")
+    console.print(f"[bold]repair[/] {report['target']['path']} against {report['source']['path']}: [bold {colour}]{verdict.upper()}[/]")
+    before = report["check_before"]
+    loc = before.get("localization") or {}
+    if loc.get("fault"):
+        console.print(f"before: {before['verdict']}, label agreement {_fmt(before['label_agreement'], '.2%')}, "
+                      f"fault [bold]{loc['fault']['type']}[/]: {loc['fault']['detail']}")
+    table = Table(title="attempts", title_justify="left")
+    for column in ("#", "kind", "location", "kept", "label agr. (search)", "why"):
+        table.add_column(column)
+    for i, attempt in enumerate(report["attempts"], 1):
+        patch = attempt["patch"] or {}
+        table.add_row(str(i), attempt["kind"], short(patch.get("location", "") or ""), "yes" if attempt["accepted"] else "no",
+                      _fmt(attempt["label_agreement"], ".2%"), attempt["reason"])
+    console.print(table)
+    after = report.get("check_after")
+    if after:
+        console.print(f"held-out check ({report['splits']['held_out']} samples never used by the search): "
+                      f"{after['verdict']}, label agreement {_fmt(after['label_agreement'], '.2%')}, max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
+    if report.get("output"):
+        console.print(f"written: {report['output']['path']}")

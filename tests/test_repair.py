@@ -1,0 +1,137 @@
+"""`convrepair repair`: restores bring injected faults back to equivalent on held-out samples."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import faults as fi
+import synthetic
+from convrepair.convert import convert
+from convrepair.fsutil import sha256_file
+from convrepair.plugins import default_registry
+from convrepair.repair import RepairConfig, run_repair
+from convrepair.sidecar import read_sidecar, write_sidecar
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def converted(fixtures_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("converted")
+    registry = default_registry()
+    return {
+        "keras_onnx": convert(registry, fixtures_dir / "keras_cnn.keras", "onnx", out_dir=out / "k").output.path,
+        "torch_onnx": convert(registry, fixtures_dir / "torch_cnn.pt2", "onnx", out_dir=out / "t").output.path,
+        "torch_onnx_bn": convert(registry, fixtures_dir / "torch_cnn.pt2", "onnx", out=out / "bn" / "t.onnx",
+                                 options={"fold_constants": "false"}).output.path,
+        "torch_int8": convert(registry, fixtures_dir / "torch_cnn.pt2", "onnx-int8", out_dir=out / "q").output.path,
+    }
+
+
+def _faulty(clean, tmp_path, fault, *args):
+    out = fi.inject(clean, tmp_path / "faulty.onnx", fault, *args)
+    sidecar = read_sidecar(clean)
+    if sidecar is not None:
+        write_sidecar(out, sidecar)
+    return out
+
+
+def _repair(source, target, out, data, **kwargs):
+    return run_repair(default_registry(), source, target, out, RepairConfig(data=data, **kwargs))
+
+
+KERAS = [
+    (fi.perturb_weights, ("conv2",), "restore_weights"),
+    (fi.zero_bias, ("conv1",), "restore_biases"),
+    (fi.asymmetric_pads, ("conv2",), "restore_attribute"),
+    (fi.swap_activation, ("conv2_1/Relu",), "restore_activation"),
+    (fi.softmax_axis, (), "restore_attribute"),
+    (fi.flatten_without_transpose, (), "restore_attribute"),
+    (fi.scale_input, (), "insert_input_fix"),
+    (fi.transpose_input, (), "insert_input_fix"),
+    (fi.drop_activation, ("fc1_1/Relu",), "insert_missing_node"),
+]
+
+
+@pytest.mark.parametrize("fault, args, patch_kind", KERAS, ids=[f[0].__name__ for f in KERAS])
+def test_restore_repairs_keras_conversion_faults(fixtures_dir, converted, tmp_path, fault, args, patch_kind):
+    target = _faulty(converted["keras_onnx"], tmp_path, fault, *args)
+    digest = sha256_file(target)
+    report = _repair(fixtures_dir / "keras_cnn.keras", target, tmp_path / "fixed.onnx", fixtures_dir / "digits_test_nhwc.npz")
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+    assert report.check_before["verdict"] == "discrepant"
+    assert report.check_after["verdict"] == "equivalent" and report.check_after["samples"] > 0
+    assert report.attempts[0].patch.kind == patch_kind and report.attempts[0].accepted
+    assert sha256_file(target) == digest, "the target itself is never modified"
+    repaired = read_sidecar(tmp_path / "fixed.onnx")
+    assert repaired.steps[-1].converter == "convrepair-repair"
+    assert repaired.output["sha256"] == sha256_file(tmp_path / "fixed.onnx")
+
+
+TORCH = [
+    (fi.zero_bias, ("/Conv_1",), "torch_onnx", "restore_biases"),
+    (fi.batchnorm_epsilon, (0.5,), "torch_onnx_bn", "restore_attribute"),
+]
+
+
+@pytest.mark.parametrize("fault, args, clean, patch_kind", TORCH, ids=[f[0].__name__ for f in TORCH])
+def test_restore_repairs_torch_conversion_faults(fixtures_dir, converted, tmp_path, fault, args, clean, patch_kind):
+    target = _faulty(converted[clean], tmp_path, fault, *args)
+    report = _repair(fixtures_dir / "torch_cnn.pt2", target, tmp_path / "fixed.onnx", fixtures_dir / "digits_test_nchw.npz")
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+    assert report.attempts[0].patch.kind == patch_kind
+
+
+SYNTHETIC = [(fi.reverse_channels, ()), (fi.drop_pad, ()), (fi.resize_mode, ("asymmetric",))]
+
+
+@pytest.mark.parametrize("fault, args", SYNTHETIC, ids=[f[0].__name__ for f in SYNTHETIC])
+def test_restore_repairs_rgb_model_faults(tmp_path, fault, args):
+    source = synthetic.build_rgb_model(tmp_path / "rgb.onnx")
+    target = fi.inject(source, tmp_path / "faulty.onnx", fault, *args)
+    report = _repair(source, target, tmp_path / "fixed.onnx", None)
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+
+
+def test_two_faults_are_repaired_one_after_the_other(fixtures_dir, converted, tmp_path):
+    once = fi.inject(converted["keras_onnx"], tmp_path / "once.onnx", fi.zero_bias, "conv1")
+    target = _faulty(once, tmp_path, fi.asymmetric_pads, "conv2")
+    report = _repair(fixtures_dir / "keras_cnn.keras", target, tmp_path / "fixed.onnx", fixtures_dir / "digits_test_nhwc.npz")
+    assert report.verdict == "repaired"
+    assert [a.patch.kind for a in report.attempts if a.accepted] == ["restore_biases", "restore_attribute"]
+
+
+def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, converted, tmp_path):
+    report = _repair(fixtures_dir / "torch_cnn.pt2", converted["torch_int8"], tmp_path / "fixed.onnx",
+                     fixtures_dir / "digits_test_nchw.npz", atol=0.2, rtol=0.0)
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+    kept = report.attempts[-1].cost["layers_kept_fp32"]
+    assert 1 <= len(kept) <= 3 and all(a.kind == "precision_fallback" for a in report.attempts)
+    assert report.check_after["outputs"][0]["max_abs"] <= 0.2
+
+
+def test_already_equivalent_target_is_copied_unchanged(fixtures_dir, converted, tmp_path):
+    report = _repair(fixtures_dir / "keras_cnn.keras", converted["keras_onnx"], tmp_path / "same.onnx", fixtures_dir / "digits_test_nhwc.npz")
+    assert report.verdict == "already_equivalent" and report.attempts == []
+    assert sha256_file(tmp_path / "same.onnx") == sha256_file(converted["keras_onnx"])
+
+
+def test_repair_cli_contract(cli, fixtures_dir, converted, tmp_path):
+    target = _faulty(converted["keras_onnx"], tmp_path, fi.asymmetric_pads, "conv2")
+    ok = cli("repair", fixtures_dir / "keras_cnn.keras", target, "--out", tmp_path / "fixed.onnx",
+             "--data", fixtures_dir / "digits_test_nhwc.npz", "--json", tmp_path / "r.json")
+    assert ok.code == 0, ok.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"] == "convrepair.repair/v1"
+    for key in ("check_before", "attempts", "check_after", "seconds", "device", "output"):
+        assert key in report
+    patch = report["attempts"][0]["patch"]
+    assert {"kind", "location", "parameters", "before", "after"} <= set(patch)
+    # what cannot be repaired leaves nothing behind and exits 1
+    broken = fi.inject(converted["keras_onnx"], tmp_path / "nosidecar.onnx", fi.transpose_input)
+    failed = cli("repair", fixtures_dir / "keras_cnn.keras", broken, "--out", tmp_path / "never.onnx",
+                 "--data", fixtures_dir / "digits_test_nhwc.npz", "--strategy", "pso")
+    assert failed.code == 1, failed.stderr
+    assert not (tmp_path / "never.onnx").exists()
