@@ -122,6 +122,8 @@ def repair(
     seed: Annotated[int, typer.Option(help="Seed of the data split and the search.")] = 0,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance the repair must meet (default: check's).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance the repair must meet.")] = None,
+    optimiser: Annotated[str, typer.Option(help="Patch search: pso (Arachne v1) or de (Arachne TOSEM).")] = "pso",
+    accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
 ) -> None:
     """Repair TARGET so that it behaves like SOURCE; prove it on held-out samples.
@@ -134,7 +136,7 @@ def repair(
     from convrepair.report.terminal import render_repair
 
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
-                          atol=atol, rtol=rtol)
+                          atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement)
     report = run_repair(default_registry(), source, target, out, config)
     payload = report.to_json()
     if json_out:

@@ -121,10 +121,11 @@ def convert(
                 raise
             except Exception as exc:  # noqa: BLE001 - a converter's failure becomes a clear error
                 detail = " ".join(str(exc).split())[:300]
+                hop = f" (step {index + 1} of {len(route)})" if len(route) > 1 else ""
                 raise ConversionFailed(
-                    f"converter '{conv.name}' ({current.format} -> {conv.target}) failed: "
+                    f"converter '{conv.name}' ({current.format} -> {conv.target}){hop} failed: "
                     f"{type(exc).__name__}: {detail}",
-                    current.path,
+                    source.path,  # the user's file, not our intermediate
                 ) from exc
             written = notes.output or step_out
             step = ConversionStep(

@@ -135,3 +135,42 @@ def test_repair_cli_contract(cli, fixtures_dir, converted, tmp_path):
                  "--data", fixtures_dir / "digits_test_nhwc.npz", "--strategy", "pso")
     assert failed.code == 1, failed.stderr
     assert not (tmp_path / "never.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def int8_flipping(fixtures_dir, tmp_path_factory):
+    """Static int8 calibrated on images half as bright as real ones: a calibration-mismatch fault."""
+    import numpy as np
+
+    from convrepair.convert import load_calibration
+
+    out = tmp_path_factory.mktemp("int8")
+    calib = load_calibration(fixtures_dir / "digits_repair_nchw.npz")
+    dim = {key: (value[:32] * 0.5).astype("float32") for key, value in calib.items()}
+    return convert(default_registry(), fixtures_dir / "torch_cnn.pt2", "onnx-int8", out=out / "dim_int8.onnx", calibration=dim).output.path
+
+
+def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int8_flipping, tmp_path):
+    data = fixtures_dir / "digits_all_nchw.npz"
+    report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", data, accept_improvement=True)
+    pso = [a for a in report.attempts if a.kind == "pso_patch"]
+    assert pso and pso[0].accepted, [a.to_json() for a in report.attempts]
+    assert report.verdict in ("improved", "repaired")
+    before, after = report.check_before_held_out, report.check_after
+    assert after["label_agreement"] > before["label_agreement"]
+    assert len(after["flips"]) < len(before["flips"])
+    cost = pso[0].cost
+    assert cost["repair_rate_search"] > 0.3 and cost["break_rate_search"] <= 0.02
+    assert pso[0].patch.parameters <= 20 and "int8" in pso[0].patch.detail
+    import onnx
+
+    patched = onnx.load(str(tmp_path / "patched.onnx"))
+    assert any(n.op_type == "DequantizeLinear" for n in patched.graph.node)  # still quantized
+
+    again = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "again.onnx", data, accept_improvement=True)
+    assert [a.patch.after for a in again.attempts if a.patch] == [a.patch.after for a in report.attempts if a.patch]
+
+
+def test_improvement_short_of_equivalence_is_refused_by_default(fixtures_dir, int8_flipping, tmp_path):
+    report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", fixtures_dir / "digits_all_nchw.npz")
+    assert report.verdict == "not_repaired" and not (tmp_path / "patched.onnx").exists()

@@ -81,7 +81,7 @@ def localization_samples(dataset: Dataset, flips: list[int], seed: int) -> tuple
     return dataset.take(chosen), {"flipped": int(len(flipped)), "agreeing": int(len(agreeing))}
 
 
-def _feeds(model, layouts: list[str], dataset: Dataset) -> dict[str, np.ndarray]:
+def onnx_feeds(model, layouts: list[str], dataset: Dataset) -> dict[str, np.ndarray]:
     import onnx
 
     initializers = {i.name for i in model.graph.initializer}
@@ -118,8 +118,8 @@ def localize(
         target_ir = to_onnx_ir(registry, target_ref, target_sidecar, samples, workdir, export_options(target_sidecar))
         s_model, t_model = onnx.load(str(source_ir.path)), onnx.load(str(target_ir.path))
         source_view, target_view = GraphView(s_model), GraphView(t_model)
-        s_feeds = _feeds(s_model, source_ir.layouts or samples.layouts, samples)
-        t_feeds = _feeds(t_model, target_ir.layouts or samples.layouts, samples)
+        s_feeds = onnx_feeds(s_model, source_ir.layouts or samples.layouts, samples)
+        t_feeds = onnx_feeds(t_model, target_ir.layouts or samples.layouts, samples)
         alignment = align(source_view.layers(), target_view.layers())
         _prefer_shared_names(alignment.pairs, target_view)
         unaligned = {

@@ -43,6 +43,9 @@ class RepairConfig:
     max_fp32_layers: int = 3
     atol: float | None = None  # tolerances the repaired model must meet (default: check's)
     rtol: float | None = None
+    optimiser: str = "pso"  # or "de"
+    accept_improvement: bool = False  # accept fewer held-out flips without reaching equivalence
+    max_break_rate: float = 0.01  # share of held-out agreeing samples a patch may break
 
 
 @dataclass
@@ -76,10 +79,11 @@ class RepairReport:
     source: dict[str, Any]
     target: dict[str, Any]
     output: dict[str, Any] | None
-    verdict: str  # "repaired" | "already_equivalent" | "not_repaired"
+    verdict: str  # "repaired" | "improved" | "already_equivalent" | "not_repaired"
     check_before: dict[str, Any]
     attempts: list[Attempt]
     check_after: dict[str, Any] | None
+    check_before_held_out: dict[str, Any] | None
     splits: dict[str, int]
     seconds: float
     device: str
@@ -87,7 +91,7 @@ class RepairReport:
 
     @property
     def succeeded(self) -> bool:
-        return self.verdict in ("repaired", "already_equivalent")
+        return self.verdict in ("repaired", "improved", "already_equivalent")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +104,7 @@ class RepairReport:
             "check_before": self.check_before,
             "attempts": [a.to_json() for a in self.attempts],
             "check_after": self.check_after,
+            "check_before_held_out": self.check_before_held_out,
             "splits": self.splits,
             "seconds": round(self.seconds, 3),
             "device": self.device,
@@ -177,13 +182,18 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
                     check, search_idx, target_ref.path, before, source_view, source_ir.path, target_sidecar,
                     workdir, attempts, config, started,
                 )
-        if final_check.discrepant and config.strategy == "pso":
-            attempts.append(Attempt("pso", False, "the PSO patch search is not implemented yet"))
+        if final_check.discrepant and config.strategy in ("auto", "pso"):
+            final_path, final_check = _pso_attempt(
+                registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path, final_check,
+                dataset, search_idx, workdir, attempts, config,
+            )
+        held_before = after = None
         if not before.discrepant:
-            verdict, after = "already_equivalent", None
+            verdict = "already_equivalent"
         else:
+            held_before = check(target_ref.path, held_idx, localize=False)
             after = check(final_path, held_idx, localize=False) if final_path != target_ref.path else None
-            verdict = "repaired" if after is not None and not after.discrepant else "not_repaired"
+            verdict = _verdict(held_before, after, config)
         output = None
         if verdict != "not_repaired":
             output = _write_output(registry, final_path, out, target_ref, target_sidecar, attempts)
@@ -197,11 +207,78 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
         check_before=before.to_json(),
         attempts=attempts,
         check_after=after.to_json() if after is not None else None,
+        check_before_held_out=held_before.to_json() if held_before is not None else None,
         splits={"search": int(len(search_idx)), "held_out": int(len(held_idx))},
         seconds=time.perf_counter() - started,
         device="cpu",
         strategy=config.strategy,
     )
+
+
+def _verdict(held_before: CheckReport, after: CheckReport | None, config: RepairConfig) -> str:
+    if after is None:
+        return "not_repaired"
+    if not after.discrepant:
+        return "repaired"
+    broken = set(after.flipped_samples) - set(held_before.flipped_samples)
+    agree_before, agree_after = held_before.pooled.label_agreement or 0.0, after.pooled.label_agreement or 0.0
+    improved = agree_after > agree_before and len(broken) <= config.max_break_rate * max(after.pooled.n, 1)
+    return "improved" if improved and config.accept_improvement else "not_repaired"
+
+
+def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, current_path, current_check,
+                 dataset, search_idx, workdir, attempts, config):
+    """Search a small weight patch on the last dense layer (Arachne/NeuRecover) where labels flip."""
+    import onnx
+
+    from convrepair.localize.graph import GraphView
+    from convrepair.localize.ir import export_options, to_onnx_ir
+    from convrepair.repair.patch import last_dense_layer
+    from convrepair.repair.pso import SearchConfig
+    from convrepair.repair.restore import RestoreUnavailable
+    from convrepair.repair.search import labels_of, search_patch
+
+    if target_ref.format != "onnx":
+        attempts.append(Attempt("pso_patch", False, f"patches are written to ONNX targets; this target is {target_ref.format}"))
+        return current_path, current_check
+    search = dataset.take(search_idx)
+    t0 = time.perf_counter()
+    with registry.load(source_ref, source_sidecar, device="cpu") as source:
+        wanted = labels_of(source, search)
+    current_ref = model_ref(current_path, registry)
+    with registry.load(current_ref, read_sidecar(current_path), device="cpu") as target:
+        current = labels_of(target, search)
+        layouts = [spec.layout for spec in target.inputs]
+    if not (current != wanted).any():
+        attempts.append(Attempt("pso_patch", False, "no label flips on the search split: a patch search has nothing to fix"))
+        return current_path, current_check
+    source_weight = None
+    try:
+        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, search.take(np.arange(min(64, len(search)))), workdir,
+                               export_options(target_sidecar))
+        source_weight = last_dense_layer(GraphView(onnx.load(str(source_ir.path)))).weight
+    except Exception:  # noqa: BLE001 - without the source's weights the search runs without history
+        source_weight = None
+    budget = SearchConfig(budget_seconds=config.budget_seconds, seed=config.seed, device=config.device)
+    try:
+        model, patch, stats = search_patch(onnx.load(str(current_path)), source_weight, search, layouts, wanted, current,
+                                           budget, config.optimiser)
+    except RestoreUnavailable as exc:
+        attempts.append(Attempt("pso_patch", False, str(exc), seconds=time.perf_counter() - t0))
+        return current_path, current_check
+    candidate = workdir / "pso_patch.onnx"
+    onnx.save(model, str(candidate))
+    if target_sidecar is not None:
+        write_sidecar(candidate, target_sidecar)
+    result = check(candidate, search_idx, localize=False)
+    fixed = len(set(current_check.flipped_samples) - set(result.flipped_samples))
+    broken = sorted(set(result.flipped_samples) - set(current_check.flipped_samples))
+    accepted = len(result.flipped_samples) < len(current_check.flipped_samples)
+    reason = (f"fixed {fixed} of {len(current_check.flipped_samples)} flipped sample(s), broke {len(broken)}"
+              if accepted else "the patch does not reduce the flips")
+    attempts.append(Attempt("pso_patch", accepted, reason, patch, result.pooled.label_agreement, _violations(result),
+                            broken, time.perf_counter() - t0, stats))
+    return (candidate, result) if accepted else (current_path, current_check)
 
 
 def _restore_loop(check, search_idx, target_path, before, source_view, source_ir_path, target_sidecar, workdir,

@@ -172,7 +172,7 @@ def render_localization(loc: dict[str, Any]) -> None:
 
 def render_repair(report: dict[str, Any]) -> None:
     verdict = report["verdict"]
-    colour = {"repaired": "green", "already_equivalent": "green"}.get(verdict, "red")
+    colour = {"repaired": "green", "already_equivalent": "green", "improved": "yellow"}.get(verdict, "red")
     console.print(f"[bold]repair[/] {report['target']['path']} against {report['source']['path']}: [bold {colour}]{verdict.upper()}[/]")
     before = report["check_before"]
     loc = before.get("localization") or {}
@@ -187,9 +187,21 @@ def render_repair(report: dict[str, Any]) -> None:
         table.add_row(str(i), attempt["kind"], short(patch.get("location", "") or ""), "yes" if attempt["accepted"] else "no",
                       _fmt(attempt["label_agreement"], ".2%"), attempt["reason"])
     console.print(table)
+    for attempt in report["attempts"]:
+        cost = attempt.get("cost") or {}
+        if "repair_rate_search" in cost:
+            console.print(f"{attempt['kind']}: {cost['optimiser']} on {cost['device']}, {cost['negatives']} negatives / "
+                          f"{cost['positives']} positives, repair rate {cost['repair_rate_search']:.0%}, break rate "
+                          f"{cost['break_rate_search']:.1%} (search data), {cost['evaluations']} evaluations "
+                          f"({cost['evaluations_per_second']:.0f}/s)")
+    held = report.get("check_before_held_out")
     after = report.get("check_after")
+    if held:
+        console.print(f"held-out before: {held['verdict']}, label agreement {_fmt(held['label_agreement'], '.2%')}, "
+                      f"{len(held['flips'])} flip(s)")
     if after:
         console.print(f"held-out check ({report['splits']['held_out']} samples never used by the search): "
-                      f"{after['verdict']}, label agreement {_fmt(after['label_agreement'], '.2%')}, max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
+                      f"{after['verdict']}, label agreement {_fmt(after['label_agreement'], '.2%')}, {len(after['flips'])} flip(s), "
+                      f"max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")

@@ -1,0 +1,161 @@
+"""Particle swarm search of a small weight patch, every particle evaluated at once.
+
+Only the localized weights change, so a particle's logits are the cached base logits plus the
+contribution of its weight deltas: Z_p = Z + (X[:, cols] ⊙ Δ_p) · R, with R the one-hot map of
+each weight to its output row. The whole swarm is one batched tensor operation over the cache
+(torch; CUDA when present) — never a forward pass per particle.
+
+PSO as in Arachne v1 / NeuRecover's re-implementation: φ = φ1 + φ2 = 4.1, constriction
+χ = 2 / (φ − 2 + √(φ² − 4φ)) ≈ 0.7298, particles drawn from N(mean, std) of the layer's weights,
+zero initial velocity, velocity clamped to the layer's weight range, early stop after 10
+iterations without improvement, plus a wall-clock budget. The optimiser is a plugin point:
+`OPTIMISERS` also holds Arachne TOSEM's differential evolution (DE/rand/1/bin).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SearchConfig:
+    particles: int = 100
+    iterations: int = 100
+    patience: int = 10
+    alpha: float = 1.0  # weight of keeping positives in the fitness
+    budget_seconds: float = 60.0
+    seed: int = 0
+    device: str = "auto"
+
+
+@dataclass
+class SearchResult:
+    values: np.ndarray  # best values of the localized weights
+    fitness: float
+    iterations: int
+    evaluations: int
+    seconds: float
+    device: str
+    history: list[float] = field(default_factory=list)
+
+
+class SwarmEvaluator:
+    """Fitness of many candidate weight vectors at once over cached activations."""
+
+    def __init__(self, inputs, base, wanted, negatives, positives, positions, original, alpha=1.0, device="auto", quantizer=None):
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+        t = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa: E731
+        rows = np.array([r for r, _ in positions])
+        cols = np.array([c for _, c in positions])
+        self.x_cols = t(inputs[:, cols])  # (N, K)
+        self.base = t(base)  # (N, C)
+        self.route = t(np.eye(base.shape[1])[rows])  # (K, C)
+        self.wanted = t(wanted, torch.long)
+        self.neg = t(negatives, torch.long)
+        self.pos = t(positives, torch.long)
+        self.original = t(original)
+        self.alpha = alpha
+        self.quantizer = quantizer  # (scale, zero, qmin, qmax) per weight, to evaluate what int8 can hold
+
+    def fake_quant(self, values):
+        if self.quantizer is None:
+            return values
+        torch = self.torch
+        scale, zero, qmin, qmax = (torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device) for v in self.quantizer)
+        return (torch.clamp(torch.round(values / scale) + zero, qmin, qmax) - zero) * scale
+
+    def logits(self, values):
+        """(P, N, C) logits for P candidate vectors (P, K)."""
+        delta = self.fake_quant(values) - self.original  # (P, K)
+        return self.base[None] + (self.x_cols[None] * delta[:, None, :]) @ self.route
+
+    def fitness(self, values) -> "np.ndarray":
+        torch = self.torch
+        with torch.no_grad():
+            values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
+            z = self.logits(values)
+            log_p = torch.log_softmax(z, dim=-1)
+            correct = z.argmax(dim=-1) == self.wanted[None]
+            nll = -log_p.gather(2, self.wanted[None, :, None].expand(z.shape[0], -1, 1)).squeeze(2)
+            score = torch.zeros(z.shape[0], device=self.device)
+            for index, weight in ((self.neg, 1.0), (self.pos, self.alpha)):
+                if len(index):
+                    rate = correct[:, index].float().mean(dim=1)
+                    loss = nll[:, index].mean(dim=1)
+                    score = score + weight * (rate + 1) / (loss + 1)
+            return score.cpu().numpy()
+
+
+def pso(evaluate: Callable[[np.ndarray], np.ndarray], start: np.ndarray, layer_stats: tuple[float, float, float, float], config: SearchConfig) -> SearchResult:
+    mean, std, low, high = layer_stats
+    rng = np.random.default_rng(config.seed)
+    phi1 = phi2 = 2.05
+    phi = phi1 + phi2
+    chi = 2.0 / (phi - 2.0 + math.sqrt(phi * phi - 4.0 * phi))
+    k = len(start)
+    position = rng.normal(mean, max(std, 1e-6), size=(config.particles, k)).astype(np.float32)
+    position[0] = start  # the unpatched weights are one particle: the search never ends worse
+    velocity = np.zeros_like(position)
+    v_max = max(high - low, 1e-6)
+    started = time.perf_counter()
+    fitness = evaluate(position)
+    best_position, best_fitness = position.copy(), fitness.copy()
+    g = int(np.argmax(best_fitness))
+    history, stale, evaluations, iteration = [float(best_fitness[g])], 0, config.particles, 0
+    for iteration in range(1, config.iterations + 1):
+        r1, r2 = rng.random((2, config.particles, k), dtype=np.float32)
+        velocity = chi * (velocity + phi1 * r1 * (best_position - position) + phi2 * r2 * (best_position[g] - position))
+        velocity = np.clip(velocity, -v_max, v_max)
+        position = position + velocity
+        fitness = evaluate(position)
+        evaluations += config.particles
+        improved = fitness > best_fitness
+        best_position[improved], best_fitness[improved] = position[improved], fitness[improved]
+        new_g = int(np.argmax(best_fitness))
+        stale = stale + 1 if best_fitness[new_g] <= history[-1] + 1e-9 else 0
+        g = new_g
+        history.append(float(best_fitness[g]))
+        if stale >= config.patience or time.perf_counter() - started > config.budget_seconds:
+            break
+    return SearchResult(best_position[g].copy(), float(best_fitness[g]), iteration, evaluations,
+                        time.perf_counter() - started, "", history)
+
+
+def differential_evolution(evaluate, start, layer_stats, config: SearchConfig) -> SearchResult:
+    """Arachne TOSEM: DE/rand/1/bin, population 100, F ~ U(0.5, 1), CR = 0.7, bounds from the layer."""
+    mean, std, low, high = layer_stats
+    rng = np.random.default_rng(config.seed)
+    k, n = len(start), config.particles
+    population = rng.uniform(low, high, size=(n, k)).astype(np.float32)
+    population[0] = start
+    fitness = evaluate(population)
+    started, evaluations, history, stale, generation = time.perf_counter(), n, [float(fitness.max())], 0, 0
+    for generation in range(1, config.iterations + 1):
+        picks = np.array([rng.choice(np.delete(np.arange(n), i), 3, replace=False) for i in range(n)])
+        f = rng.uniform(0.5, 1.0, size=(n, 1)).astype(np.float32)
+        mutant = np.clip(population[picks[:, 0]] + f * (population[picks[:, 1]] - population[picks[:, 2]]), low, high)
+        cross = rng.random((n, k)) < 0.7
+        cross[np.arange(n), rng.integers(0, k, n)] = True
+        trial = np.where(cross, mutant, population)
+        trial_fitness = evaluate(trial)
+        evaluations += n
+        better = trial_fitness > fitness
+        population[better], fitness[better] = trial[better], trial_fitness[better]
+        stale = stale + 1 if fitness.max() <= history[-1] + 1e-9 else 0
+        history.append(float(fitness.max()))
+        if stale >= config.patience or time.perf_counter() - started > config.budget_seconds:
+            break
+    best = int(np.argmax(fitness))
+    return SearchResult(population[best].copy(), float(fitness[best]), generation, evaluations,
+                        time.perf_counter() - started, "", history)
+
+
+OPTIMISERS: dict[str, Callable] = {"pso": pso, "de": differential_evolution}

@@ -1,0 +1,90 @@
+"""PSO patch search: the batched evaluator is exact, the search is seeded, the patch stays int8."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convrepair.repair.pso import OPTIMISERS, SearchConfig, SwarmEvaluator
+from convrepair.repair.select import RepairData, boundary_order, localize_weights, pareto_front
+
+
+def _problem(seed=0, n=300, features=16, classes=4):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype(np.float32)
+    w_true = rng.normal(size=(classes, features)).astype(np.float32)
+    wanted = (x @ w_true.T).argmax(axis=1)
+    w = w_true.copy()
+    w[0, :3] += 1.5  # a regressed copy: some labels flip
+    base = x @ w.T
+    current = base.argmax(axis=1)
+    return x, w, w_true, base, wanted, np.nonzero(current != wanted)[0], np.nonzero(current == wanted)[0]
+
+
+def test_batched_logits_equal_the_patched_layer_computed_directly():
+    x, w, _, base, wanted, neg, pos = _problem()
+    positions = [(0, 0), (0, 1), (2, 5), (3, 7)]
+    original = np.array([w[r, c] for r, c in positions], np.float32)
+    evaluator = SwarmEvaluator(x, base, wanted, neg, pos, positions, original, device="cpu")
+    candidates = np.random.default_rng(1).normal(size=(5, len(positions))).astype(np.float32)
+    import torch
+
+    batched = evaluator.logits(torch.as_tensor(candidates)).numpy()
+    for p, values in enumerate(candidates):
+        patched = w.copy()
+        for (r, c), v in zip(positions, values):
+            patched[r, c] = v
+        np.testing.assert_allclose(batched[p], x @ patched.T, rtol=1e-4, atol=1e-4)
+
+
+def test_fitness_follows_the_arachne_formula():
+    x, w, _, base, wanted, neg, pos = _problem()
+    positions = [(0, 0)]
+    evaluator = SwarmEvaluator(x, base, wanted, neg, pos, positions, np.array([w[0, 0]], np.float32), alpha=1.0, device="cpu")
+    fitness = evaluator.fitness(np.array([[w[0, 0]]], np.float32))[0]
+    z = base - base.max(axis=1, keepdims=True)
+    nll = -(z[np.arange(len(z)), wanted] - np.log(np.exp(z).sum(axis=1)))
+    correct = base.argmax(axis=1) == wanted
+    expected = (correct[neg].mean() + 1) / (nll[neg].mean() + 1) + (correct[pos].mean() + 1) / (nll[pos].mean() + 1)
+    assert fitness == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("optimiser", ["pso", "de"])
+def test_search_fixes_negatives_and_is_deterministic(optimiser):
+    x, w, w_true, base, wanted, neg, pos = _problem()
+    assert len(neg) > 5
+    data = RepairData(x, base, wanted, neg, pos)
+    positions = localize_weights(data, w, history=w_true, top_n=16, limit=6)
+    assert (0, 0) in positions or (0, 1) in positions or (0, 2) in positions  # the regressed weights are found
+    original = np.array([w[r, c] for r, c in positions], np.float32)
+    evaluator = SwarmEvaluator(x, base, wanted, neg, pos, positions, original, device="cpu")
+    stats = (float(w.mean()), float(w.std()), float(w.min()), float(w.max()))
+    config = SearchConfig(particles=40, iterations=60, seed=3, budget_seconds=30)
+    first = OPTIMISERS[optimiser](evaluator.fitness, original, stats, config)
+    second = OPTIMISERS[optimiser](evaluator.fitness, original, stats, config)
+    np.testing.assert_array_equal(first.values, second.values)
+    assert first.fitness >= evaluator.fitness(original[None])[0]
+    import torch
+
+    labels = evaluator.logits(torch.as_tensor(first.values[None]))[0].argmax(dim=-1).numpy()
+    repair_rate = (labels[neg] == wanted[neg]).mean()
+    break_rate = (labels[pos] != wanted[pos]).mean()
+    assert repair_rate >= 0.5 and break_rate <= 0.05, (repair_rate, break_rate)
+
+
+def test_fake_quantization_limits_the_search_to_int8_values():
+    x, w, _, base, wanted, neg, pos = _problem()
+    positions = [(0, 0)]
+    scale = np.array([0.1], np.float32)
+    evaluator = SwarmEvaluator(x, base, wanted, neg, pos, positions, np.array([w[0, 0]], np.float32),
+                               device="cpu", quantizer=(scale, np.zeros(1, np.float32), -128, 127))
+    import torch
+
+    assert evaluator.fake_quant(torch.tensor([[0.123], [100.0]])).numpy().ravel().tolist() == pytest.approx([0.1, 12.7])
+
+
+def test_pareto_front_and_boundary_order():
+    assert sorted(pareto_front(np.array([3.0, 1.0, 2.0, 0.5]), np.array([1.0, 3.0, 2.0, 0.5]))) == [0, 1, 2]
+    logits = np.array([[2.0, 1.9], [5.0, 0.0], [0.0, 3.0]])
+    order = boundary_order(logits, np.array([1, 1, 0]), successes=np.array([], dtype=int))
+    assert order[0] == 0  # closest to the decision boundary first
