@@ -112,9 +112,10 @@ def check(
 
 @app.command()
 def repair(
-    source: Annotated[Path, typer.Argument(help="The source model (reference behaviour).")],
-    target: Annotated[Path, typer.Argument(help="The converted model to repair.")],
-    out: Annotated[Path, typer.Option(help="Where to write the repaired model (target's format, with a sidecar).")],
+    source: Annotated[Path, typer.Argument(help="The source model (reference behaviour), or the MODEL to repair against its labels.")],
+    target: Annotated[Optional[Path], typer.Argument(help="The converted model to repair (omit to repair MODEL itself).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the repaired model (target's format, with a sidecar).")] = Path(),
+    previous: Annotated[Optional[Path], typer.Option(help="Version N-1 of MODEL: repair the regressions against it.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
     strategy: Annotated[str, typer.Option(help="auto | restore | pso")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
@@ -126,17 +127,31 @@ def repair(
     accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
 ) -> None:
-    """Repair TARGET so that it behaves like SOURCE; prove it on held-out samples.
+    """Repair TARGET so that it behaves like SOURCE; or, with one model, repair its regressions
+    against --previous or its misclassifications; prove it on held-out samples.
 
-    Exit 0 repaired (or nothing to repair), 1 no acceptable repair (target untouched), 2 bad input.
+    Exit 0 repaired (or nothing to repair), 1 no acceptable repair (nothing written), 2 bad input.
     """
     from convrepair.fsutil import write_json_atomic
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
     from convrepair.report.terminal import render_repair
 
+    if out == Path():
+        raise typer.BadParameter("--out is required")
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
                           atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement)
+    if target is None:
+        from convrepair.repair.model_repair import run_model_repair
+        from convrepair.report.terminal import render_model_repair
+
+        result = run_model_repair(default_registry(), source, previous, out, config)
+        if json_out:
+            write_json_atomic(json_out, result)
+        render_model_repair(result)
+        raise typer.Exit(0 if result["verdict"] == "repaired" else 1)
+    if previous is not None:
+        raise typer.BadParameter("--previous repairs one MODEL; give it without a TARGET")
     report = run_repair(default_registry(), source, target, out, config)
     payload = report.to_json()
     if json_out:

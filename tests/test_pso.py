@@ -86,5 +86,9 @@ def test_fake_quantization_limits_the_search_to_int8_values():
 def test_pareto_front_and_boundary_order():
     assert sorted(pareto_front(np.array([3.0, 1.0, 2.0, 0.5]), np.array([1.0, 3.0, 2.0, 0.5]))) == [0, 1, 2]
     logits = np.array([[2.0, 1.9], [5.0, 0.0], [0.0, 3.0]])
-    order = boundary_order(logits, np.array([1, 1, 0]), successes=np.array([], dtype=int))
+    order = boundary_order(logits, np.array([1, 1, 0]), np.zeros((0, 2)), np.zeros(0, dtype=int))
     assert order[0] == 0  # closest to the decision boundary first
+    # equal boundary distance: the one farther from another class's success comes first
+    near = np.array([[1.0, 0.0], [3.0, 2.0]])  # both 1 from the boundary
+    order = boundary_order(near, np.array([1, 1]), np.array([[1.0, 0.0]]), np.array([0]))
+    assert order[0] == 1

@@ -174,3 +174,49 @@ def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int
 def test_improvement_short_of_equivalence_is_refused_by_default(fixtures_dir, int8_flipping, tmp_path):
     report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", fixtures_dir / "digits_all_nchw.npz")
     assert report.verdict == "not_repaired" and not (tmp_path / "patched.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def versions(fixtures_dir, tmp_path_factory):
+    """Registry versions 1 and 2 of the PyTorch model, as ONNX (patches are written to ONNX)."""
+    out = tmp_path_factory.mktemp("versions")
+    registry = default_registry()
+    return (convert(registry, fixtures_dir / "torch_cnn.pt2", "onnx", out=out / "v1.onnx").output.path,
+            convert(registry, fixtures_dir / "torch_cnn_v2.pt2", "onnx", out=out / "v2.onnx").output.path)
+
+
+def test_regression_repair_against_the_previous_version(cli, fixtures_dir, versions, tmp_path):
+    v1, v2 = versions
+    result = cli("repair", v2, "--previous", v1, "--data", fixtures_dir / "digits_all_nchw.npz",
+                 "--out", tmp_path / "v2_fixed.onnx", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "regression" and report["verdict"] == "repaired"
+    held = report["held_out"]
+    assert held["negatives"] > 20 and held["repair_rate"] >= 0.5 and held["break_rate"] <= 0.01
+    assert held["accuracy_after"] > held["accuracy_before"]
+    assert report["attempts"][0]["cost"]["history"] == "weight difference to the source"
+    assert (tmp_path / "v2_fixed.onnx").exists()
+
+
+def test_plain_repair_refuses_a_patch_that_breaks_too_much(cli, fixtures_dir, versions, tmp_path):
+    """Version 1 is wrong on a handful of test digits: a patch for them does not generalise."""
+    v1, _ = versions
+    result = cli("repair", v1, "--data", fixtures_dir / "digits_test_nchw.npz", "--out", tmp_path / "never.onnx",
+                 "--json", tmp_path / "r.json")
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "plain"
+    if report["verdict"] == "repaired":  # acceptable only within the stated break rate
+        assert report["held_out"]["break_rate"] <= 0.01 and result.code == 0
+    else:
+        assert result.code == 1 and not (tmp_path / "never.onnx").exists()
+
+
+def test_plain_repair_of_the_regressed_version(fixtures_dir, versions, tmp_path):
+    from convrepair.repair.model_repair import run_model_repair
+
+    _, v2 = versions
+    report = run_model_repair(default_registry(), v2, None, tmp_path / "fixed.onnx",
+                              RepairConfig(data=fixtures_dir / "digits_all_nchw.npz"))
+    assert report["verdict"] == "repaired", report["attempts"]
+    assert report["attempts"][0]["cost"]["history"].startswith("none")

@@ -26,8 +26,13 @@ def labels_of(runner, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
 
 
 def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layouts: list[str], wanted: np.ndarray,
-                 current: np.ndarray, config: SearchConfig, optimiser: str = "pso") -> tuple[Any, Patch, dict[str, Any]]:
-    """Search the patch on `dataset`; return (patched model, Patch, search statistics)."""
+                 current: np.ndarray, config: SearchConfig, optimiser: str = "pso",
+                 negatives: np.ndarray | None = None) -> tuple[Any, Patch, dict[str, Any]]:
+    """Search the patch on `dataset`; return (patched model, Patch, search statistics).
+
+    `negatives` defaults to every sample where `current` differs from `wanted` (a conversion);
+    regression repair passes only the regressions.
+    """
     from convrepair.localize import onnx_feeds
     from convrepair.localize.capture import capture
     from convrepair.localize.graph import GraphView
@@ -38,7 +43,7 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
     cache = capture(model, [layer.input_tensor, layer.logits_tensor], feeds)
     inputs = cache[layer.input_tensor].reshape(len(dataset), -1)
     base = cache[layer.logits_tensor].reshape(len(dataset), -1)
-    negatives = np.nonzero(current != wanted)[0]
+    negatives = np.nonzero(current != wanted)[0] if negatives is None else np.asarray(negatives)
     agreeing = np.nonzero(current == wanted)[0]
     rng = np.random.default_rng(config.seed)
     # Positives guard what must not break; evaluating them is cheap over the cache, so use many.

@@ -77,13 +77,13 @@ def localize_weights(data: RepairData, weight: np.ndarray, history: np.ndarray |
     return [divmod(int(i), weight.shape[1]) for i in chosen[:limit]]
 
 
-def boundary_order(logits: np.ndarray, labels: np.ndarray, successes: np.ndarray) -> np.ndarray:
+def boundary_order(logits: np.ndarray, labels: np.ndarray, success_logits: np.ndarray, success_labels: np.ndarray) -> np.ndarray:
     """Without history: negatives closest to the decision boundary (d2 = max(Y) − Y[true], small
     first) and far from the nearest success of another class (d1 = ‖Y_A − Y_B‖, large first)."""
     d2 = logits.max(axis=1) - logits[np.arange(len(labels)), labels]
-    if len(successes):
-        dist = np.linalg.norm(logits[:, None, :] - logits[successes][None, :, :], axis=2)
-        other = labels[:, None] != labels[successes][None, :]
+    if len(success_logits):
+        dist = np.linalg.norm(logits[:, None, :] - success_logits[None, :, :], axis=2)
+        other = labels[:, None] != success_labels[None, :]
         d1 = np.where(other, dist, np.inf).min(axis=1)
         d1 = np.where(np.isfinite(d1), d1, 0.0)
     else:

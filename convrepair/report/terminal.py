@@ -205,3 +205,17 @@ def render_repair(report: dict[str, Any]) -> None:
                       f"max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")
+
+
+def render_model_repair(report: dict[str, Any]) -> None:
+    colour = "green" if report["verdict"] == "repaired" else "red"
+    against = f" against {report['previous']}" if report.get("previous") else ""
+    console.print(f"[bold]{report['mode']} repair[/] of {report['model']['path']}{against}: [bold {colour}]{report['verdict'].upper()}[/]")
+    for attempt in report["attempts"]:
+        console.print(f"  {attempt['kind']}: {attempt['reason']}")
+    held = report.get("held_out")
+    if held:
+        console.print(f"  held-out accuracy {held['accuracy_before']:.2%} → {held['accuracy_after']:.2%}; "
+                      f"repair rate {held['repair_rate']:.0%} of {held['negatives']}, break rate {held['break_rate']:.2%}")
+    if report.get("output"):
+        console.print(f"written: {report['output']['path']}")
