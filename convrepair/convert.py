@@ -14,7 +14,7 @@ from convrepair.errors import BadInput, ConversionFailed, ConvrepairError
 from convrepair.fsutil import atomic_output, combined_digest, file_digests
 from convrepair.model import ModelRef, model_ref
 from convrepair.plugins import ConvertRequest, ConverterSpec, PluginRegistry
-from convrepair.sidecar import ConversionStep, Sidecar, read_sidecar, sidecar_path, write_sidecar
+from convrepair.sidecar import ConversionStep, Sidecar, read_sidecar, write_sidecar
 
 
 @dataclass
@@ -237,5 +237,3 @@ def _size(path: Path) -> int:
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return path.stat().st_size
 
-
-__all__ = ["ConversionResult", "convert", "plan_route", "default_output", "sidecar_path"]

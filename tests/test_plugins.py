@@ -74,27 +74,21 @@ def test_unknown_target_lists_the_known_ones():
         plan_route(default_registry(), "keras", "coreml")
 
 
+HEAVY = ("torch", "tensorflow", "onnxruntime", "keras", "onnx")
+
+
+def _frameworks_imported_by(code: str) -> str:
+    probe = f"{code}\nimport sys\nprint('HEAVY', [m for m in {HEAVY!r} if m in sys.modules])\n"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+
+
 def test_help_imports_no_framework():
-    code = (
-        "import sys\n"
-        "from convrepair.cli import app\n"
-        "try:\n"
-        "    app(['--help'], standalone_mode=False)\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = [m for m in ('torch', 'tensorflow', 'onnxruntime', 'keras', 'onnx') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
+    out = _frameworks_imported_by(
+        "from convrepair.cli import app\ntry:\n    app(['--help'], standalone_mode=False)\nexcept SystemExit:\n    pass"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out, out
 
 
 def test_plugin_discovery_imports_no_framework():
-    code = (
-        "import sys\n"
-        "from convrepair.plugins import discover\n"
-        "registry = discover()\n"
-        "print('HEAVY', [m for m in ('torch', 'tensorflow', 'onnxruntime', 'keras') if m in sys.modules])\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = _frameworks_imported_by("from convrepair.plugins import discover\ndiscover()")
     assert "HEAVY []" in out, out

@@ -72,7 +72,6 @@ def _expand(values: np.ndarray, shape: tuple, axis: int) -> np.ndarray:
 
 def _check_linear_path(view: GraphView, start: str, end: str) -> None:
     tensor = start
-    consumers = {name: [n for n in view.nodes if name in n.inputs] for name in {start}}
     for _ in range(8):
         if tensor == end:
             return
