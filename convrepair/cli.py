@@ -126,6 +126,8 @@ def repair(
     optimiser: Annotated[str, typer.Option(help="Patch search: pso (Arachne v1) or de (Arachne TOSEM).")] = "pso",
     accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
+    log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
 ) -> None:
     """Repair TARGET so that it behaves like SOURCE; or, with one model, repair its regressions
     against --previous or its misclassifications; prove it on held-out samples.
@@ -139,6 +141,20 @@ def repair(
 
     if out == Path():
         raise typer.BadParameter("--out is required")
+    from convrepair.ledger.keys import load_private_key
+    from convrepair.ledger.log import now
+
+    if sign_key is not None:
+        load_private_key(sign_key)  # a bad key fails before any work
+    started = now()
+
+    def sign(payload: dict) -> None:
+        if sign_key is None:
+            return
+        from convrepair.ledger.log import write_signed_log
+
+        path = write_signed_log(payload, log or out.with_name(out.name + ".log.dsse.json"), sign_key, started)
+        typer.echo(f"signed log (pending approval): {path}")
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
                           atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement)
     if target is None:
@@ -149,6 +165,7 @@ def repair(
         if json_out:
             write_json_atomic(json_out, result)
         render_model_repair(result)
+        sign(result)
         raise typer.Exit(0 if result["verdict"] == "repaired" else 1)
     if previous is not None:
         raise typer.BadParameter("--previous repairs one MODEL; give it without a TARGET")
@@ -157,7 +174,119 @@ def repair(
     if json_out:
         write_json_atomic(json_out, payload)
     render_repair(payload)
+    sign(payload)
     raise typer.Exit(0 if report.succeeded else 1)
+
+
+keys_app = typer.Typer(help="Signing keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("init")
+def keys_init(
+    name: Annotated[str, typer.Option(help="Key name: NAME.key (private, 0600) and NAME.pub.")] = "convrepair",
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write the key pair.")] = Path("."),
+    trust: Annotated[Optional[Path], typer.Option(help="Also add the public key to this trust file …")] = None,
+    role: Annotated[str, typer.Option(help="… with this role: service or reviewer.")] = "service",
+) -> None:
+    """Create an Ed25519 key pair; never overwrites. The private key is never printed."""
+    from convrepair.ledger.keys import add_to_trust, init_keys, load_public_key
+
+    private, public, keyid = init_keys(name, directory)
+    if trust is not None:
+        add_to_trust(trust, load_public_key(public), role, name)
+    typer.echo(f"key {name}: {keyid}\n  private: {private} (mode 600)\n  public:  {public}")
+
+
+@app.command()
+def approve(
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")],
+    key: Annotated[Path, typer.Option(help="Reviewer's private key (not the key that signed the log).")],
+    comment: Annotated[str, typer.Option(help="Why it is approved.")] = "",
+    promote: Annotated[Optional[Path], typer.Option(help="Copy the approved artifact, its log and the approval here.")] = None,
+) -> None:
+    """Approve a repair log with a reviewer key (a second signed statement)."""
+    from convrepair.ledger.decisions import decide
+
+    record = decide(log_file, key, "approved", comment, promote)
+    typer.echo(f"approved: {record.path}" + (f"\npromoted to {promote}" if promote else ""))
+
+
+@app.command()
+def reject(
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")],
+    key: Annotated[Path, typer.Option(help="Reviewer's private key.")],
+    reason: Annotated[str, typer.Option(help="Why it is rejected.")],
+) -> None:
+    """Reject a repair log with a reviewer key."""
+    from convrepair.ledger.decisions import decide
+
+    record = decide(log_file, key, "rejected", reason)
+    typer.echo(f"rejected: {record.path}")
+
+
+@app.command()
+def verify(
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")],
+    trust: Annotated[Path, typer.Option(help="Trust file naming the allowed keys and their roles.")],
+    require_approval: Annotated[bool, typer.Option(help="Fail unless a trusted reviewer approved this exact log.")] = False,
+    chain: Annotated[bool, typer.Option(help="Also check the whole decision hash chain.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the checks as JSON.")] = False,
+) -> None:
+    """Recompute every digest and check every signature; exit 0 only when all holds (fails closed)."""
+    import json
+
+    from convrepair.ledger.keys import read_trust
+    from convrepair.ledger.verify import verify as run_verify
+
+    result = run_verify(log_file, read_trust(trust), require_approval, chain)
+    if json_out:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        typer.echo(("verified: " if result.ok else "VERIFICATION FAILED: ") + f"{log_file}: {result.reason}")
+    raise typer.Exit(0 if result.ok else 1)
+
+
+@app.command()
+def review(
+    registry: Annotated[Path, typer.Option(help="Directory to search for signed logs.")] = Path("."),
+    status: Annotated[str, typer.Option(help="pending | approved | rejected | all")] = "pending",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List repair logs and their review status."""
+    import json
+
+    from convrepair.ledger.review import list_logs
+    from convrepair.report.terminal import render_review
+
+    if status not in ("pending", "approved", "rejected", "all"):
+        raise typer.BadParameter("--status is pending, approved, rejected or all")
+    rows = [row for row in list_logs(registry) if status == "all" or row["status"] == status]
+    if json_out:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        render_review(rows, status)
+
+
+@app.command()
+def show(
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")],
+    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page.")] = None,
+) -> None:
+    """What changed, where and why, with the numbers before and after."""
+    from convrepair.ledger.dsse import read_envelope, statement_of
+    from convrepair.report.terminal import render_log
+
+    envelope, _ = read_envelope(log_file)
+    statement = statement_of(envelope, log_file)
+    render_log(statement, envelope)
+    if html is not None:
+        from convrepair.fsutil import atomic_output
+        from convrepair.report.html import log_page
+
+        with atomic_output(html) as tmp:
+            tmp.write_text(log_page(statement, envelope))
+        typer.echo(f"wrote {html}")
 
 
 @app.command()

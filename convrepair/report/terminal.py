@@ -219,3 +219,37 @@ def render_model_repair(report: dict[str, Any]) -> None:
                       f"repair rate {held['repair_rate']:.0%} of {held['negatives']}, break rate {held['break_rate']:.2%}")
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")
+
+
+def render_review(rows: list[dict[str, Any]], status: str) -> None:
+    table = Table(title=f"repair logs ({status})", title_justify="left")
+    for column in ("status", "verdict", "target", "finished", "signed by", "log"):
+        table.add_column(column)
+    styles = {"pending": "yellow", "approved": "green", "rejected": "red"}
+    for row in rows:
+        table.add_row(f"[{styles.get(row['status'], 'dim')}]{row['status']}[/]", str(row.get("verdict")),
+                      short(str(row.get("target"))), str(row.get("finished", "")), str(row.get("signed_by", "")), row["log"])
+    console.print(table)
+    if not rows:
+        console.print("no logs")
+
+
+def render_log(statement: dict[str, Any], envelope: dict[str, Any]) -> None:
+    """A signed repair log for a person: what changed, where, why, and the numbers."""
+    predicate = statement["predicate"]
+    repair = predicate["repair"]
+    console.print(f"[bold]repair log[/] job {predicate['job']['id']} ({predicate['job']['started']} → {predicate['job']['finished']}), "
+                  f"signed by {envelope['signatures'][0]['keyid'][:16]}…")
+    if "check_before" in repair:
+        render_repair(repair)
+        loc = (repair["check_before"] or {}).get("localization")
+        if loc:
+            render_localization(loc)
+    else:
+        render_model_repair(repair)
+    files = Table(title="files (sha256)", title_justify="left")
+    for column in ("role", "file", "sha256"):
+        files.add_column(column)
+    for entry in predicate["files"]:
+        files.add_row(entry["role"], entry["name"], entry["sha256"][:16] + "…")
+    console.print(files)

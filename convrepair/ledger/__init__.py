@@ -1,0 +1,1 @@
+"""Signed repair logs: in-toto statements in DSSE envelopes, reviewer decisions, verification."""
