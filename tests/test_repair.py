@@ -108,6 +108,7 @@ def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, convert
                      fixtures_dir / "digits_test_nchw.npz", atol=0.2, rtol=0.0)
     assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
     kept = report.attempts[-1].cost["layers_kept_fp32"]
+    assert report.attempts[-1].cost["inference_ms"] > 0 and report.attempts[-1].cost["inference_ms_before"] > 0
     assert 1 <= len(kept) <= 3 and all(a.kind == "precision_fallback" for a in report.attempts)
     assert report.check_after["outputs"][0]["max_abs"] <= 0.2
 

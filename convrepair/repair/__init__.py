@@ -215,6 +215,26 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     )
 
 
+def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
+    """Median time of one batch through ONNX Runtime on the CPU: the cost a fallback adds."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feeds = {}
+    for value in session.get_inputs():
+        shape = [batch if not isinstance(d, int) or i == 0 else d for i, d in enumerate(value.shape)]
+        feeds[value.name] = np.random.default_rng(0).uniform(0, 1, shape).astype(np.float16 if "float16" in value.type else np.float32)
+    session.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        session.run(None, feeds)
+        times.append((time.perf_counter() - t0) * 1000)
+    return round(float(np.median(times)), 3)
+
+
 def _verdict(held_before: CheckReport, after: CheckReport | None, config: RepairConfig) -> str:
     if after is None:
         return "not_repaired"
@@ -312,7 +332,8 @@ def _restore_loop(check, search_idx, target_path, before, source_view, source_ir
                 result = check(candidate, search_idx, localize=False)
                 accepted, reason, new = _better(current_check, result)
                 cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size,
-                        "bytes_before": Path(current_path).stat().st_size}
+                        "bytes_before": Path(current_path).stat().st_size,
+                        "inference_ms": _inference_ms(candidate), "inference_ms_before": _inference_ms(current_path)}
                 patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
                 still = f"still discrepant (max |Δ| {result.pooled.max_abs:.3g})"
                 attempts.append(Attempt("precision_fallback", accepted and not result.discrepant,
