@@ -73,7 +73,9 @@ def load_private_key(path: Path):
         raise BadInput("no such key file", path) from None
     except PermissionError:
         raise BadInput("key file is not readable (check its permissions)", path) from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Others may not touch it, and its group may at most read it (Kubernetes mounts secrets
+    # group-readable through fsGroup); anything looser is refused.
+    if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
         raise BadInput(f"private key is accessible to others (mode {stat.S_IMODE(mode):o}); chmod 600 it", path)
     try:
         key = load_pem_private_key(data, password=None)

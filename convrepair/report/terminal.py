@@ -253,3 +253,20 @@ def render_log(statement: dict[str, Any], envelope: dict[str, Any]) -> None:
     for entry in predicate["files"]:
         files.add_row(entry["role"], entry["name"], entry["sha256"][:16] + "…")
     console.print(files)
+
+
+def render_status(jobs: list[dict[str, Any]]) -> None:
+    import datetime as dt
+
+    table = Table(title="convrepair jobs", title_justify="left")
+    for column in ("id", "model", "version", "target", "state", "attempts", "updated", "error / result"):
+        table.add_column(column)
+    styles = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "red"}
+    for job in jobs:
+        when = dt.datetime.fromtimestamp(job["updated"]).strftime("%H:%M:%S")
+        detail = job["error"] or ""
+        if not detail and job["result"]:
+            detail = str(__import__("json").loads(job["result"]).get("verdict", ""))
+        table.add_row(str(job["id"]), job["model"], job["version"], job["target"],
+                      f"[{styles.get(job['state'], '')}]{job['state']}[/]", str(job["attempts"]), when, detail[:80])
+    console.print(table)

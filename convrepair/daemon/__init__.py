@@ -1,0 +1,1 @@
+"""The daemon: a loop beside a model registry that runs convert → check → repair → sign per version."""

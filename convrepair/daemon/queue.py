@@ -1,0 +1,119 @@
+"""A durable job queue in SQLite (WAL): queued → running → done | failed, with leases.
+
+A job is keyed by (model, version, target, sha256 of the inputs): the same content is never
+processed twice, and a changed file makes a new job. A claim is `BEGIN IMMEDIATE`; a running
+job's lease is renewed by its heartbeat, so a daemon restarted after a crash requeues orphans.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  model TEXT NOT NULL, version TEXT NOT NULL, target TEXT NOT NULL, input_sha256 TEXT NOT NULL,
+  state TEXT NOT NULL DEFAULT 'queued', attempts INTEGER NOT NULL DEFAULT 0,
+  created REAL NOT NULL, updated REAL NOT NULL, lease_until REAL, error TEXT, result TEXT,
+  UNIQUE (model, version, target, input_sha256)
+);
+"""
+
+
+@dataclass
+class Job:
+    id: int
+    model: str
+    version: str
+    target: str
+    input_sha256: str
+    state: str
+    attempts: int
+    created: float
+    updated: float
+    lease_until: float | None
+    error: str | None
+    result: str | None
+
+
+class JobQueue:
+    def __init__(self, path: Path, max_attempts: int = 2):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_attempts = max_attempts
+        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def enqueue(self, model: str, version: str, target: str, input_sha256: str) -> int | None:
+        """The new job's id, or None when this exact content was queued before."""
+        now = time.time()
+        cursor = self.db.execute(
+            "INSERT OR IGNORE INTO jobs (model, version, target, input_sha256, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
+            (model, version, target, input_sha256, now, now),
+        )
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def fail(self, job_id: int, error: str) -> None:
+        """Fail at once, no retry (a bad config will not get better by trying again)."""
+        self.db.execute("UPDATE jobs SET state = 'failed', updated = ?, error = ? WHERE id = ?", (time.time(), error, job_id))
+
+    def claim(self, lease_seconds: float) -> Job | None:
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                self.db.execute("COMMIT")
+                return None
+            self.db.execute(
+                "UPDATE jobs SET state = 'running', attempts = attempts + 1, updated = ?, lease_until = ? WHERE id = ?",
+                (now, now + lease_seconds, row[0]),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return self.get(row[0])
+
+    def heartbeat(self, job_id: int, lease_seconds: float) -> None:
+        self.db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'", (time.time() + lease_seconds, job_id))
+
+    def finish(self, job_id: int, ok: bool, error: str | None = None, result: str | None = None) -> str:
+        job = self.get(job_id)
+        if ok:
+            state = "done"
+        else:
+            state = "queued" if job.attempts < self.max_attempts else "failed"
+        self.db.execute("UPDATE jobs SET state = ?, updated = ?, lease_until = NULL, error = ?, result = ? WHERE id = ?",
+                        (state, time.time(), error, result, job_id))
+        return state
+
+    def requeue_orphans(self) -> int:
+        """Running jobs whose lease expired (their daemon died) go back to the queue."""
+        cursor = self.db.execute(
+            "UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running' AND (lease_until IS NULL OR lease_until < ?)",
+            (time.time(), time.time()),
+        )
+        return cursor.rowcount
+
+    def requeue_running(self) -> int:
+        """At start-up: every running job belonged to a previous process of this daemon."""
+        return self.db.execute("UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running'", (time.time(),)).rowcount
+
+    def get(self, job_id: int) -> Job:
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return Job(*row)
+
+    def jobs(self) -> list[Job]:
+        return [Job(*row) for row in self.db.execute("SELECT * FROM jobs ORDER BY id")]
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
+
+    def close(self) -> None:
+        self.db.close()

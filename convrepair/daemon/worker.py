@@ -1,0 +1,85 @@
+"""Start a job in a worker process with a wall-clock timeout and a memory limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class WorkerResult:
+    ok: bool
+    result: dict[str, Any] | None
+    error: str | None
+    seconds: float
+
+
+def _prepare_child(megabytes: int):
+    def apply() -> None:
+        if megabytes:
+            limit = megabytes * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        os.setpgrp()  # its own process group: a timeout kills the whole job
+        _die_with_parent()
+
+    return apply
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the daemon dies (kill -9 included), so a restarted daemon
+    never races an orphan over the same job."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
+    except (OSError, AttributeError):
+        pass
+
+
+def start(spec: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, Path]:
+    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="convrepair-job-")
+    json.dump(spec, handle)
+    handle.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convrepair.daemon.job", handle.name],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_prepare_child(memory_mb),
+    )
+    return proc, Path(handle.name)
+
+
+def collect(proc: subprocess.Popen, spec_file: Path, started: float, timeout: float) -> WorkerResult | None:
+    """None while running; the result once it ended (or was killed for its timeout)."""
+    if proc.poll() is None:
+        if time.monotonic() - started <= timeout:
+            return None
+        os.killpg(proc.pid, 9)
+        proc.wait()
+        spec_file.unlink(missing_ok=True)
+        return WorkerResult(False, None, f"timed out after {timeout:.0f} s", time.monotonic() - started)
+    out, err = proc.communicate()
+    spec_file.unlink(missing_ok=True)
+    seconds = time.monotonic() - started
+    last = out.strip().splitlines()[-1] if out.strip() else ""
+    try:
+        payload = json.loads(last)
+    except ValueError:
+        payload = None
+    if proc.returncode == 0 and payload:
+        return WorkerResult(True, payload, None, seconds)
+    if payload and payload.get("error"):
+        return WorkerResult(False, payload, payload["error"], seconds)
+    tail = " ".join(err.strip().splitlines()[-1:])[:300] if err else ""
+    reason = f"worker died (exit {proc.returncode})" + (f": {tail}" if tail else "")
+    if proc.returncode and proc.returncode < 0:
+        reason = f"worker killed by signal {-proc.returncode} (memory limit?)"
+    return WorkerResult(False, None, reason, seconds)
