@@ -291,7 +291,8 @@ def show(
 
 @app.command()
 def daemon(
-    registry: Annotated[Path, typer.Argument(help="Registry directory (Triton layout: MODEL/VERSION/model.EXT).")],
+    registry: Annotated[Path, typer.Argument(help="Registry location: for the directory registry, MODEL/VERSION/model.EXT (Triton layout).")],
+    registry_kind: Annotated[str, typer.Option(help="Registry plugin (see `convrepair plugins`).")] = "directory",
     state_dir: Annotated[Path, typer.Option(help="Where the job queue lives (local disk: SQLite WAL).")] = Path(".convrepair-state"),
     once: Annotated[bool, typer.Option(help="Process everything pending, then exit (cron, CI).")] = False,
     workers: Annotated[int, typer.Option(help="Jobs at a time, each in its own process.")] = 1,
@@ -312,7 +313,7 @@ def daemon(
     from convrepair.daemon.service import Daemon, DaemonConfig
 
     logging.basicConfig(level=logging.INFO, format="%(message)s" if log_format == "json" else "%(asctime)s %(message)s")
-    if not registry.is_dir():
+    if registry_kind == "directory" and not registry.is_dir():
         raise typer.BadParameter(f"{registry}: registry directory does not exist")
     if sign_key is not None:
         from convrepair.ledger.keys import load_private_key
@@ -320,7 +321,7 @@ def daemon(
         load_private_key(sign_key)
     config = DaemonConfig(registry=registry.resolve(), state_dir=state_dir, once=once, workers=workers,
                           quiet_seconds=quiet_seconds, job_timeout=job_timeout, memory_mb=memory_mb,
-                          sign_key=sign_key.resolve() if sign_key else None, poll=poll,
+                          sign_key=sign_key.resolve() if sign_key else None, poll=poll, registry_kind=registry_kind,
                           http_port=None if no_http else http_port, http_host=http_host)
     service = Daemon(config)
     signal.signal(signal.SIGTERM, service.stop)

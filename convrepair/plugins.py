@@ -84,6 +84,18 @@ class ConverterSpec:
     plugin: str = ""
 
 
+@dataclass(frozen=True)
+class RegistrySpec:
+    """A model registry the daemon can watch: `open(location, **options)` returns an object with
+    `models()`, `versions(model)`, `version(model, version)`, `ready(version)` and
+    `results_dir(version, target)` (see `convrepair.daemon.registry.DirectoryRegistry`)."""
+
+    name: str
+    description: str
+    open: Callable[..., Any]
+    plugin: str = ""
+
+
 @dataclass
 class Plugin:
     """What one plugin module provides. Register parts with the decorators, one per small module."""
@@ -94,6 +106,16 @@ class Plugin:
     probe: Callable[[], None] | None = None
     formats: list[FormatSpec] = field(default_factory=list)
     converters: list[ConverterSpec] = field(default_factory=list)
+    registries: list[RegistrySpec] = field(default_factory=list)
+
+    def registry(self, name: str, *, description: str):
+        """Decorator for a registry opener: `@PLUGIN.registry("directory", ...) def open(location, **options)`."""
+
+        def register(opener: Callable[..., Any]):
+            self.registries.append(RegistrySpec(name, description, opener, plugin=self.name))
+            return opener
+
+        return register
 
     def format(self, name: str, *, description: str, suffix: str, detect: Callable[[Path], bool]):
         """Decorator for a loader: `@PLUGIN.format("onnx", ...) def load(request) -> Runner`."""
@@ -171,6 +193,7 @@ class PluginRegistry:
         self.records: list[PluginRecord] = []
         self.formats: dict[str, FormatSpec] = {}
         self.converters: dict[str, ConverterSpec] = {}
+        self.registries: dict[str, RegistrySpec] = {}
 
     def add(self, plugin: Plugin, entry_point: str = "") -> None:
         for spec in plugin.formats:
@@ -181,6 +204,10 @@ class PluginRegistry:
             if conv.name in self.converters:
                 other = self.converters[conv.name].plugin
                 raise ValueError(f"converter '{conv.name}' registered twice ({other}, {plugin.name})")
+        for spec in plugin.registries:
+            if spec.name in self.registries:
+                raise ValueError(f"registry '{spec.name}' registered twice ({self.registries[spec.name].plugin}, {plugin.name})")
+        self.registries.update({spec.name: spec for spec in plugin.registries})
         self.formats.update({spec.name: spec for spec in plugin.formats})
         self.converters.update({conv.name: conv for conv in plugin.converters})
         self.records.append(PluginRecord(plugin, entry_point or plugin.name))

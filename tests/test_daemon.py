@@ -186,3 +186,37 @@ def test_deploy_files_are_consistent():
     manifest = (root / "kubernetes.yaml").read_text()
     for kind in ("kind: Deployment", "kind: PersistentVolumeClaim", "containerPort: 9464", "runAsNonRoot: true"):
         assert kind in manifest
+
+
+def test_twenty_versions_at_once_are_all_processed_once_with_bounded_memory(tmp_path, keys):
+    import synthetic
+
+    registry = tmp_path / "registry"
+    model = registry / "rgb"
+    model.mkdir(parents=True)
+    (model / "convrepair.toml").write_text('targets = ["onnx-fp16"]\n[repair]\npolicy = "none"\n')
+    for version in range(1, 21):  # twenty distinct models land together
+        tmp = model / f".tmp-{version}"
+        tmp.mkdir()
+        synthetic.build_rgb_model(tmp / "model.onnx", seed=version)
+        (tmp / "_COMPLETE").touch()
+        tmp.rename(model / str(version))
+    state = tmp_path / "state"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "convrepair", "daemon", str(registry), "--state-dir", str(state), "--once", "--workers", "2",
+         "--quiet-seconds", "0", "--no-http", "--sign-key", str(keys / "service.key")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, proc.stderr.read()[-2000:]
+    jobs = _jobs(state)
+    assert len(jobs) == 20 and {j["state"] for j in jobs} == {"done"}
+    assert len({(j["model"], j["version"]) for j in jobs}) == 20
+    logs = sorted(registry.rglob("repair.log.dsse.json"))
+    assert len(logs) == 20  # one per job, none twice
+    assert usage.ru_maxrss / 1024 < 1024, f"daemon peak RSS {usage.ru_maxrss / 1024:.0f} MB"  # jobs run in workers
+
+
+def test_unknown_registry_kind_is_a_clear_error(tmp_path):
+    result = run_cli("daemon", tmp_path, "--registry-kind", "mlflow", "--once", "--no-http", "--state-dir", tmp_path / "s")
+    assert result.code == 2 and "unknown registry kind 'mlflow'" in result.stderr and "directory" in result.stderr

@@ -46,6 +46,12 @@ class DirectoryRegistry:
                 out.append(Version(model_dir.name, entry.name, entry, files[0] if files else None))
         return out
 
+    def version(self, model: str, version: str) -> Version:
+        for candidate in self.versions(self.root / model):
+            if candidate.version == version:
+                return candidate
+        raise KeyError(f"{model}/{version}")
+
     def ready(self, version: Version) -> bool:
         """Complete by marker, or unchanged for the quiet period across two scans."""
         if version.model_file is None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from convrepair.daemon import worker
 from convrepair.daemon.config import load_model_config
 from convrepair.daemon.queue import JobQueue
-from convrepair.daemon.registry import DirectoryRegistry
 from convrepair.errors import BadInput
 from convrepair.fsutil import combined_digest, file_digests
 
@@ -40,14 +39,20 @@ class DaemonConfig:
     grace_seconds: float = 30.0
     sign_key: Path | None = None
     poll: bool = False
+    registry_kind: str = "directory"
     http_port: int | None = None
     http_host: str = "127.0.0.1"
 
 
 class Daemon:
     def __init__(self, config: DaemonConfig):
+        from convrepair.plugins import default_registry
+
         self.config = config
-        self.registry = DirectoryRegistry(config.registry, config.quiet_seconds)
+        kinds = default_registry().registries
+        if config.registry_kind not in kinds:
+            raise BadInput(f"unknown registry kind '{config.registry_kind}' (available: {', '.join(sorted(kinds))})")
+        self.registry = kinds[config.registry_kind].open(str(config.registry), quiet_seconds=config.quiet_seconds)
         self.queue = JobQueue(Path(config.state_dir) / "queue.sqlite")
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -90,9 +95,8 @@ class Daemon:
     # --- running ----------------------------------------------------------------------------
 
     def _spec(self, job) -> dict:
-        version_dir = self.config.registry / job.model / job.version
-        model_file = next(p for p in version_dir.iterdir() if p.name.startswith("model.") and not p.name.endswith(".convrepair.json"))
-        return {"job_id": job.id, "version_dir": str(version_dir), "model_file": str(model_file), "target": job.target,
+        version = self.registry.version(job.model, job.version)
+        return {"job_id": job.id, "version_dir": str(version.path), "model_file": str(version.model_file), "target": job.target,
                 "sign_key": str(self.config.sign_key) if self.config.sign_key else None}
 
     def _start_jobs(self) -> None:

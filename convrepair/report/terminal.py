@@ -54,7 +54,8 @@ def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
     for record in registry.records:
         plugin = record.plugin
         if plugin is None:
-            rows.append({"plugin": record.entry_point, "status": "broken", "reason": record.error, "formats": [], "converters": []})
+            rows.append({"plugin": record.entry_point, "status": "broken", "reason": record.error, "formats": [],
+                         "registries": [], "converters": []})
             continue
         reason = plugin.unavailable_reason(deep=deep)
         rows.append(
@@ -64,6 +65,7 @@ def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
                 "status": "available" if reason is None else "unavailable",
                 "reason": reason,
                 "formats": [f.name for f in plugin.formats],
+                "registries": [r.name for r in plugin.registries],
                 "converters": [
                     {"name": c.name, "from": list(c.sources), "to": c.target, "writes": c.output_format, "lossy": c.lossy}
                     for c in plugin.converters
@@ -76,12 +78,13 @@ def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
 def render_plugins(registry: PluginRegistry, deep: bool) -> None:
     rows = plugin_rows(registry, deep)
     table = Table(title="convrepair plugins")
-    for column in ("plugin", "status", "formats", "converters"):
+    for column in ("plugin", "status", "formats / registries", "converters"):
         table.add_column(column)
     for row in rows:
         status = "[green]available[/]" if row["status"] == "available" else f"[red]{row['status']}[/]: {row['reason']}"
         converters = "\n".join(f"{c['name']}: {'/'.join(c['from'])} → {c['to']}" for c in row["converters"])
-        table.add_row(row["plugin"], status, ", ".join(row["formats"]), converters)
+        provides = ", ".join(row["formats"] + [f"registry:{name}" for name in row.get("registries", [])])
+        table.add_row(row["plugin"], status, provides, converters)
     console.print(table)
 
 
