@@ -58,6 +58,7 @@ class Daemon:
         self.wake = threading.Event()
         self.running: dict[int, tuple] = {}
         self.metrics = None
+        self._digests: dict[tuple, str] = {}
 
     # --- scanning ---------------------------------------------------------------------------
 
@@ -66,20 +67,20 @@ class Daemon:
         from convrepair.plugins import default_registry
 
         added = 0
-        targets = default_registry().targets()
+        known_targets = default_registry().targets()
         for model_dir in self.registry.models():
             try:
-                config = load_model_config(model_dir / "convrepair.toml", targets)
+                config = load_model_config(model_dir / "convrepair.toml", known_targets)
                 config_error = None
             except BadInput as exc:
                 config, config_error = None, exc.one_line()
             for version in self.registry.versions(model_dir):
-                if not self.registry.ready(version):
+                pending = [t for t in (config.targets if config else ["<config>"])
+                           if not (config and self.registry.results_dir(version, t).exists())]
+                if not pending or not self.registry.ready(version):
                     continue
-                digest = combined_digest(file_digests(version.model_file))
-                for target in (config.targets if config else ["<config>"]):
-                    if config and self.registry.results_dir(version, target).exists():
-                        continue
+                digest = self._digest(version.model_file)
+                for target in pending:
                     job_id = self.queue.enqueue(version.model, version.version, target, digest)
                     if job_id is None:
                         continue
@@ -91,6 +92,14 @@ class Daemon:
                         log.info(json.dumps({"event": "queued", "job": job_id, "model": version.model,
                                              "version": version.version, "target": target}))
         return added
+
+    def _digest(self, path: Path) -> str:
+        """sha256 of a model, re-hashed only when a file's size or mtime changed (scans are frequent)."""
+        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
+        key = (str(path), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+        if key not in self._digests:
+            self._digests[key] = combined_digest(file_digests(path))
+        return self._digests[key]
 
     # --- running ----------------------------------------------------------------------------
 
