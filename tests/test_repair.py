@@ -221,3 +221,29 @@ def test_plain_repair_of_the_regressed_version(fixtures_dir, versions, tmp_path)
                               RepairConfig(data=fixtures_dir / "digits_all_nchw.npz"))
     assert report["verdict"] == "repaired", report["attempts"]
     assert report["attempts"][0]["cost"]["history"].startswith("none")
+
+
+def test_restore_of_a_pytorch_target_is_written_back_into_its_program(fixtures_dir, tmp_path):
+    """Keras source, PyTorch (.pt2, from onnx2torch) target with one bias zeroed inside the module."""
+    import shutil as _shutil
+
+    import torch
+
+    from convrepair.check import CheckConfig, run_check
+    from convrepair.sidecar import sidecar_path
+
+    converted = convert(default_registry(), fixtures_dir / "keras_cnn.keras", "torch", out_dir=tmp_path / "c").output.path
+    program = torch.export.load(str(converted))
+    name = next(k for k in program.state_dict if "conv2" in k and k.endswith(".bias"))
+    with torch.no_grad():
+        program.state_dict[name].zero_()
+    target = tmp_path / "faulty.pt2"
+    torch.export.save(program, str(target))
+    _shutil.copy(sidecar_path(converted), sidecar_path(target))
+    report = _repair(fixtures_dir / "keras_cnn.keras", target, tmp_path / "fixed.pt2", fixtures_dir / "digits_all_nhwc.npz")
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+    assert report.output["format"] == "pt2"
+    assert [a.kind for a in report.attempts if a.accepted] == ["restore_biases", "carry_into_pt2"]
+    after = run_check(default_registry(), fixtures_dir / "keras_cnn.keras", tmp_path / "fixed.pt2",
+                      CheckConfig(data=fixtures_dir / "digits_test_nhwc.npz"))
+    assert after.verdict == "equivalent"

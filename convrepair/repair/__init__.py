@@ -172,16 +172,21 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     final_path, final_check = target_ref.path, before
     try:
         if before.discrepant and config.strategy in ("auto", "restore"):
-            if target_ref.format != "onnx":
-                attempts.append(Attempt("restore", False, f"restore writes ONNX targets; this target is {target_ref.format}"))
+            if target_ref.format not in ("onnx", "pt2"):
+                attempts.append(Attempt("restore", False, f"restore writes ONNX and .pt2 targets; this target is {target_ref.format}"))
             else:
-                source_ir = to_onnx_ir(registry, source_ref, source_sidecar, dataset.take(search_idx[:64]), workdir,
-                                       export_options(target_sidecar))
+                sample = dataset.take(search_idx[:64])
+                source_ir = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar))
                 source_view = GraphView(onnx.load(str(source_ir.path)))
+                # a .pt2 target is repaired on its ONNX IR (the graph localization named), then carried back
+                work_target = target_ref.path if target_ref.format == "onnx" else to_onnx_ir(
+                    registry, target_ref, target_sidecar, sample, workdir, export_options(target_sidecar)).path
                 final_path, final_check = _restore_loop(
-                    check, search_idx, target_ref.path, before, source_view, source_ir.path, target_sidecar,
+                    check, search_idx, work_target, before, source_view, source_ir.path, target_sidecar,
                     workdir, attempts, config, started,
                 )
+                if target_ref.format == "pt2":
+                    final_path = _carry_into_pt2(work_target, final_path, target_ref.path, workdir, attempts)
         if final_check.discrepant and config.strategy in ("auto", "pso"):
             final_path, final_check = _pso_attempt(
                 registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path, final_check,
@@ -233,6 +238,27 @@ def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
         session.run(None, feeds)
         times.append((time.perf_counter() - t0) * 1000)
     return round(float(np.median(times)), 3)
+
+
+def _carry_into_pt2(ir_before: Path, ir_after: Path, pt2: Path, workdir: Path, attempts: list[Attempt]) -> Path:
+    """The .pt2 target with the IR's repaired parameters written in; the target itself when none."""
+    import onnx
+
+    from convrepair.repair.transfer import changed_initializers, transfer_to_pt2
+
+    if Path(ir_after) == Path(ir_before):
+        return pt2
+    try:
+        changes = changed_initializers(onnx.load(str(ir_before)), onnx.load(str(ir_after)))
+        out = workdir / "repaired.pt2"
+        names = transfer_to_pt2(changes, pt2, out)
+    except RestoreUnavailable as exc:
+        attempts.append(Attempt("carry_into_pt2", False, str(exc)))
+        return pt2
+    attempts.append(Attempt("carry_into_pt2", True, f"wrote the repaired values into the program's {', '.join(names)}",
+                            Patch("carry_into_pt2", ", ".join(names), sum(int(new.size) for _, new in changes.values()),
+                                  "parameters repaired on the ONNX IR, written into the exported program")))
+    return out
 
 
 def _verdict(held_before: CheckReport, after: CheckReport | None, config: RepairConfig) -> str:
