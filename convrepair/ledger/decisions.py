@@ -117,14 +117,10 @@ def promote(log_path: Path, decision: Decision, destination: Path) -> Path:
         for entry in outputs:
             source = base / entry["name"]
             shutil.copy2(source, tmp / Path(entry["name"]).name)
-        _copy_log_with_outputs(log_path, tmp)
+        shutil.copy2(log_path, tmp / Path(log_path).name)
         (tmp / DECISIONS_DIR).mkdir()
         shutil.copy2(decision.path, tmp / DECISIONS_DIR / decision.path.name)
     return destination
-
-
-def _copy_log_with_outputs(log_path: Path, directory: Path) -> None:
-    shutil.copy2(log_path, directory / Path(log_path).name)
 
 
 def verify_chain(directory: Path) -> tuple[bool, str]:

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from convrepair.fsutil import file_digests, write_json_atomic
+from convrepair.fsutil import file_digests
 from convrepair.ledger import dsse
 from convrepair.ledger.keys import keyid_of, load_private_key
 from convrepair.sidecar import read_sidecar
@@ -106,5 +106,3 @@ def write_canonical(path: Path, envelope: dict[str, Any]) -> None:
     with atomic_output(Path(path)) as tmp:
         tmp.write_bytes(dsse.canonical(envelope))
 
-
-__all__ = ["build_log", "validate_log", "write_signed_log", "write_json_atomic", "LOG_PREDICATE", "STATEMENT_TYPE"]
