@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from convrepair.errors import BadInput, ConversionFailed, ConvrepairError
+from convrepair.errors import BadInput, ConversionFailed, ConvrepairError, exception_text
 from convrepair.fsutil import atomic_output, combined_digest, file_digests
 from convrepair.model import ModelRef, model_ref
 from convrepair.plugins import ConvertRequest, ConverterSpec, PluginRegistry
@@ -120,7 +120,7 @@ def convert(
             except ConvrepairError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a converter's failure becomes a clear error
-                detail = " ".join(str(exc).split())[:300]
+                detail = exception_text(exc, 300)
                 hop = f" (step {index + 1} of {len(route)})" if len(route) > 1 else ""
                 raise ConversionFailed(
                     f"converter '{conv.name}' ({current.format} -> {conv.target}){hop} failed: "

@@ -9,6 +9,11 @@ EXIT_DISCREPANT = 1
 EXIT_BAD_INPUT = 2
 
 
+def exception_text(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, cut to `limit`; its type name when it has no message."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__
+
+
 class ConvrepairError(Exception):
     """Base class; `exit_code` is what the CLI exits with."""
 

@@ -84,6 +84,11 @@ def guess_layout(shape: tuple[int | None, ...]) -> str:
     return "any"
 
 
+def input_layouts(declared: list[str], shapes: list[tuple[int | None, ...]]) -> list[str]:
+    """Each input's layout: as the sidecar declares it, else guessed from its shape."""
+    return [declared[i] if i < len(declared) else guess_layout(shape) for i, shape in enumerate(shapes)]
+
+
 # --- content sniffing shared by the format detectors --------------------------------------------
 
 _PICKLE_PROTOCOL_BYTE = b"\x80"

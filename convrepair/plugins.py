@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from convrepair.errors import BadInput, PluginUnavailable
+from convrepair.errors import BadInput, PluginUnavailable, exception_text
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,6 +31,15 @@ class LoadRequest:
     ref: ModelRef
     sidecar: Sidecar | None = None
     device: str = "auto"
+
+    @property
+    def declared_layouts(self) -> list[str]:
+        return list(self.sidecar.input_layout) if self.sidecar else []
+
+    def input_layouts(self, shapes: list[tuple[int | None, ...]]) -> list[str]:
+        from convrepair.model import input_layouts
+
+        return input_layouts(self.declared_layouts, shapes)
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,7 @@ class Plugin:
                 for module in self.requires:
                     importlib.import_module(module)
             except Exception as exc:  # noqa: BLE001 - any import failure means unavailable
-                return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+                return f"{type(exc).__name__}: {exception_text(exc, 200)}"
         return None
 
 

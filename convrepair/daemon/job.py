@@ -53,7 +53,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convrepair.errors import ConvrepairError
+    from convrepair.errors import ConvrepairError, exception_text
 
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"status": "failed", "error": exc.one_line()}))
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the job fails, the daemon lives on
-        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"}))
+        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}"}))
         return EXIT_FAILED
     print(json.dumps(result))
     return 0

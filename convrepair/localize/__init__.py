@@ -20,9 +20,9 @@ from convrepair.data import Dataset, feeds_for
 from convrepair.localize.align import align
 from convrepair.localize.capture import capture, run_segment
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
-from convrepair.localize.graph import GraphView, Layer
+from convrepair.localize.graph import GraphView
 from convrepair.localize.ir import export_options, to_onnx_ir
-from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff
+from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff, layout_permutations
 from convrepair.model import ModelRef, TensorSpec
 from convrepair.plugins import PluginRegistry
 from convrepair.sidecar import Sidecar
@@ -272,8 +272,6 @@ def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_f
     evidence["same_shape"] = s_value.shape == t_value.shape
     if direct is not None:
         evidence["metric"] = direct.to_json()
-    from convrepair.localize.tensors import layout_permutations
-
     for perm in layout_permutations(s_value.shape, t_value.shape):
         if perm == tuple(range(s_value.ndim)):
             continue

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convrepair.errors import BadInput
-from convrepair.model import Runner, TensorSpec, conform_feeds, guess_layout
+from convrepair.errors import BadInput, exception_text
+from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts
 from convrepair.plugins import LoadRequest
 from convrepair_plugins.onnx import PLUGIN
 
@@ -38,7 +38,7 @@ def load_onnx_model(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # noqa: BLE001 - protobuf/checker errors have many types
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = exception_text(exc, 200)
         raise BadInput(f"is not a valid ONNX model (truncated or corrupt?): {text}", path) from None
     return model
 
@@ -63,17 +63,14 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(source, options, providers=session_providers(device))
         except Exception as exc:  # noqa: BLE001
-            text = " ".join(str(exc).split())[:200]
+            text = exception_text(exc, 200)
             raise BadInput(f"is not a valid ONNX model (truncated or corrupt?): ONNX Runtime cannot load it: {text}", path) from None
         self.device = "cuda" if "CUDAExecutionProvider" in self.session.get_providers() else "cpu"
+        metas = self.session.get_inputs()
+        resolved = input_layouts(layouts, [_shape(meta.shape) for meta in metas])
         self.inputs = [
-            TensorSpec(
-                meta.name,
-                _shape(meta.shape),
-                _ORT_DTYPES.get(meta.type, "float32"),
-                layouts[i] if i < len(layouts) else guess_layout(_shape(meta.shape)),
-            )
-            for i, meta in enumerate(self.session.get_inputs())
+            TensorSpec(meta.name, _shape(meta.shape), _ORT_DTYPES.get(meta.type, "float32"), resolved[i])
+            for i, meta in enumerate(metas)
         ]
         self.outputs = [
             TensorSpec(meta.name, _shape(meta.shape), _ORT_DTYPES.get(meta.type, "float32"))
@@ -85,7 +82,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self.session.run(None, feeds)
         except Exception as exc:  # noqa: BLE001 - e.g. a shape the graph cannot compute
-            text = " ".join(str(exc).split())[:240]
+            text = exception_text(exc, 240)
             raise BadInput(f"ONNX Runtime fails to run this model on the given inputs: {text}", self.path) from None
         return {spec.name: value for spec, value in zip(self.outputs, values)}
 
@@ -97,5 +94,4 @@ def _shape(dims) -> tuple[int | None, ...]:
 @PLUGIN.format("onnx", description="ONNX model (.onnx)", suffix=".onnx", detect=looks_like_onnx)
 def load(request: LoadRequest) -> Runner:
     # ONNX Runtime parses and validates the file itself; parsing it with onnx too would double the cost.
-    layouts = request.sidecar.input_layout if request.sidecar else []
-    return OnnxRuntimeRunner(request.ref.path, layouts, request.device)
+    return OnnxRuntimeRunner(request.ref.path, request.declared_layouts, request.device)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convrepair.errors import BadInput
-from convrepair.model import Runner, TensorSpec, conform_feeds, guess_layout, zip_members
+from convrepair.errors import BadInput, exception_text
+from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts, zip_members
 from convrepair.plugins import LoadRequest
 from convrepair_plugins.tensorflow import PLUGIN
 from convrepair_plugins.tensorflow.quiet import import_tensorflow, quiet, stderr_fd_silenced
@@ -28,11 +28,6 @@ def is_tflite(path: Path) -> bool:
     return len(head) == 8 and head[4:8] == b"TFL3"  # flatbuffer file identifier
 
 
-def _layouts(request: LoadRequest, shapes: list[tuple]) -> list[str]:
-    declared = request.sidecar.input_layout if request.sidecar else []
-    return [declared[i] if i < len(declared) else guess_layout(s) for i, s in enumerate(shapes)]
-
-
 def _dims(shape) -> tuple[int | None, ...]:
     return tuple(None if d is None or (isinstance(d, int) and d < 0) else int(d) for d in shape)
 
@@ -46,7 +41,7 @@ def load_keras_model(path: Path):
         with quiet():
             return keras.saving.load_model(str(path), safe_mode=True, compile=False)
     except Exception as exc:  # noqa: BLE001
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = exception_text(exc, 200)
         raise BadInput(f"is not a loadable Keras model (safe mode): {text}", path) from None
 
 
@@ -70,7 +65,7 @@ class KerasRunner(Runner):
 @PLUGIN.format("keras", description="Keras 3 archive (.keras)", suffix=".keras", detect=is_keras)
 def load_keras(request: LoadRequest) -> Runner:
     model = load_keras_model(request.ref.path)
-    layouts = _layouts(request, [_dims(t.shape) for t in model.inputs])
+    layouts = request.input_layouts([_dims(t.shape) for t in model.inputs])
     return KerasRunner(request.ref.path, model, layouts)
 
 
@@ -81,7 +76,7 @@ def load_serving_signature(path: Path):
         with quiet():
             loaded = tf.saved_model.load(str(path))
     except Exception as exc:  # noqa: BLE001
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = exception_text(exc, 200)
         raise BadInput(f"is not a loadable SavedModel: {text}", path) from None
     if "serving_default" not in loaded.signatures:
         raise BadInput(f"SavedModel has no 'serving_default' signature (has {list(loaded.signatures)})", path)
@@ -111,7 +106,7 @@ class SavedModelRunner(Runner):
 def load_savedmodel(request: LoadRequest) -> Runner:
     loaded, signature = load_serving_signature(request.ref.path)
     shapes = [_dims(s.shape) for s in signature.structured_input_signature[1].values()]
-    return SavedModelRunner(request.ref.path, loaded, signature, _layouts(request, shapes))
+    return SavedModelRunner(request.ref.path, loaded, signature, request.input_layouts(shapes))
 
 
 class TFLiteRunner(Runner):
@@ -125,15 +120,13 @@ class TFLiteRunner(Runner):
             with quiet():
                 self.interpreter = tf.lite.Interpreter(model_path=str(path))
         except Exception as exc:  # noqa: BLE001
-            text = " ".join(str(exc).split())[:200] or type(exc).__name__
+            text = exception_text(exc, 200)
             raise BadInput(f"is not a loadable TFLite model: {text}", path) from None
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
         shapes = [_dims(d.get("shape_signature", d["shape"])) for d in self._in]
-        self.inputs = [
-            TensorSpec(d["name"], shapes[i], d["dtype"].__name__, layouts[i] if i < len(layouts) else guess_layout(shapes[i]))
-            for i, d in enumerate(self._in)
-        ]
+        resolved = input_layouts(layouts, shapes)
+        self.inputs = [TensorSpec(d["name"], shapes[i], d["dtype"].__name__, resolved[i]) for i, d in enumerate(self._in)]
         self.outputs = [
             TensorSpec(d["name"], _dims(d.get("shape_signature", d["shape"])), d["dtype"].__name__) for d in self._out
         ]
@@ -157,5 +150,4 @@ class TFLiteRunner(Runner):
 
 @PLUGIN.format("tflite", description="TensorFlow Lite flatbuffer (.tflite)", suffix=".tflite", detect=is_tflite)
 def load_tflite(request: LoadRequest) -> Runner:
-    layouts = request.sidecar.input_layout if request.sidecar else []
-    return TFLiteRunner(request.ref.path, layouts)
+    return TFLiteRunner(request.ref.path, request.declared_layouts)

@@ -11,7 +11,7 @@ import json
 import sys
 import types
 
-from convrepair.errors import BadInput
+from convrepair.errors import BadInput, exception_text
 from convrepair.plugins import ConvertNotes, ConvertRequest, package_version
 from convrepair_plugins.torch import PLUGIN
 
@@ -37,7 +37,7 @@ def import_onnx2torch():
     try:
         import torchvision  # noqa: F401
     except Exception as exc:  # noqa: BLE001 - ImportError, RuntimeError (missing CUDA ops) ...
-        _torchvision_error = f"{type(exc).__name__}: {' '.join(str(exc).split())[:120]}"
+        _torchvision_error = f"{type(exc).__name__}: {exception_text(exc, 120)}"
         for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
             del sys.modules[name]
         placeholders = _torchvision_placeholder(_torchvision_error)
@@ -93,7 +93,7 @@ def onnx_to_torch(request: ConvertRequest) -> ConvertNotes:
             program = torch.export.export(module, example, dynamic_shapes=dynamic)
             torch.export.save(program, str(output))
         except Exception as exc:  # noqa: BLE001 - fall back to TorchScript and say so
-            details["pt2_error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            details["pt2_error"] = f"{type(exc).__name__}: {exception_text(exc, 200)}"
             save_as = "torchscript"
     if save_as == "torchscript":
         output, output_format = request.output.with_suffix(".pt"), "torchscript"

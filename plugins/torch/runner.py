@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from convrepair.model import Runner, TensorSpec, conform_feeds, guess_layout, zip_members
+from convrepair.model import Runner, TensorSpec, conform_feeds, zip_members
 from convrepair.plugins import LoadRequest
 from convrepair_plugins.torch import PLUGIN
 from convrepair_plugins.torch.safe_load import load_exported_program, load_torchscript
@@ -68,11 +68,6 @@ def _flatten(result) -> list:
     return [result]
 
 
-def _layouts(request: LoadRequest, shapes: list[tuple]) -> list[str]:
-    declared = request.sidecar.input_layout if request.sidecar else []
-    return [declared[i] if i < len(declared) else guess_layout(shape) for i, shape in enumerate(shapes)]
-
-
 def exported_input_specs(program) -> list[tuple[str, tuple, str]]:
     """(name, shape with None for symbolic dims, dtype) of an exported program's user inputs."""
     from torch.export.graph_signature import InputKind
@@ -91,7 +86,7 @@ def exported_input_specs(program) -> list[tuple[str, tuple, str]]:
 def load_pt2(request: LoadRequest) -> Runner:
     program = load_exported_program(request.ref.path)
     raw = exported_input_specs(program)
-    layouts = _layouts(request, [shape for _, shape, _ in raw])
+    layouts = request.input_layouts([shape for _, shape, _ in raw])
     inputs = [TensorSpec(n, s, d, layouts[i]) for i, (n, s, d) in enumerate(raw)]
     return TorchRunner(request.ref.path, program.module(), inputs, pick_device(request.device))
 
@@ -104,6 +99,6 @@ def load_torchscript_model(request: LoadRequest) -> Runner:
     else:
         names = [i.debugName().split(".")[0] for i in list(module.graph.inputs())[1:]]
         raw = [(name, (), "float32") for name in names]  # shapes unknown: not checked
-    layouts = _layouts(request, [shape for _, shape, _ in raw])
+    layouts = request.input_layouts([shape for _, shape, _ in raw])
     inputs = [TensorSpec(n, s, d, layouts[i]) for i, (n, s, d) in enumerate(raw)]
     return TorchRunner(request.ref.path, module, inputs, pick_device(request.device))

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from convrepair.errors import BadInput, UnsafeModel
+from convrepair.errors import BadInput, UnsafeModel, exception_text
 
 
 class _RefusedPickle:
@@ -63,7 +63,7 @@ def load_exported_program(path: Path):
     except UnsafeModel as exc:
         raise UnsafeModel(exc.message, path) from None
     except Exception as exc:  # noqa: BLE001
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = exception_text(exc, 200)
         if "weights_only" in text or "Unsupported global" in text:
             raise UnsafeModel(f"refusing to load: it needs unsafe unpickling ({text})", path) from None
         raise BadInput(f"is not a loadable torch.export program (.pt2): {text}", path) from None
@@ -77,7 +77,7 @@ def load_torchscript(path: Path):
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
-        text = " ".join(str(exc).split())[:200] or type(exc).__name__
+        text = exception_text(exc, 200)
         raise BadInput(f"is not a loadable TorchScript archive: {text}", path) from None
     declared = None
     if extra["convrepair_inputs.json"]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from convrepair.errors import BadInput
+from convrepair.errors import BadInput, exception_text
 from convrepair.plugins import ConvertNotes, ConvertRequest
 from convrepair_plugins.torch import PLUGIN
 
@@ -74,7 +74,7 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
                 _export(module, example, names, str(request.output), exporter, opset, fold)
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all failures
-            errors[exporter] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            errors[exporter] = f"{type(exc).__name__}: {exception_text(exc, 200)}"
     else:
         raise RuntimeError("; ".join(f"{k} exporter: {v}" for k, v in errors.items()))
     versions = {"torch": torch.__version__}
