@@ -60,6 +60,7 @@ class CheckConfig:
     localize: bool | None = None  # None: localize when discrepant
     batch_size: int = 256
     subset: np.ndarray | None = None  # restrict sampling to these data indices (repair's splits)
+    lenses: tuple[str, ...] = ()  # reliability lenses to run on the sampled data (convrepair.lenses)
 
 
 @dataclass
@@ -100,6 +101,7 @@ class CheckReport:
     reasons: list[str] = field(default_factory=list)
     localization: dict[str, Any] | None = None
     flipped_samples: list[int] = field(default_factory=list)
+    lenses: dict[str, Any] | None = None
 
     @property
     def discrepant(self) -> bool:
@@ -131,6 +133,7 @@ class CheckReport:
             "tolerance": self.tolerance.to_json(),
             "seconds": round(self.seconds, 3),
             "localization": self.localization,
+            "lenses": self.lenses,
         }
 
 
@@ -202,8 +205,23 @@ def run_check(
 
             result = localize(registry, source_ref, target_ref, source_sidecar, target_sidecar, dataset, pooled.flips, report.discrepant, config.seed)
             report.localization = result.to_json()
+        if config.lenses:
+            report.lenses = _lenses(registry, source, target, source_ref, target_ref, source_sidecar, dataset, plan, config)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _lenses(registry, source, target, source_ref, target_ref, source_sidecar, dataset, plan, config) -> dict[str, Any]:
+    """The reliability lenses on the very samples the rounds drew, with the runners already open."""
+    from convrepair.lenses import LensConfig, LensModel, input_range_of, run_lenses
+
+    sampled = np.unique(np.concatenate([indices for _, indices in plan]))
+    models = [LensModel("source", source, str(source_ref.path), source_ref.format),
+              LensModel("target", target, str(target_ref.path), target_ref.format)]
+    lens_config = LensConfig(names=config.lenses, seed=config.seed)
+    return run_lenses(models, dataset, sampled, lens_config,
+                      gradients=lambda: registry.load_differentiable(source_ref, source_sidecar),
+                      input_range=input_range_of(source_sidecar, dataset)).to_json()
 
 
 def _reasons(pooled: Comparison, tolerance: Tolerance) -> list[str]:

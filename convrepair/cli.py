@@ -77,6 +77,9 @@ def convert(
     raise typer.Exit(1 if failed else 0)
 
 
+LENSES_HELP = "Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none)."
+
+
 @app.command()
 def check(
     source: Annotated[Path, typer.Argument(help="The source model (the reference behaviour).")],
@@ -89,6 +92,7 @@ def check(
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="k of the top-k agreement.")] = 1,
     localize: Annotated[Optional[bool], typer.Option("--localize/--no-localize", help="Layer-wise localization (default: when discrepant).")] = None,
+    lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.check/v1).")] = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
@@ -100,7 +104,9 @@ def check(
     from convrepair.plugins import default_registry
     from convrepair.report.terminal import render_check, round_progress
 
-    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize)
+    from convrepair.lenses import parse_lenses
+
+    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize, lenses=parse_lenses(lenses))
     with round_progress(rounds) as advance:
         report = run_check(default_registry(), source, target, config, on_round=advance)
     payload = report.to_json()
@@ -125,6 +131,8 @@ def repair(
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance the repair must meet.")] = None,
     optimiser: Annotated[str, typer.Option(help="Patch search: pso (Arachne v1) or de (Arachne TOSEM).")] = "pso",
     accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
+    prefer: Annotated[str, typer.Option(help="When a precision fallback and a PSO patch both work: auto | fast (the patch) | exact (the fallback).")] = "auto",
+    lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
@@ -135,6 +143,7 @@ def repair(
     Exit 0 repaired (or nothing to repair), 1 no acceptable repair (nothing written), 2 bad input.
     """
     from convrepair.fsutil import write_json_atomic
+    from convrepair.lenses import parse_lenses
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
     from convrepair.report.terminal import render_repair
@@ -156,7 +165,8 @@ def repair(
         path = write_signed_log(payload, log or out.with_name(out.name + ".log.dsse.json"), sign_key, started)
         typer.echo(f"signed log (pending approval): {path}")
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
-                          atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement)
+                          atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement,
+                          prefer=prefer, lenses=parse_lenses(lenses))
     if target is None:
         from convrepair.repair.model_repair import run_model_repair
         from convrepair.report.terminal import render_model_repair

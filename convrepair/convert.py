@@ -153,6 +153,8 @@ def convert(
         with atomic_output(out) as tmp:
             _move(current.path, tmp)
         output = ModelRef(out, current.format, combined_digest(file_digests(out)), file_digests(out))
+        if calibration:
+            keep_calibration(out, calibration, steps)
         current_sidecar.output = output.to_json()
         if source_sidecar.source:  # a converted model converted again keeps the original source
             current_sidecar.source = source_sidecar.source
@@ -215,6 +217,43 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
         source_accuracy=comparison.source_correct / n if comparison.source_correct is not None else None,
         target_accuracy=comparison.target_correct / n if comparison.target_correct is not None else None,
     )
+
+
+CALIBRATION_SUFFIX = ".calibration.npz"
+
+
+def keep_calibration(out: Path, calibration: dict, steps: list[ConversionStep]) -> Path | None:
+    """Keep the calibration data beside the output, named and hashed in the step that used it:
+    a static quantization can only be re-run (the precision fallback of `repair`) with it."""
+    import numpy as np
+
+    from convrepair.fsutil import sha256_file
+
+    used = [step for step in steps if "calibration_samples" in step.details]
+    if not used:
+        return None
+    path = out.with_name(out.name + CALIBRATION_SUFFIX)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **calibration)
+    for step in used:
+        step.details.update(calibration_file=path.name, calibration_sha256=sha256_file(path))
+    return path
+
+
+def kept_calibration(model_path: Path, step: ConversionStep) -> dict:
+    """The calibration data a step kept beside `model_path`; BadInput when missing or changed."""
+    from convrepair.fsutil import sha256_file
+
+    name = step.details.get("calibration_file")
+    if not name:
+        raise BadInput(f"the {step.converter} step was calibrated but its calibration data was not kept "
+                       f"(converted before convrepair kept it); convert again with --calibration", model_path)
+    path = Path(model_path).with_name(name)
+    if not path.is_file():
+        raise BadInput(f"the calibration data {name} of this model is missing", model_path)
+    if sha256_file(path) != step.details.get("calibration_sha256"):
+        raise BadInput(f"the calibration data {name} does not match the sha256 its sidecar recorded", path)
+    return load_calibration(path)
 
 
 def load_calibration(path: Path) -> dict:

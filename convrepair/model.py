@@ -71,6 +71,30 @@ class Runner(abc.ABC):
         self.close()
 
 
+class Differentiable(abc.ABC):
+    """A model whose input gradients the lenses can take (FGSM/PGD), in its own framework.
+
+    One input, numpy in and out, in the model's own layout. The loss is the cross-entropy of the
+    model's class scores (log-softmax of logits, or the log of probabilities a softmax head gives).
+    """
+
+    inputs: list[TensorSpec]
+    device: str = "cpu"
+
+    @abc.abstractmethod
+    def loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(d loss / d x, class scores) for one batch `x` and integer `labels`."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    def __enter__(self) -> Differentiable:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def guess_layout(shape: tuple[int | None, ...]) -> str:
     """Layout of an image-like input from its shape, for models that do not say."""
     if len(shape) == 4:

@@ -20,7 +20,7 @@ from convrepair.errors import BadInput, PluginUnavailable, exception_text
 if TYPE_CHECKING:
     import numpy as np
 
-    from convrepair.model import ModelRef, Runner
+    from convrepair.model import Differentiable, ModelRef, Runner
     from convrepair.sidecar import Sidecar
 
 ENTRY_POINT_GROUP = "convrepair.plugins"
@@ -94,6 +94,15 @@ class ConverterSpec:
 
 
 @dataclass(frozen=True)
+class GradientSpec:
+    """How to load a format as a `Differentiable` (input gradients in the model's own framework)."""
+
+    format: str
+    load: Callable[[LoadRequest], Differentiable]
+    plugin: str = ""
+
+
+@dataclass(frozen=True)
 class RegistrySpec:
     """A model registry the daemon can watch: `open(location, **options)` returns an object with
     `models()`, `versions(model)`, `version(model, version)`, `ready(version)` and
@@ -116,6 +125,16 @@ class Plugin:
     formats: list[FormatSpec] = field(default_factory=list)
     converters: list[ConverterSpec] = field(default_factory=list)
     registries: list[RegistrySpec] = field(default_factory=list)
+    gradients: list[GradientSpec] = field(default_factory=list)
+
+    def gradient(self, *formats: str):
+        """Decorator for `load(request) -> Differentiable`, for the formats it can differentiate."""
+
+        def register(load: Callable[[LoadRequest], Differentiable]):
+            self.gradients.extend(GradientSpec(name, load, plugin=self.name) for name in formats)
+            return load
+
+        return register
 
     def registry(self, name: str, *, description: str):
         """Decorator for a registry opener: `@PLUGIN.registry("directory", ...) def open(location, **options)`."""
@@ -203,6 +222,7 @@ class PluginRegistry:
         self.formats: dict[str, FormatSpec] = {}
         self.converters: dict[str, ConverterSpec] = {}
         self.registries: dict[str, RegistrySpec] = {}
+        self.gradients: dict[str, GradientSpec] = {}
 
     def add(self, plugin: Plugin, entry_point: str = "") -> None:
         for spec in plugin.formats:
@@ -216,6 +236,10 @@ class PluginRegistry:
         for spec in plugin.registries:
             if spec.name in self.registries:
                 raise ValueError(f"registry '{spec.name}' registered twice ({self.registries[spec.name].plugin}, {plugin.name})")
+        for spec in plugin.gradients:
+            if spec.format in self.gradients:
+                raise ValueError(f"gradients of '{spec.format}' registered twice ({self.gradients[spec.format].plugin}, {plugin.name})")
+        self.gradients.update({spec.format: spec for spec in plugin.gradients})
         self.registries.update({spec.name: spec for spec in plugin.registries})
         self.formats.update({spec.name: spec for spec in plugin.formats})
         self.converters.update({conv.name: conv for conv in plugin.converters})
@@ -246,6 +270,14 @@ class PluginRegistry:
         if spec is None:
             raise BadInput(f"no plugin loads format '{ref.format}'", ref.path)
         self.require(spec.plugin, f"loading a {ref.format} model")
+        return spec.load(LoadRequest(ref=ref, sidecar=sidecar, device=device))
+
+    def load_differentiable(self, ref: ModelRef, sidecar: Sidecar | None = None, device: str = "auto") -> Differentiable:
+        """The model as a `Differentiable`; `PluginUnavailable` says why when no plugin can."""
+        spec = self.gradients.get(ref.format)
+        if spec is None:
+            raise PluginUnavailable(f"no plugin takes input gradients of a {ref.format} model", ref.path)
+        self.require(spec.plugin, f"gradients of a {ref.format} model")
         return spec.load(LoadRequest(ref=ref, sidecar=sidecar, device=device))
 
     def targets(self) -> list[str]:

@@ -82,7 +82,7 @@ def test_once_runs_good_jobs_fails_bad_ones_and_never_repeats(fixtures_dir, tmp_
     _drop_atomically(registry / "digits", "1", fixtures_dir)
     bad = registry / "badconfig"
     (bad / "1").mkdir(parents=True)
-    (bad / "convrepair.toml").write_text('targets = ["onnx", "coreml"]\nrepair = {policy = "sometimes"}\n')
+    (bad / "convrepair.toml").write_text('targets = ["onnx", "coreml"]\nlenses = ["calibration", "vibes"]\nrepair = {policy = "sometimes"}\n')
     shutil.copy(fixtures_dir / "torch_cnn.pt2", bad / "1" / "model.pt2")
     corrupt = registry / "corrupt"
     (corrupt / "1").mkdir(parents=True)
@@ -97,13 +97,16 @@ def test_once_runs_good_jobs_fails_bad_ones_and_never_repeats(fixtures_dir, tmp_
     assert jobs[("digits", "onnx")]["state"] == "done"
     assert jobs[("badconfig", "<config>")]["state"] == "failed"
     error = jobs[("badconfig", "<config>")]["error"]
-    assert "badconfig/convrepair.toml" in error and "coreml" in error and "repair.policy" in error
+    assert "badconfig/convrepair.toml" in error and "coreml" in error and "repair.policy" in error and "lenses: unknown lens vibes" in error
     assert jobs[("corrupt", "torch")]["state"] == "failed" and "model.onnx" in jobs[("corrupt", "torch")]["error"]
     results = registry / "digits" / "1" / "convrepair" / "onnx"
     log = results / "repair.log.dsse.json"
     assert log.exists() and not list((registry / "digits" / "1" / "convrepair").glob(".tmp-*"))
     verified = run_cli("verify", log, "--trust", keys / "trust.json")
     assert verified.code == 0, verified.stdout
+    lenses = json.loads((results / "repair.json").read_text())["lenses"]  # on by default in the daemon
+    assert lenses["roles"][:2] == ["source", "target"]
+    assert not [name for name in ("calibration", "uncertainty", "robustness", "occlusion") if "unavailable" in lenses[name]], lenses
     # the same content again: nothing new is queued or run
     again = run_cli("daemon", registry, "--state-dir", state, "--once", "--quiet-seconds", "0", "--no-http", timeout=300)
     assert again.code == 0 and len(_jobs(state)) == len(jobs)
@@ -194,7 +197,7 @@ def test_twenty_versions_at_once_are_all_processed_once_with_bounded_memory(tmp_
     registry = tmp_path / "registry"
     model = registry / "rgb"
     model.mkdir(parents=True)
-    (model / "convrepair.toml").write_text('targets = ["onnx-fp16"]\n[repair]\npolicy = "none"\n')
+    (model / "convrepair.toml").write_text('targets = ["onnx-fp16"]\nlenses = "none"\n[repair]\npolicy = "none"\n')
     for version in range(1, 21):  # twenty distinct models land together
         tmp = model / f".tmp-{version}"
         tmp.mkdir()

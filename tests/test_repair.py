@@ -107,9 +107,13 @@ def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, convert
     report = _repair(fixtures_dir / "torch_cnn.pt2", converted["torch_int8"], tmp_path / "fixed.onnx",
                      fixtures_dir / "digits_test_nchw.npz", atol=0.2, rtol=0.0)
     assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
-    kept = report.attempts[-1].cost["layers_kept_fp32"]
-    assert report.attempts[-1].cost["inference_ms"] > 0 and report.attempts[-1].cost["inference_ms_before"] > 0
-    assert 1 <= len(kept) <= 3 and all(a.kind == "precision_fallback" for a in report.attempts)
+    fallback = [a for a in report.attempts if a.kind == "precision_fallback"]
+    kept = fallback[-1].cost["layers_kept_fp32"]
+    assert fallback[-1].accepted and fallback[-1].cost["inference_ms"] > 0 and fallback[-1].cost["inference_ms_before"] > 0
+    assert 1 <= len(kept) <= 3
+    # no label flips (the tolerance decides here): a PSO patch has nothing to fix, and says so
+    assert [a.reason for a in report.attempts if a.kind == "pso_patch"] == [
+        "no label flips on the search split: a patch search has nothing to fix"]
     assert report.check_after["outputs"][0]["max_abs"] <= 0.2
 
 
@@ -153,7 +157,9 @@ def int8_flipping(fixtures_dir, tmp_path_factory):
 
 def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int8_flipping, tmp_path):
     data = fixtures_dir / "digits_all_nchw.npz"
-    report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", data, accept_improvement=True)
+    report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", data, accept_improvement=True,
+                     prefer="fast")
+    assert report.choice["chosen"] == "pso_patch"
     pso = [a for a in report.attempts if a.kind == "pso_patch"]
     assert pso and pso[0].accepted, [a.to_json() for a in report.attempts]
     assert report.verdict in ("improved", "repaired")
@@ -168,8 +174,46 @@ def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int
     patched = onnx.load(str(tmp_path / "patched.onnx"))
     assert any(n.op_type == "DequantizeLinear" for n in patched.graph.node)  # still quantized
 
-    again = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "again.onnx", data, accept_improvement=True)
+    again = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "again.onnx", data, accept_improvement=True,
+                    prefer="fast")
     assert [a.patch.after for a in again.attempts if a.patch] == [a.patch.after for a in report.attempts if a.patch]
+
+
+def test_static_int8_fallback_and_pso_patch_are_offered_side_by_side(fixtures_dir, int8_flipping, tmp_path):
+    data = fixtures_dir / "digits_all_nchw.npz"
+    report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "chosen.onnx", data, accept_improvement=True)
+    # the static quantization re-ran with its kept calibration data (no "needs the calibration data")
+    fallback = [a for a in report.attempts if a.kind == "precision_fallback"]
+    assert fallback and any(a.accepted for a in fallback), [a.to_json() for a in fallback]
+    assert all(a.cost["inference_ms"] > 0 for a in fallback)
+    choice = report.choice
+    rows = {row["kind"]: row for row in choice["options"]}
+    assert set(rows) == {"precision_fallback", "pso_patch"} and choice["policy"] == "auto"
+    best = min(rows.values(), key=lambda r: (r["held_out_verdict"] != "equivalent", r["held_out_flips"]))
+    assert choice["chosen"] == best["kind"] and best["chosen"]
+    assert len(report.check_after["flips"]) == best["held_out_flips"]
+    exact = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "exact.onnx", data, accept_improvement=True,
+                    prefer="exact")
+    assert exact.choice["chosen"] == "precision_fallback"
+
+
+def test_static_int8_fallback_refuses_changed_calibration_data(fixtures_dir, int8_flipping, tmp_path):
+    import shutil
+
+    from convrepair.convert import CALIBRATION_SUFFIX
+
+    target = tmp_path / int8_flipping.name  # the sidecar names its calibration file by the model's name
+    shutil.copy(int8_flipping, target)
+    write_sidecar(target, read_sidecar(int8_flipping))
+    kept = tmp_path / (int8_flipping.name + CALIBRATION_SUFFIX)
+    shutil.copy(int8_flipping.with_name(kept.name), kept)
+    data = bytearray(kept.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one changed byte
+    kept.write_bytes(bytes(data))
+    report = _repair(fixtures_dir / "torch_cnn.pt2", target, tmp_path / "out.onnx", fixtures_dir / "digits_all_nchw.npz",
+                     accept_improvement=True, strategy="restore")
+    refused = [a for a in report.attempts if a.kind == "precision_fallback"]
+    assert refused and not refused[0].accepted and "does not match the sha256" in refused[0].reason
 
 
 def test_improvement_short_of_equivalence_is_refused_by_default(fixtures_dir, int8_flipping, tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 from convrepair.errors import BadInput
 
 POLICIES = ("auto", "restore", "pso", "none")
+PREFERENCES = ("auto", "fast", "exact")  # as convrepair.repair.PREFERENCES (not imported: keeps config light)
 
 
 @dataclass
@@ -23,6 +24,8 @@ class ModelConfig:
     budget_seconds: float = 60.0
     regression: bool = False
     accept_improvement: bool = False
+    lenses: tuple[str, ...] = ()
+    prefer: str = "auto"
     errors: list[str] = field(default_factory=list)
 
 
@@ -65,12 +68,32 @@ def load_model_config(path: Path, known_targets: list[str]) -> ModelConfig:
     if policy not in POLICIES:
         errors.append(f"repair.policy: {policy!r} is not one of {', '.join(POLICIES)}")
     budget = _number(repair, "budget_seconds", "repair", errors)
-    known = {"targets", "data", "calibration", "tolerances", "repair", "regression"}
+    prefer = repair.get("prefer", "auto") if isinstance(repair, dict) else "auto"
+    if prefer not in PREFERENCES:
+        errors.append(f"repair.prefer: {prefer!r} is not one of {', '.join(PREFERENCES)}")
+    lenses = _lenses(raw.get("lenses", "all"), errors)
+    known = {"targets", "data", "calibration", "tolerances", "repair", "regression", "lenses"}
     errors += [f"{key}: unknown key" for key in raw if key not in known]
     if errors:
         raise BadInput("invalid config: " + "; ".join(errors), path)
     return ModelConfig(path, targets, data, calibration, atol, rtol, policy, budget if budget is not None else 60.0,
-                       bool(raw.get("regression", False)), bool(repair.get("accept_improvement", False)))
+                       bool(raw.get("regression", False)), bool(repair.get("accept_improvement", False)), lenses, prefer)
+
+
+def _lenses(value, errors: list[str]) -> tuple[str, ...]:
+    """`lenses = "all"` (the default), `"none"`, or a list of lens names."""
+    from convrepair.lenses import parse_lenses
+
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value) or "none"
+    if not isinstance(value, str):
+        errors.append("lenses: must be \"all\", \"none\" or a list of lens names")
+        return ()
+    try:
+        return parse_lenses(value)
+    except BadInput as exc:
+        errors.append(f"lenses: {exc.message}")
+        return ()
 
 
 def _number(table, key: str, prefix: str, errors: list[str]) -> float | None:

@@ -41,7 +41,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     strategy = "restore" if config.policy == "none" else config.policy
     repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
                                  atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
-                                 max_restores=0 if config.policy == "none" else 5)
+                                 max_restores=0 if config.policy == "none" else 5, lenses=config.lenses, prefer=config.prefer)
     report = run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
     (tmp / "repair.json").write_text(json.dumps(report, indent=2))
     if spec.get("sign_key"):

@@ -71,7 +71,8 @@ def build_log(report: dict[str, Any], log_path: Path, started: str, finished: st
                     "device": report.get("device", "cpu")},
         "tool_versions": _tool_versions(),
         "conversion": sidecar.to_json() if sidecar else None,
-        "repair": report,
+        "repair": {key: value for key, value in report.items() if key != "lenses"},
+        "lenses": report.get("lenses"),  # reliability of source, converted and repaired model
         "verdict": report.get("verdict"),
         "files": files,
     }

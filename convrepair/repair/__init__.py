@@ -28,6 +28,7 @@ from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
 
 SCHEMA = "convrepair.repair/v1"
 STRATEGIES = ("auto", "restore", "pso")
+PREFERENCES = ("auto", "fast", "exact")
 
 
 @dataclass
@@ -46,6 +47,8 @@ class RepairConfig:
     optimiser: str = "pso"  # or "de"
     accept_improvement: bool = False  # accept fewer held-out flips without reaching equivalence
     max_break_rate: float = 0.01  # share of held-out agreeing samples a patch may break
+    lenses: tuple[str, ...] = ()  # reliability lenses over source, target and repaired model (held-out half)
+    prefer: str = "auto"  # when fallback and patch both work: auto | fast (patch) | exact (fallback)
 
 
 @dataclass
@@ -88,6 +91,8 @@ class RepairReport:
     seconds: float
     device: str
     strategy: str
+    lenses: dict[str, Any] | None = None
+    choice: dict[str, Any] | None = None  # options offered side by side and the one the policy took
 
     @property
     def succeeded(self) -> bool:
@@ -108,6 +113,8 @@ class RepairReport:
             "splits": self.splits,
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "choice": self.choice,
+            "lenses": self.lenses,
         }
 
 
@@ -127,6 +134,18 @@ def _better(before: CheckReport, after: CheckReport) -> tuple[bool, str, list[in
     if agree_after > agree_before or _violations(after) < _violations(before) or after.pooled.max_abs < before.pooled.max_abs * 0.5:
         return True, "agreement improved", []
     return False, "no improvement", []
+
+
+def _fewer_flips(before: CheckReport, after: CheckReport, config: RepairConfig) -> tuple[bool, str, list[int]]:
+    """For repairs that trade exactness (fallback, patch): fewer flips, and the samples that agreed
+    and now disagree within the allowed break rate."""
+    new_flips = sorted(set(after.flipped_samples) - set(before.flipped_samples))
+    fixed = len(set(before.flipped_samples) - set(after.flipped_samples))
+    if len(after.flipped_samples) >= len(before.flipped_samples):
+        return False, "no fewer flips", new_flips
+    if len(new_flips) > config.max_break_rate * max(after.pooled.n, 1):
+        return False, f"fixed {fixed}, but broke {len(new_flips)} (more than {config.max_break_rate:.0%})", new_flips
+    return True, f"fixed {fixed} of {len(before.flipped_samples)} flipped sample(s), broke {len(new_flips)}", new_flips
 
 
 def _divergence_moved(before: dict[str, Any], after: dict[str, Any] | None) -> bool:
@@ -151,6 +170,8 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     started = time.perf_counter()
     if config.strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy '{config.strategy}' ({', '.join(STRATEGIES)})")
+    if config.prefer not in PREFERENCES:
+        raise BadInput(f"unknown preference '{config.prefer}' ({', '.join(PREFERENCES)})")
     source_ref, target_ref = model_ref(source_path, registry), model_ref(target_path, registry)
     if Path(out).resolve() in (source_ref.path.resolve(), target_ref.path.resolve()):
         raise BadInput("--out must not overwrite the source or the target", out)
@@ -170,33 +191,50 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     attempts: list[Attempt] = []
     workdir = Path(tempfile.mkdtemp(prefix="convrepair-repair-"))
     final_path, final_check = target_ref.path, before
+    choice = None
     try:
+        source_ir_path = None
         if before.discrepant and config.strategy in ("auto", "restore"):
             if target_ref.format not in ("onnx", "pt2"):
                 attempts.append(Attempt("restore", False, f"restore writes ONNX and .pt2 targets; this target is {target_ref.format}"))
             else:
                 sample = dataset.take(search_idx[:64])
-                source_ir = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar))
-                source_view = GraphView(onnx.load(str(source_ir.path)))
+                source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar)).path
+                source_view = GraphView(onnx.load(str(source_ir_path)))
                 # a .pt2 target is repaired on its ONNX IR (the graph localization named), then carried back
                 work_target = target_ref.path if target_ref.format == "onnx" else to_onnx_ir(
                     registry, target_ref, target_sidecar, sample, workdir, export_options(target_sidecar)).path
                 final_path, final_check = _restore_loop(
-                    check, search_idx, work_target, before, source_view, source_ir.path, target_sidecar,
-                    workdir, attempts, config, started,
+                    check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config, started,
                 )
                 if target_ref.format == "pt2":
                     final_path = _carry_into_pt2(work_target, final_path, target_ref.path, workdir, attempts)
+        # what is left is offered as options: the precision fallback (exact, slower) for rounding
+        # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
+        options: list[tuple[str, Path, CheckReport]] = []
+        if final_check.discrepant and source_ir_path is not None and target_ref.format == "onnx" \
+                and _fault_type(final_check) == "precision":
+            fallback = _precision_fallback(registry, check, search_idx, final_path, final_check, source_ir_path,
+                                           target_sidecar, workdir, attempts, config)
+            if fallback is not None:
+                options.append(("precision_fallback", *fallback))
         if final_check.discrepant and config.strategy in ("auto", "pso"):
-            final_path, final_check = _pso_attempt(
-                registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path, final_check,
-                dataset, search_idx, workdir, attempts, config,
-            )
+            patched = _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path,
+                                   final_check, dataset, search_idx, workdir, attempts, config, source_ir_path)
+            if patched[0] != final_path:
+                options.append(("pso_patch", *patched))
         held_before = after = None
         if not before.discrepant:
             verdict = "already_equivalent"
         else:
             held_before = check(target_ref.path, held_idx, localize=False)
+            if len(options) > 1:
+                choice = _choose(options, {kind: check(path, held_idx, localize=False) for kind, path, _ in options},
+                                 held_before, target_ref.path, config.prefer)
+                chosen = next(option for option in options if option[0] == choice["chosen"])
+                final_path, final_check = chosen[1], chosen[2]
+            elif options:
+                final_path, final_check = options[0][1], options[0][2]
             after = check(final_path, held_idx, localize=False) if final_path != target_ref.path else None
             verdict = _verdict(held_before, after, config)
         output = None
@@ -204,6 +242,10 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
             output = _write_output(registry, final_path, out, target_ref, target_sidecar, attempts)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    models = [("source", source_ref.path), ("target", target_ref.path)]
+    if output is not None and verdict in ("repaired", "improved"):
+        models.append(("repaired", Path(output["path"])))
+    lenses = look_through(registry, models, dataset, held_idx, search_idx, config)
     return RepairReport(
         source={"path": str(source_ref.path), "format": source_ref.format, "sha256": source_ref.sha256},
         target={"path": str(target_ref.path), "format": target_ref.format, "sha256": target_ref.sha256},
@@ -217,7 +259,19 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
         seconds=time.perf_counter() - started,
         device="cpu",
         strategy=config.strategy,
+        lenses=lenses,
+        choice=choice,
     )
+
+
+def look_through(registry, models: list[tuple[str, Path]], dataset, held_idx, search_idx, config: RepairConfig):
+    """The reliability lenses on the held-out half (temperature fitted on the search half)."""
+    if not config.lenses:
+        return None
+    from convrepair.lenses import LensConfig, run_lenses_on_files
+
+    return run_lenses_on_files(registry, models, dataset, held_idx, LensConfig(names=config.lenses, seed=config.seed),
+                               fit_idx=search_idx).to_json()
 
 
 def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
@@ -261,6 +315,38 @@ def _carry_into_pt2(ir_before: Path, ir_after: Path, pt2: Path, workdir: Path, a
     return out
 
 
+def _fault_type(report: CheckReport) -> str | None:
+    return ((report.localization or {}).get("fault") or {}).get("type")
+
+
+def _choose(options, held: dict[str, CheckReport], held_before: CheckReport, target_path: Path, prefer: str) -> dict[str, Any]:
+    """Pick one of several working repairs on the held-out half. `auto`: an equivalent one first,
+    then fewer flips, then the fast one (the patch keeps the quantized model); `fast`: the patch
+    whenever it improves on the target; `exact`: the fallback whenever it improves on it."""
+    fast = {"pso_patch"}
+    improves = {kind for kind, report in held.items()
+                if len(report.flipped_samples) < len(held_before.flipped_samples)}
+    rows = []
+    for kind, path, _ in options:
+        report = held[kind]
+        rows.append({"kind": kind, "held_out_verdict": report.verdict, "held_out_label_agreement": report.pooled.label_agreement,
+                     "held_out_flips": len(report.flipped_samples), "improves": kind in improves, "bytes": Path(path).stat().st_size,
+                     "inference_ms": _inference_ms(path)})
+    ranked = sorted(rows, key=lambda r: (not r["improves"], r["held_out_verdict"] != "equivalent", r["held_out_flips"], r["kind"] not in fast))
+    if prefer in ("fast", "exact"):
+        wanted = [r for r in ranked if r["improves"] and (r["kind"] in fast) == (prefer == "fast")]
+        ranked = wanted + [r for r in ranked if r not in wanted]
+    chosen = ranked[0]
+    why = {"auto": "equivalent first, then fewer held-out flips, then the faster model",
+           "fast": "the patch, which keeps the fast model, whenever it improves on the target",
+           "exact": "the precision fallback whenever it improves on the target"}[prefer]
+    for row in rows:
+        row["chosen"] = row is chosen
+    return {"policy": prefer, "why": why, "chosen": chosen["kind"], "options": rows,
+            "target": {"bytes": Path(target_path).stat().st_size, "inference_ms": _inference_ms(target_path),
+                       "held_out_flips": len(held_before.flipped_samples)}}
+
+
 def _verdict(held_before: CheckReport, after: CheckReport | None, config: RepairConfig) -> str:
     if after is None:
         return "not_repaired"
@@ -273,7 +359,7 @@ def _verdict(held_before: CheckReport, after: CheckReport | None, config: Repair
 
 
 def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, current_path, current_check,
-                 dataset, search_idx, workdir, attempts, config):
+                 dataset, search_idx, workdir, attempts, config, source_ir_path=None):
     """Search a small weight patch on the last dense layer (Arachne/NeuRecover) where labels flip."""
     import onnx
 
@@ -300,9 +386,10 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
         return current_path, current_check
     source_weight = None
     try:
-        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, search.take(np.arange(min(64, len(search)))), workdir,
-                               export_options(target_sidecar))
-        source_weight = last_dense_layer(GraphView(onnx.load(str(source_ir.path)))).weight
+        if source_ir_path is None:  # not exported yet by the restore stage
+            source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, search.take(np.arange(min(64, len(search)))),
+                                        workdir, export_options(target_sidecar)).path
+        source_weight = last_dense_layer(GraphView(onnx.load(str(source_ir_path)))).weight
     except Exception:  # noqa: BLE001 - without the source's weights the search runs without history
         source_weight = None
     budget = SearchConfig(budget_seconds=config.budget_seconds, seed=config.seed, device=config.device)
@@ -327,11 +414,49 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
     return (candidate, result) if accepted else (current_path, current_check)
 
 
-def _restore_loop(check, search_idx, target_path, before, source_view, source_ir_path, target_sidecar, workdir,
-                  attempts, config, started):
-    import onnx
-
+def _precision_fallback(registry, check, search_idx, current_path, current_check, source_ir_path, target_sidecar,
+                        workdir, attempts, config):
+    """Re-run the lossy conversion keeping the most sensitive layers in fp32, one more at a time,
+    until the search split is equivalent or `max_fp32_layers` are spent. Returns the best
+    candidate that improves without new flips, or None."""
     from convrepair.repair.precision import lossy_step, requantize, sensitivity_ranking
+
+    step = lossy_step(target_sidecar)
+    if step is None:
+        attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
+        return None
+    best: tuple[Path, CheckReport] | None = None
+    keep: list[str] = []
+    for layer in sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers]:
+        keep.append(layer)
+        candidate = workdir / f"fallback_{len(keep)}.onnx"
+        t0 = time.perf_counter()
+        try:
+            requantize(registry, source_ir_path, candidate, step, keep, current_path)
+        except BadInput as exc:
+            attempts.append(Attempt("precision_fallback", False, exc.one_line()))
+            return best
+        write_sidecar(candidate, target_sidecar)
+        result = check(candidate, search_idx, localize=False)
+        accepted, reason, new = _better(current_check, result)  # closer, with no new flips
+        if not accepted:
+            accepted, reason, new = _fewer_flips(current_check, result, config)  # or fewer flips within the break rate
+        cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size, "bytes_before": Path(current_path).stat().st_size,
+                "inference_ms": _inference_ms(candidate), "inference_ms_before": _inference_ms(current_path)}
+        patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
+        reason = f"{reason}; still discrepant (max |Δ| {result.pooled.max_abs:.3g})" if result.discrepant else "equivalent on the search split"
+        attempts.append(Attempt("precision_fallback", accepted, reason, patch, result.pooled.label_agreement,
+                                _violations(result), new, time.perf_counter() - t0, cost))
+        if accepted and (best is None or (len(result.flipped_samples), _violations(result))
+                         < (len(best[1].flipped_samples), _violations(best[1]))):
+            best = (candidate, result)
+        if not result.discrepant:
+            break
+    return best
+
+
+def _restore_loop(check, search_idx, target_path, before, source_view, target_sidecar, workdir, attempts, config, started):
+    import onnx
 
     current_path, current_check = target_path, before
     for index in range(config.max_restores):
@@ -340,35 +465,7 @@ def _restore_loop(check, search_idx, target_path, before, source_view, source_ir
         loc = current_check.localization or {}
         fault = (loc.get("fault") or {}).get("type")
         if fault == "precision":
-            step = lossy_step(target_sidecar)
-            if step is None:
-                attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
-                break
-            keep: list[str] = []
-            for layer in sensitivity_ranking(loc)[: config.max_fp32_layers]:
-                keep.append(layer)
-                candidate = workdir / f"fallback_{len(keep)}.onnx"
-                t0 = time.perf_counter()
-                try:
-                    requantize(source_ir_path, candidate, step, keep)
-                except ValueError as exc:
-                    attempts.append(Attempt("precision_fallback", False, str(exc)))
-                    break
-                write_sidecar(candidate, target_sidecar)
-                result = check(candidate, search_idx, localize=False)
-                accepted, reason, new = _better(current_check, result)
-                cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size,
-                        "bytes_before": Path(current_path).stat().st_size,
-                        "inference_ms": _inference_ms(candidate), "inference_ms_before": _inference_ms(current_path)}
-                patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
-                still = f"still discrepant (max |Δ| {result.pooled.max_abs:.3g})"
-                attempts.append(Attempt("precision_fallback", accepted and not result.discrepant,
-                                        still if result.discrepant else "equivalent on the search split",
-                                        patch, result.pooled.label_agreement, _violations(result), new,
-                                        time.perf_counter() - t0, cost))
-                if not result.discrepant:
-                    return candidate, result
-            break
+            break  # rounding, not a wrong value: the precision stage offers fallback and patch side by side
         t0 = time.perf_counter()
         try:
             model, patch = restore(onnx.load(str(current_path)), source_view, loc)

@@ -19,7 +19,7 @@ from convrepair.data import load_npz
 from convrepair.errors import BadInput
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
-from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output
+from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output, look_through
 from convrepair.sidecar import read_sidecar
 
 MAX_NEGATIVES = 200
@@ -142,6 +142,10 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
                     output = _write_output(registry, candidate, out, ref, sidecar, attempts)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+    models = ([("previous", Path(previous_path))] if previous_path is not None else []) + [("model", ref.path)]
+    if output is not None:
+        models.append(("repaired", Path(output["path"])))
+    lenses = look_through(registry, models, dataset, held_idx, search_idx, config)
     return {
         "schema": SCHEMA,
         "mode": mode,
@@ -154,4 +158,5 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
         "splits": {"search": int(len(order) // 2), "held_out": int(len(order) - len(order) // 2)},
         "seconds": round(time.perf_counter() - started, 3),
         "device": config.device,
+        "lenses": lenses,
     }

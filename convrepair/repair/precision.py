@@ -31,25 +31,20 @@ def lossy_step(sidecar) -> Any:
     return None
 
 
-def requantize(fp32_path, output_path, step, keep_fp32: list[str]) -> dict[str, Any]:
-    """Run the target's lossy conversion again on the fp32 graph, excluding `keep_fp32` nodes."""
-    import onnx
+def requantize(registry, fp32_path, output_path, step, keep_fp32: list[str], target_path) -> dict[str, Any]:
+    """Run the target's lossy conversion again, through the same converter plugin, on the fp32
+    graph with `keep_fp32` nodes left out; a static int8 step gets the calibration data it kept."""
+    from convrepair.convert import kept_calibration
+    from convrepair.model import model_ref
+    from convrepair.plugins import ConvertRequest
 
-    if step.converter == "onnx-int8":
-        from onnxruntime import quantization as q
-
-        mode = step.details.get("mode", "dynamic")
-        if mode != "dynamic":
-            raise ValueError("static int8 fallback needs the calibration data; not kept in the sidecar yet")
-        per_channel = bool(step.details.get("per_channel", False))
-        # ORT splits a Gemm into `<name>_MatMul` + Add before quantizing: exclude both spellings.
-        excluded = [variant for name in keep_fp32 for variant in (name, f"{name}_MatMul")]
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
-        q.quantize_dynamic(str(fp32_path), str(output_path), weight_type=q.QuantType.QUInt8,
-                           per_channel=per_channel, nodes_to_exclude=excluded)
-    else:
-        from onnxconverter_common import float16
-
-        model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True, node_block_list=list(keep_fp32))
-        onnx.save(model, str(output_path))
-    return {"converter": step.converter, "kept_fp32": list(keep_fp32)}
+    converter = registry.converters[step.converter]
+    options = dict(step.options)
+    options["keep_fp32"] = ",".join(keep_fp32)
+    calibration = None
+    if step.details.get("mode") == "static":
+        options["mode"] = "static"
+        calibration = kept_calibration(target_path, step)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
+    notes = converter.convert(ConvertRequest(model_ref(fp32_path, registry), output_path, options, None, calibration))
+    return {"converter": step.converter, "kept_fp32": list(keep_fp32), **notes.details}

@@ -50,7 +50,7 @@ def transfer_to_pt2(changes: dict[str, tuple[np.ndarray, np.ndarray]], pt2: Path
         key, layout = matches[0]
         values = new.T if layout == "T" else new
         with torch.no_grad():
-            tensors[key].copy_(torch.from_numpy(np.ascontiguousarray(values)).to(tensors[key].dtype))
+            tensors[key].copy_(torch.from_numpy(np.array(values, copy=True)).to(tensors[key].dtype))
         written.append(key)
     torch.export.save(program, str(out))
     return written

@@ -147,6 +147,7 @@ def render_check(report: dict[str, Any]) -> None:
     loc = report.get("localization")
     if loc:
         render_localization(loc)
+    render_lenses(report.get("lenses"))
 
 
 def render_localization(loc: dict[str, Any]) -> None:
@@ -197,6 +198,17 @@ def render_repair(report: dict[str, Any]) -> None:
                           f"{cost['positives']} positives, repair rate {cost['repair_rate_search']:.0%}, break rate "
                           f"{cost['break_rate_search']:.1%} (search data), {cost['evaluations']} evaluations "
                           f"({cost['evaluations_per_second']:.0f}/s)")
+    choice = report.get("choice")
+    if choice:
+        options = Table(title=f"repairs offered side by side (policy {choice['policy']}: {choice['why']})", title_justify="left")
+        for column in ("kind", "held-out agreement", "held-out flips", "size", "inference ms (batch 256)", "chosen"):
+            options.add_column(column)
+        target = choice["target"]
+        options.add_row("target as converted", "", str(target["held_out_flips"]), human_size(target["bytes"]), _fmt(target["inference_ms"]), "")
+        for row in choice["options"]:
+            options.add_row(row["kind"], _fmt(row["held_out_label_agreement"], ".2%"), str(row["held_out_flips"]),
+                            human_size(row["bytes"]), _fmt(row["inference_ms"]), "[bold green]yes[/]" if row["chosen"] else "no")
+        console.print(options)
     held = report.get("check_before_held_out")
     after = report.get("check_after")
     if held:
@@ -206,8 +218,50 @@ def render_repair(report: dict[str, Any]) -> None:
         console.print(f"held-out check ({report['splits']['held_out']} samples never used by the search): "
                       f"{after['verdict']}, label agreement {_fmt(after['label_agreement'], '.2%')}, {len(after['flips'])} flip(s), "
                       f"max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
+    render_lenses(report.get("lenses"))
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")
+
+
+def render_lenses(lenses: dict[str, Any] | None) -> None:
+    """The reliability lenses side by side for every model: one summary table, then what stands out."""
+    from convrepair.report.lens_summary import available, roles, summary_rows, unavailable
+
+    if not lenses:
+        return
+    table = Table(title=f"reliability lenses ({lenses['samples']} samples)", title_justify="left")
+    for column in ("model", "accuracy", "ECE", "T", "ECE after T", "mean conf.", "mean entropy", "KS p (conf.)", "crossed τ", "PGD acc."):
+        table.add_column(column, justify="right")
+    for r in summary_rows(lenses):
+        table.add_row(r["model"], _fmt(r["accuracy"], ".2%"), _fmt(r["ece"], ".4f"), _fmt(r["temperature"]), _fmt(r["ece_after"], ".4f"),
+                      _fmt(r["mean_confidence"], ".3f"), _fmt(r["mean_entropy"], ".3f"), _fmt(r["confidence_shift_p"], ".2g"),
+                      _fmt(r["crossed_tau"], "d"), _fmt(r["pgd_accuracy"], ".1%"))
+    console.print(table)
+    robustness = available(lenses, "robustness")
+    if robustness:
+        attacks = Table(title=f"robustness: accuracy under attack (crafted on {robustness['crafted_on']} via "
+                              f"{robustness['gradients_via']}, {robustness['n']} samples)", title_justify="left")
+        order = roles(lenses)
+        for column in ("attack", "ε", *order):
+            attacks.add_column(column, justify="right")
+        attacks.add_row("clean", "0", *[_fmt(robustness["clean_accuracy"][r], ".1%") for r in order])
+        for point in sorted(robustness["points"], key=lambda p: (p["attack"], p["epsilon"])):
+            attacks.add_row(point["attack"], f"{point['epsilon']:g}", *[_fmt(point["accuracy"][r], ".1%") for r in order])
+        console.print(attacks)
+        for flag in robustness["flags"]:
+            console.print(f"  [bold red]flag:[/] {flag}")
+    ensemble = (available(lenses, "uncertainty") or {}).get("ensemble")
+    if ensemble:
+        console.print(f"uncertainty over {', '.join(ensemble['models'])}: variation ratio {ensemble['variation_ratio_mean']:.3f}, "
+                      f"epistemic {ensemble['epistemic']:.3f} of total entropy {ensemble['total_entropy']:.3f} nats")
+    occlusion = available(lenses, "occlusion")
+    if occlusion:
+        changed = [s for s in occlusion["samples"] if s["changed"]]
+        console.print(f"occlusion maps ({occlusion['patch']}×{occlusion['patch']} patch): {len(changed)} sample(s) whose label "
+                      f"changed, {len(occlusion['samples']) - len(changed)} unchanged — see `convrepair show --html`")
+    for name, reason in unavailable(lenses).items():
+        console.print(f"  [yellow]{name}[/]: not computed — {reason}")
+    console.print("lens cost: " + ", ".join(f"{k} {v:.2f} s" for k, v in lenses.get("seconds", {}).items()))
 
 
 def render_model_repair(report: dict[str, Any]) -> None:
@@ -220,6 +274,7 @@ def render_model_repair(report: dict[str, Any]) -> None:
     if held:
         console.print(f"  held-out accuracy {held['accuracy_before']:.2%} → {held['accuracy_after']:.2%}; "
                       f"repair rate {held['repair_rate']:.0%} of {held['negatives']}, break rate {held['break_rate']:.2%}")
+    render_lenses(report.get("lenses"))
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")
 
@@ -240,7 +295,7 @@ def render_review(rows: list[dict[str, Any]], status: str) -> None:
 def render_log(statement: dict[str, Any], envelope: dict[str, Any]) -> None:
     """A signed repair log for a person: what changed, where, why, and the numbers."""
     predicate = statement["predicate"]
-    repair = predicate["repair"]
+    repair = dict(predicate["repair"], lenses=predicate.get("lenses"))
     console.print(f"[bold]repair log[/] job {predicate['job']['id']} ({predicate['job']['started']} → {predicate['job']['finished']}), "
                   f"signed by {envelope['signatures'][0]['keyid'][:16]}…")
     if "check_before" in repair:

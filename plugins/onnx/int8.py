@@ -16,7 +16,8 @@ from convrepair_plugins.onnx.runner import load_onnx_model
     target="onnx-int8",
     output_format="onnx",
     description="int8 quantization (onnxruntime.quantization; dynamic, or static with --calibration)",
-    options={"mode": "dynamic | static (static needs --calibration data)", "per_channel": "true|false"},
+    options={"mode": "dynamic | static (static needs --calibration data)", "per_channel": "true|false",
+             "keep_fp32": "comma-separated node names left in fp32 (precision fallback)"},
     lossy=True,
 )
 def to_int8(request: ConvertRequest) -> ConvertNotes:
@@ -29,9 +30,14 @@ def to_int8(request: ConvertRequest) -> ConvertNotes:
     load_onnx_model(request.source.path)
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
     source, output = str(request.source.path), str(request.output)
+    keep = [name for name in str(request.options.get("keep_fp32", "")).split(",") if name]
+    # ORT splits a Gemm into `<name>_MatMul` + Add before quantizing: exclude both spellings
+    excluded = [variant for name in keep for variant in (name, f"{name}_MatMul")]
     details: dict = {"mode": mode, "per_channel": per_channel}
+    if keep:
+        details["kept_fp32"] = keep
     if mode == "dynamic":
-        q.quantize_dynamic(source, output, weight_type=q.QuantType.QUInt8, per_channel=per_channel)
+        q.quantize_dynamic(source, output, weight_type=q.QuantType.QUInt8, per_channel=per_channel, nodes_to_exclude=excluded)
     elif mode == "static":
         if not request.calibration:
             raise BadInput("static int8 quantization needs calibration data (--calibration FILE.npz)")
@@ -44,6 +50,7 @@ def to_int8(request: ConvertRequest) -> ConvertNotes:
             activation_type=q.QuantType.QUInt8,
             weight_type=q.QuantType.QInt8,
             per_channel=per_channel,
+            nodes_to_exclude=excluded,
         )
         details["calibration_samples"] = reader.count
     else:

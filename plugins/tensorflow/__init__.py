@@ -15,4 +15,4 @@ PLUGIN = Plugin(
     probe=lambda: import_tensorflow(),
 )
 
-from convrepair_plugins.tensorflow import runners, to_onnx, to_tflite  # noqa: E402,F401  (registration)
+from convrepair_plugins.tensorflow import gradients, runners, to_onnx, to_tflite  # noqa: E402,F401  (registration)

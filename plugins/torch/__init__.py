@@ -8,4 +8,4 @@ PLUGIN = Plugin(
     requires=("torch",),
 )
 
-from convrepair_plugins.torch import from_onnx, runner, to_onnx  # noqa: E402,F401  (registration)
+from convrepair_plugins.torch import from_onnx, gradients, runner, to_onnx  # noqa: E402,F401  (registration)

@@ -79,7 +79,7 @@ def onnx_to_torch(request: ConvertRequest) -> ConvertNotes:
         )
     module = onnx2torch.convert(model).eval()
     static = _static_reshapes(module)
-    inputs = _graph_inputs(model)
+    inputs = graph_inputs(model)
     example = tuple(
         torch.zeros([2 if d is None else d for d in shape], dtype=torch.float32) for _, shape in inputs
     )
@@ -158,7 +158,7 @@ def _check_batch_generalises(traced, inputs) -> None:
         raise RuntimeError(f"the TorchScript trace only runs at the traced batch size: {str(exc).splitlines()[-1][:200]}") from None
 
 
-def _graph_inputs(model) -> list[tuple[str, tuple]]:
+def graph_inputs(model) -> list[tuple[str, tuple]]:
     initializers = {init.name for init in model.graph.initializer}
     out = []
     for value in model.graph.input:
