@@ -36,6 +36,7 @@ test: $(FIXTURE_STAMP)
 
 bench: $(FIXTURE_STAMP)
 	$(BIN)/python bench/check_bench.py --fixtures $(FIXTURES)
+	$(BIN)/python bench/pso_bench.py --fixtures $(FIXTURES)
 
 clean:
 	rm -rf $(FIXTURES) demo-out .pytest_cache

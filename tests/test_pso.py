@@ -49,6 +49,25 @@ def test_fitness_follows_the_arachne_formula():
     assert fitness == pytest.approx(expected, rel=1e-4)
 
 
+@pytest.mark.parametrize("positions", [[(0, 0), (0, 1), (2, 5)], [(0, 0), (1, 1), (2, 2), (3, 3)]],
+                         ids=["some classes fixed", "every class changed"])
+def test_fitness_over_the_changed_classes_equals_the_dense_formula(positions):
+    import torch
+
+    x, w, _, base, wanted, neg, pos = _problem()
+    original = np.array([w[r, c] for r, c in positions], np.float32)
+    evaluator = SwarmEvaluator(x, base, wanted, neg, pos, positions, original, alpha=0.7, device="cpu")
+    candidates = np.random.default_rng(2).normal(size=(9, len(positions))).astype(np.float32) * 3
+    z = evaluator.logits(torch.as_tensor(candidates)).numpy().astype(np.float64)  # (P, N, C), every class
+    log_p = z - z.max(axis=2, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(axis=2, keepdims=True))
+    nll = -np.take_along_axis(log_p, wanted[None, :, None], axis=2)[..., 0]
+    correct = z.argmax(axis=2) == wanted[None]
+    expected = ((correct[:, neg].mean(1) + 1) / (nll[:, neg].mean(1) + 1)
+                + 0.7 * (correct[:, pos].mean(1) + 1) / (nll[:, pos].mean(1) + 1))
+    np.testing.assert_allclose(evaluator.fitness(candidates), expected, rtol=1e-4)
+
+
 @pytest.mark.parametrize("optimiser", ["pso", "de"])
 def test_search_fixes_negatives_and_is_deterministic(optimiser):
     x, w, w_true, base, wanted, neg, pos = _problem()

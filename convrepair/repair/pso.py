@@ -64,6 +64,38 @@ class SwarmEvaluator:
         self.original = t(original)
         self.alpha = alpha
         self.quantizer = quantizer  # (scale, zero, qmin, qmax) per weight, to evaluate what int8 can hold
+        self._fitness_cache(np.asarray(inputs)[:, cols], np.asarray(base, dtype=np.float64), np.asarray(wanted), rows,
+                            np.asarray(negatives), np.asarray(positives), t)
+
+    def _fitness_cache(self, x_cols, base, wanted, rows, negatives, positives, t) -> None:
+        """What `fitness` needs, computed once. A patch only moves the logits of the classes its
+        weights feed (`changed`); the others' log-sum-exp part (`fixed_sum`, shifted by
+        `fixed_max`) and best label are constants. Samples are reordered negatives first."""
+        torch = self.torch
+        used = np.concatenate([negatives, positives]).astype(np.int64)
+        self.n_neg, self.n_pos = len(negatives), len(positives)
+        base, wanted = base[used], wanted[used].astype(np.int64)
+        changed = np.unique(rows)
+        fixed = np.setdiff1d(np.arange(base.shape[1]), changed)
+        self.f_x = t(x_cols[used])  # (M, K)
+        self.f_route = t(np.eye(len(changed))[np.searchsorted(changed, rows)])  # (K, R)
+        self.f_base = t(base[:, changed])  # (M, R)
+        if len(fixed):
+            fixed_logits = base[:, fixed]
+            fixed_max = fixed_logits.max(axis=1)
+            self.f_fixed_max = t(fixed_max)
+            self.f_fixed_sum = t(np.exp(fixed_logits - fixed_max[:, None]).sum(axis=1))
+            fixed_right = fixed[fixed_logits.argmax(axis=1)] == wanted
+        else:
+            self.f_fixed_max, self.f_fixed_sum = t(np.full(len(used), -1e30)), t(np.zeros(len(used)))
+            fixed_right = np.zeros(len(used), dtype=bool)
+        self.f_fixed_right = torch.as_tensor(fixed_right, device=self.device)
+        slot = np.clip(np.searchsorted(changed, wanted), 0, len(changed) - 1)
+        in_changed = changed[slot] == wanted
+        self.f_slot = torch.as_tensor(np.where(in_changed, slot, -1), device=self.device)  # wanted's column in R, or -1
+        self.f_slot_safe = torch.as_tensor(np.where(in_changed, slot, 0), device=self.device)
+        self.f_in_changed = torch.as_tensor(in_changed, device=self.device)
+        self.f_base_wanted = t(base[np.arange(len(used)), wanted])
 
     def fake_quant(self, values):
         if self.quantizer is None:
@@ -81,22 +113,29 @@ class SwarmEvaluator:
         return torch.baddbmm(self.base.expand(p, n, -1), self.x_cols.expand(p, n, k), delta[:, :, None] * self.route[None])
 
     def fitness(self, values) -> "np.ndarray":
+        """Arachne's fitness of P candidate vectors (P, K) at once: one GEMM over the cache for the
+        changed classes, then the constant part of every sample's log-sum-exp added back."""
         torch = self.torch
         with torch.no_grad():
             values = torch.as_tensor(values, dtype=torch.float32, device=self.device)
-            z = self.logits(values)
-            # max gives the predicted label and the log-sum-exp shift at once (log_softmax over a
-            # short last axis is several times slower on CPU)
-            top, predicted = z.max(dim=-1)
-            lse = top + torch.log(torch.exp(z - top[..., None]).sum(dim=-1))
-            correct = predicted == self.wanted[None]
-            nll = lse - z.gather(2, self.wanted[None, :, None].expand(z.shape[0], -1, 1)).squeeze(2)
-            score = torch.zeros(z.shape[0], device=self.device)
-            for index, weight in ((self.neg, 1.0), (self.pos, self.alpha)):
-                if len(index):
-                    rate = correct[:, index].float().mean(dim=1)
-                    loss = nll[:, index].mean(dim=1)
-                    score = score + weight * (rate + 1) / (loss + 1)
+            delta = self.fake_quant(values) - self.original  # (P, K)
+            p, (m, k), r = delta.shape[0], self.f_x.shape, self.f_route.shape[1]
+            # layout (M, R, P): reductions over the few changed classes run along contiguous particles
+            weights = (self.f_route[:, :, None] * delta.t()[:, None, :]).reshape(k, r * p)  # (K, R·P)
+            z = (self.f_x @ weights).view(m, r, p) + self.f_base[:, :, None]  # (M, R, P) changed logits
+            top, arg = z.max(dim=1)  # (M, P)
+            shift = torch.maximum(top, self.f_fixed_max[:, None])
+            total = torch.exp(z - shift[:, None, :]).sum(dim=1) + self.f_fixed_sum[:, None] * torch.exp(self.f_fixed_max[:, None] - shift)
+            lse = shift + torch.log(total)
+            z_wanted = torch.where(self.f_in_changed[:, None],
+                                   z.gather(1, self.f_slot_safe[:, None, None].expand(m, 1, p)).squeeze(1),
+                                   self.f_base_wanted[:, None])
+            nll = lse - z_wanted  # (M, P)
+            correct = torch.where(top > self.f_fixed_max[:, None], arg == self.f_slot[:, None], self.f_fixed_right[:, None]).float()
+            score = torch.zeros(p, device=self.device)
+            for part, weight in ((slice(0, self.n_neg), 1.0), (slice(self.n_neg, m), self.alpha)):
+                if part.stop > part.start:
+                    score = score + weight * (correct[part].mean(dim=0) + 1) / (nll[part].mean(dim=0) + 1)
             return score.cpu().numpy()
 
 
