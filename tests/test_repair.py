@@ -45,6 +45,7 @@ def _repair(source, target, out, data, **kwargs):
 KERAS = [
     (fi.perturb_weights, ("conv2",), "restore_weights"),
     (fi.zero_bias, ("conv1",), "restore_biases"),
+    (fi.drop_bias, ("conv2",), "restore_biases"),
     (fi.asymmetric_pads, ("conv2",), "restore_attribute"),
     (fi.swap_activation, ("conv2_1/Relu",), "restore_activation"),
     (fi.softmax_axis, (), "restore_attribute"),
@@ -221,6 +222,43 @@ def test_improvement_short_of_equivalence_is_refused_by_default(fixtures_dir, in
     assert report.verdict == "not_repaired" and not (tmp_path / "patched.onnx").exists()
 
 
+def test_lost_bias_of_a_keras_target_is_restored_into_its_keras_weights(fixtures_dir, tmp_path):
+    """A Keras target whose conv2 bias was zeroed: tf2onnx drops the zero bias, so its IR's Conv has
+    no bias input at all. Localization names the lost bias; the restore is carried into the .keras."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from convrepair.check import CheckConfig, run_check
+    from convrepair_plugins.tensorflow.runners import load_keras_model
+
+    model = load_keras_model(fixtures_dir / "keras_cnn.keras")
+    bias = next(v for v in model.weights if v.path == "conv2/bias")
+    bias.assign(bias.numpy() * 0)
+    target = tmp_path / "faulty.keras"
+    model.save(str(target))
+    write_sidecar(target, read_sidecar(fixtures_dir / "keras_cnn.keras"))
+    report = _repair(fixtures_dir / "keras_cnn.keras", target, tmp_path / "fixed.keras", fixtures_dir / "digits_all_nhwc.npz")
+    fault = report.check_before["localization"]["fault"]
+    assert fault["type"] == "biases" and "lost" in fault["detail"]
+    assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
+    assert [a.kind for a in report.attempts if a.accepted] == ["restore_biases", "carry_back"]
+    assert report.output["format"] == "keras" and "conv2/bias" in report.attempts[-1].patch.location
+    after = run_check(default_registry(), fixtures_dir / "keras_cnn.keras", tmp_path / "fixed.keras",
+                      CheckConfig(data=fixtures_dir / "digits_test_nhwc.npz"))
+    assert after.verdict == "equivalent" and after.pooled.max_abs == 0.0
+
+
+def test_regression_repair_of_a_pytorch_program_writes_the_patch_into_it(cli, fixtures_dir, tmp_path):
+    result = cli("repair", fixtures_dir / "torch_cnn_v2.pt2", "--previous", fixtures_dir / "torch_cnn.pt2",
+                 "--data", fixtures_dir / "digits_all_nchw.npz", "--out", tmp_path / "v2_fixed.pt2", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.stderr + result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["output"]["format"] == "pt2" and report["verdict"] == "repaired"
+    patch = report["attempts"][-1]["patch"]
+    assert "written into the pt2 model's fc2.weight" in patch["detail"]
+    assert report["held_out"]["accuracy_after"] > report["held_out"]["accuracy_before"]
+
+
 @pytest.fixture(scope="module")
 def versions(fixtures_dir, tmp_path_factory):
     """Registry versions 1 and 2 of the PyTorch model, as ONNX (patches are written to ONNX)."""
@@ -287,7 +325,7 @@ def test_restore_of_a_pytorch_target_is_written_back_into_its_program(fixtures_d
     report = _repair(fixtures_dir / "keras_cnn.keras", target, tmp_path / "fixed.pt2", fixtures_dir / "digits_all_nhwc.npz")
     assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
     assert report.output["format"] == "pt2"
-    assert [a.kind for a in report.attempts if a.accepted] == ["restore_biases", "carry_into_pt2"]
+    assert [a.kind for a in report.attempts if a.accepted] == ["restore_biases", "carry_back"]
     after = run_check(default_registry(), fixtures_dir / "keras_cnn.keras", tmp_path / "fixed.pt2",
                       CheckConfig(data=fixtures_dir / "digits_test_nhwc.npz"))
     assert after.verdict == "equivalent"

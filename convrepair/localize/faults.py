@@ -186,15 +186,35 @@ def parameters(ctx: FaultContext) -> Fault | None:
                         "zeroed": bool(np.all(t_value == 0) and np.any(s_value != 0)),
                     }
                 )
+        findings += _lost_biases(s_node, t_node, s_params, ctx.precision)
     if not findings:
         return None
     worst = max(findings, key=lambda f: f["max_abs_diff"] / max(f["tolerance"], 1e-12))
+    if worst.get("lost"):
+        return Fault("biases", f"the target's {worst['target_node']} has no bias where the source's {worst['source_node']} "
+                               f"adds one (up to {worst['max_abs_diff']:.3g}): the bias was lost", {"differences": findings})
     what = "zeroed" if worst["zeroed"] else f"differ by up to {worst['max_abs_diff']:.3g}"
     return Fault(
         worst["role"],
         f"{worst['role']} '{worst['tensor']}' of {worst['target_node']} {what} from the source's {worst['source_node']}",
         {"differences": findings},
     )
+
+
+_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+
+
+def _lost_biases(s_node: Node, t_node: Node, s_params: dict[int, np.ndarray], precision: str) -> list[dict[str, Any]]:
+    """A bias the source adds and the target's node does not read at all (exporters drop an input
+    they think is zero, or lose it in a fusion)."""
+    position = _BIAS_INPUT.get(t_node.op)
+    s_value = s_params.get(position) if position is not None else None
+    if s_value is None or (position < len(t_node.inputs) and t_node.inputs[position]) or not np.any(s_value != 0):
+        return []
+    s_value = s_value.astype(np.float32)
+    return [{"role": "biases", "source_node": s_node.name, "target_node": t_node.name, "input": position, "tensor": None,
+             "shape": list(s_value.shape), "max_abs_diff": float(np.abs(s_value).max()),
+             "tolerance": param_tolerance(s_value, precision), "permutation": None, "zeroed": True, "lost": True}]
 
 
 def _clip_bounds(view: GraphView, node: Node) -> dict[str, float | None]:

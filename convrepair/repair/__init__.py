@@ -24,6 +24,7 @@ from convrepair.fsutil import atomic_output, combined_digest, file_digests
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
 from convrepair.repair.restore import Patch, RestoreUnavailable, restore
+from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
 
 SCHEMA = "convrepair.repair/v1"
@@ -195,8 +196,9 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     try:
         source_ir_path = None
         if before.discrepant and config.strategy in ("auto", "restore"):
-            if target_ref.format not in ("onnx", "pt2"):
-                attempts.append(Attempt("restore", False, f"restore writes ONNX and .pt2 targets; this target is {target_ref.format}"))
+            if target_ref.format not in ("onnx", *CARRIERS):
+                attempts.append(Attempt("restore", False, f"restores are written to {', '.join(('onnx', *CARRIERS))} "
+                                                          f"targets; this target is {target_ref.format}"))
             else:
                 sample = dataset.take(search_idx[:64])
                 source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar)).path
@@ -207,8 +209,9 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
                 final_path, final_check = _restore_loop(
                     check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config, started,
                 )
-                if target_ref.format == "pt2":
-                    final_path = _carry_into_pt2(work_target, final_path, target_ref.path, workdir, attempts)
+                if target_ref.format != "onnx":
+                    carried = _carry_back(work_target, final_path, target_ref.path, target_ref.format, workdir, attempts)
+                    final_path, final_check = (carried, final_check) if carried is not None else (target_ref.path, before)
         # what is left is offered as options: the precision fallback (exact, slower) for rounding
         # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
         options: list[tuple[str, Path, CheckReport]] = []
@@ -294,24 +297,22 @@ def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
     return round(float(np.median(times)), 3)
 
 
-def _carry_into_pt2(ir_before: Path, ir_after: Path, pt2: Path, workdir: Path, attempts: list[Attempt]) -> Path:
-    """The .pt2 target with the IR's repaired parameters written in; the target itself when none."""
-    import onnx
-
-    from convrepair.repair.transfer import changed_initializers, transfer_to_pt2
+def _carry_back(ir_before: Path, ir_after: Path, target: Path, target_format: str, workdir: Path,
+                attempts: list[Attempt]) -> Path | None:
+    """The target in its own format with the parameters repaired on its IR written in; the target
+    itself when nothing changed; None (and a refused attempt) when it cannot be carried."""
+    from convrepair.repair.transfer import carry_back
 
     if Path(ir_after) == Path(ir_before):
-        return pt2
+        return Path(target)
     try:
-        changes = changed_initializers(onnx.load(str(ir_before)), onnx.load(str(ir_after)))
-        out = workdir / "repaired.pt2"
-        names = transfer_to_pt2(changes, pt2, out)
+        out, names, count = carry_back(ir_before, ir_after, target, target_format, workdir)
     except RestoreUnavailable as exc:
-        attempts.append(Attempt("carry_into_pt2", False, str(exc)))
-        return pt2
-    attempts.append(Attempt("carry_into_pt2", True, f"wrote the repaired values into the program's {', '.join(names)}",
-                            Patch("carry_into_pt2", ", ".join(names), sum(int(new.size) for _, new in changes.values()),
-                                  "parameters repaired on the ONNX IR, written into the exported program")))
+        attempts.append(Attempt("carry_back", False, str(exc)))
+        return None
+    attempts.append(Attempt("carry_back", True, f"wrote the repaired values into the {target_format} model's {', '.join(names)}",
+                            Patch("carry_back", ", ".join(names), count,
+                                  f"parameters repaired on the ONNX IR, written into the {target_format} model")))
     return out
 
 
@@ -370,8 +371,9 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
     from convrepair.repair.restore import RestoreUnavailable
     from convrepair.repair.search import labels_of, search_patch
 
-    if target_ref.format != "onnx":
-        attempts.append(Attempt("pso_patch", False, f"patches are written to ONNX targets; this target is {target_ref.format}"))
+    if target_ref.format not in ("onnx", *CARRIERS):
+        attempts.append(Attempt("pso_patch", False, f"patches are written to {', '.join(('onnx', *CARRIERS))} targets; "
+                                                    f"this target is {target_ref.format}"))
         return current_path, current_check
     search = dataset.take(search_idx)
     t0 = time.perf_counter()
@@ -393,14 +395,27 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
     except Exception:  # noqa: BLE001 - without the source's weights the search runs without history
         source_weight = None
     budget = SearchConfig(budget_seconds=config.budget_seconds, seed=config.seed, device=config.device)
+    # a .pt2 or Keras target is patched on its ONNX IR, then the patch is written into it
+    work = current_path if target_ref.format == "onnx" else to_onnx_ir(
+        registry, current_ref, target_sidecar, search.take(np.arange(min(64, len(search)))), workdir,
+        export_options(target_sidecar)).path
     try:
-        model, patch, stats = search_patch(onnx.load(str(current_path)), source_weight, search, layouts, wanted, current,
+        model, patch, stats = search_patch(onnx.load(str(work)), source_weight, search, layouts, wanted, current,
                                            budget, config.optimiser)
     except RestoreUnavailable as exc:
         attempts.append(Attempt("pso_patch", False, str(exc), seconds=time.perf_counter() - t0))
         return current_path, current_check
     candidate = workdir / "pso_patch.onnx"
     onnx.save(model, str(candidate))
+    if target_ref.format != "onnx":
+        from convrepair.repair.transfer import carry_patch
+
+        try:
+            candidate = carry_patch(work, candidate, current_path, target_ref.format, workdir, patch)
+        except RestoreUnavailable as exc:
+            attempts.append(Attempt("pso_patch", False, f"the patch found on the ONNX IR cannot be written back: {exc}",
+                                    seconds=time.perf_counter() - t0))
+            return current_path, current_check
     if target_sidecar is not None:
         write_sidecar(candidate, target_sidecar)
     result = check(candidate, search_idx, localize=False)

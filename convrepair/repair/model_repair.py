@@ -20,6 +20,7 @@ from convrepair.errors import BadInput
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
 from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output, look_through
+from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import read_sidecar
 
 MAX_NEGATIVES = 200
@@ -37,6 +38,18 @@ def _rates(pred_before, pred_after, labels, negatives) -> dict[str, float]:
     broken = float((pred_after[right_before] != labels[right_before]).mean()) if right_before.any() else 0.0
     return {"repair_rate": fixed, "break_rate": broken, "negatives": int(len(negatives)),
             "accuracy_before": float(right_before.mean()), "accuracy_after": float((pred_after == labels).mean())}
+
+
+def _carried(ir: Path, patched_ir: Path, ref, workdir: Path, patch, attempts: list[Attempt]) -> Path | None:
+    """The patch written into the model's own format; None (and a refused attempt) when it cannot be."""
+    from convrepair.repair.restore import RestoreUnavailable
+    from convrepair.repair.transfer import carry_patch
+
+    try:
+        return carry_patch(ir, patched_ir, ref.path, ref.format, workdir, patch)
+    except RestoreUnavailable as exc:
+        attempts.append(Attempt("pso_patch", False, f"the patch found on the ONNX IR cannot be written back: {exc}"))
+        return None
 
 
 def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: Path | None, out: Path,
@@ -76,7 +89,9 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
             with registry.load(prev_ref, prev_sidecar, device="cpu") as previous:
                 previous_pred = labels_of(previous, dataset)
             history = last_dense_layer(GraphView(onnx.load(str(_onnx_of(registry, prev_ref, prev_sidecar, dataset, workdir))))).weight
-        onnx_path = ref.path if ref.format == "onnx" else None
+        # a .pt2 or Keras model is patched on its ONNX IR, and the patch written back into it
+        onnx_path = ref.path if ref.format == "onnx" else (
+            _onnx_of(registry, ref, sidecar, dataset, workdir) if ref.format in CARRIERS else None)
         order = np.random.default_rng(config.seed).permutation(len(dataset))
         search_idx, held_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
 
@@ -91,7 +106,8 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
         verdict = "not_repaired"
         held_rates: dict[str, Any] | None = None
         if onnx_path is None:
-            attempts.append(Attempt("pso_patch", False, f"patches are written to ONNX models; this model is {ref.format} (convert it first)"))
+            attempts.append(Attempt("pso_patch", False, f"patches are written to {', '.join(('onnx', *CARRIERS))} models; "
+                                                        f"this model is {ref.format} (convert it first)"))
         elif not len(search_neg):
             attempts.append(Attempt("pso_patch", False, f"no {'regressions' if previous_pred is not None else 'failures'} on the search half"))
         else:
@@ -115,6 +131,7 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
                                             cache_logits[successes], search_labels[successes])
                     negatives = search_neg[ranked[:MAX_NEGATIVES]]
             t0 = time.perf_counter()
+            candidate = None
             try:
                 patched, patch, stats = search_patch(
                     onnx.load(str(onnx_path)), history, search, layouts, labels[search_idx], predicted[search_idx],
@@ -126,6 +143,9 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
             else:
                 candidate = workdir / "patched.onnx"
                 onnx.save(patched, str(candidate))
+                if ref.format != "onnx":
+                    candidate = _carried(onnx_path, candidate, ref, workdir, patch, attempts)
+            if candidate is not None:
                 with registry.load(model_ref(candidate, registry), sidecar, device="cpu") as runner:
                     after = labels_of(runner, dataset)
                 held_rates = _rates(predicted[held_idx], after[held_idx], labels[held_idx], held_neg)

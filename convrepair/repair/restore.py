@@ -104,6 +104,8 @@ def restore_parameter(model, source: GraphView, localization: dict[str, Any]) ->
         raise RestoreUnavailable(f"the source's {worst['role']} for {worst['source_node']} is not a constant")
     if worst.get("permutation"):
         value = np.transpose(value, worst["permutation"])
+    if worst.get("lost"):
+        return _add_lost_input(model, worst, value)
     old = _set_initializer(model, worst["tensor"], value.reshape(worst["shape"]))
     return Patch(
         kind=f"restore_{worst['role']}",
@@ -112,6 +114,32 @@ def restore_parameter(model, source: GraphView, localization: dict[str, Any]) ->
         detail=f"copied {worst['role']} of the source's {worst['source_node']} into {worst['tensor']}",
         before=digest(old),
         after=digest(value.reshape(worst["shape"]).astype(old.dtype)),
+    )
+
+
+def _add_lost_input(model, finding: dict[str, Any], value: np.ndarray) -> Patch:
+    """Give the target's node back the parameter input it lost, as a new initializer."""
+    from onnx import numpy_helper
+
+    node = _node(model, finding["target_node"])
+    name = f"{node.name}.restored_{finding['role']}"
+    position = finding["input"]
+    while len(node.input) < position:
+        node.input.append("")
+    if len(node.input) > position:
+        node.input[position] = name
+    else:
+        node.input.append(name)
+    value = value.reshape(finding["shape"]).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(value, name))
+    return Patch(
+        kind=f"restore_{finding['role']}",
+        location=f"{node.name}:{name}",
+        parameters=int(value.size),
+        detail=f"the target's {node.name} had lost its {finding['role']}: added the source's {finding['source_node']} "
+               f"{finding['role']} as input {position}",
+        before=digest(np.zeros_like(value)),
+        after=digest(value),
     )
 
 
