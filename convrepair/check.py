@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from convrepair.errors import BadInput
 from convrepair.model import ModelRef, model_ref
 from convrepair.plugins import PluginRegistry
 from convrepair.sidecar import Sidecar, read_sidecar
+
+if TYPE_CHECKING:
+    from convrepair.lenses import LensConfig
 
 SCHEMA = "convrepair.check/v1"
 
@@ -60,7 +63,7 @@ class CheckConfig:
     localize: bool | None = None  # None: localize when discrepant
     batch_size: int = 256
     subset: np.ndarray | None = None  # restrict sampling to these data indices (repair's splits)
-    lenses: tuple[str, ...] = ()  # reliability lenses to run on the sampled data (convrepair.lenses)
+    lenses: LensConfig | None = None  # reliability lenses to run on the sampled data
 
 
 @dataclass
@@ -213,13 +216,12 @@ def run_check(
 
 def _lenses(registry, source, target, source_ref, target_ref, source_sidecar, dataset, plan, config) -> dict[str, Any]:
     """The reliability lenses on the very samples the rounds drew, with the runners already open."""
-    from convrepair.lenses import LensConfig, LensModel, input_range_of, run_lenses
+    from convrepair.lenses import LensModel, input_range_of, run_lenses
 
     sampled = np.unique(np.concatenate([indices for _, indices in plan]))
     models = [LensModel("source", source, str(source_ref.path), source_ref.format),
               LensModel("target", target, str(target_ref.path), target_ref.format)]
-    lens_config = LensConfig(names=config.lenses, seed=config.seed)
-    return run_lenses(models, dataset, sampled, lens_config,
+    return run_lenses(models, dataset, sampled, config.lenses,
                       gradients=lambda: registry.load_differentiable(source_ref, source_sidecar),
                       input_range=input_range_of(source_sidecar, dataset)).to_json()
 

@@ -78,6 +78,8 @@ def convert(
 
 
 LENSES_HELP = "Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none)."
+EPSILONS_HELP = "Robustness lens: L∞ ε as shares of the input range (default 0.02,0.05,0.1)."
+PGD_STEP_HELP = "Robustness lens: PGD step as a multiple of ε (default 2.5 / steps)."
 
 
 @app.command()
@@ -93,6 +95,9 @@ def check(
     top_k: Annotated[int, typer.Option("--top-k", help="k of the top-k agreement.")] = 1,
     localize: Annotated[Optional[bool], typer.Option("--localize/--no-localize", help="Layer-wise localization (default: when discrepant).")] = None,
     lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
+    epsilons: Annotated[Optional[str], typer.Option(help=EPSILONS_HELP)] = None,
+    pgd_steps: Annotated[Optional[int], typer.Option(help="Robustness lens: PGD steps (default 10).")] = None,
+    pgd_step: Annotated[Optional[float], typer.Option(help=PGD_STEP_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.check/v1).")] = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
@@ -104,9 +109,10 @@ def check(
     from convrepair.plugins import default_registry
     from convrepair.report.terminal import render_check, round_progress
 
-    from convrepair.lenses import parse_lenses
+    from convrepair.lenses import lens_config
 
-    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize, lenses=parse_lenses(lenses))
+    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize,
+                         lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
     with round_progress(rounds) as advance:
         report = run_check(default_registry(), source, target, config, on_round=advance)
     payload = report.to_json()
@@ -133,6 +139,9 @@ def repair(
     accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
     prefer: Annotated[str, typer.Option(help="When a precision fallback and a PSO patch both work: auto | fast (the patch) | exact (the fallback).")] = "auto",
     lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
+    epsilons: Annotated[Optional[str], typer.Option(help=EPSILONS_HELP)] = None,
+    pgd_steps: Annotated[Optional[int], typer.Option(help="Robustness lens: PGD steps (default 10).")] = None,
+    pgd_step: Annotated[Optional[float], typer.Option(help=PGD_STEP_HELP)] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
@@ -143,7 +152,7 @@ def repair(
     Exit 0 repaired (or nothing to repair), 1 no acceptable repair (nothing written), 2 bad input.
     """
     from convrepair.fsutil import write_json_atomic
-    from convrepair.lenses import parse_lenses
+    from convrepair.lenses import lens_config
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
     from convrepair.report.terminal import render_repair
@@ -166,7 +175,7 @@ def repair(
         typer.echo(f"signed log (pending approval): {path}")
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
                           atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement,
-                          prefer=prefer, lenses=parse_lenses(lenses))
+                          prefer=prefer, lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
     if target is None:
         from convrepair.repair.model_repair import run_model_repair
         from convrepair.report.terminal import render_model_repair

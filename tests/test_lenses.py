@@ -223,6 +223,26 @@ def test_check_with_lenses_through_the_cli(fixtures_dir, tmp_path):
     assert "reliability lenses" in result.stdout and "PGD acc." in result.stdout
 
 
+def test_lens_options_through_the_cli(linear, tmp_path):
+    path, _, _ = linear
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "data.npz", x=rng.uniform(0, 1, (120, 1, 8, 8)).astype(np.float32), y=rng.integers(0, CLASSES, 120))
+    result = run_cli("check", path, path, "--data", tmp_path / "data.npz", "--lenses", "robustness,calibration",
+                     "--epsilons", "0.05", "--pgd-steps", "3", "--pgd-step", "0.5", "--json", tmp_path / "c.json")
+    assert result.code == 0, result.stderr
+    lenses = json.loads((tmp_path / "c.json").read_text())["lenses"]
+    assert set(lenses) >= {"robustness", "calibration"} and "occlusion" not in lenses
+    robustness = lenses["robustness"]
+    assert robustness["pgd_steps"] == 3 and robustness["pgd_step"] == "0.5·ε" and robustness["gradients_via"] == "onnx2torch"
+    low, high = robustness["input_range"]  # no sidecar: the data's own range
+    assert [(p["attack"], p["epsilon"]) for p in robustness["points"]] == [
+        ("fgsm", pytest.approx(0.05 * (high - low), abs=1e-6)), ("pgd", pytest.approx(0.05 * (high - low), abs=1e-6))]
+    # the same model twice: the very same adversarial inputs fool both alike
+    assert all(p["success"]["source"] == p["success"]["target"] for p in robustness["points"])
+    bad = run_cli("check", path, path, "--data", tmp_path / "data.npz", "--lenses", "all", "--epsilons", "2")
+    assert bad.code == 2 and "--epsilons" in bad.stderr
+
+
 def test_bad_lens_name_is_a_usage_error(fixtures_dir):
     result = run_cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--lenses", "vibes")
     assert result.code == 2 and "unknown lens vibes" in result.stderr

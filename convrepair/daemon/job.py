@@ -22,6 +22,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     from convrepair.convert import convert, load_calibration
     from convrepair.daemon.config import load_model_config
     from convrepair.ledger.log import now, write_signed_log
+    from convrepair.lenses import LensConfig
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
 
@@ -41,7 +42,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     strategy = "restore" if config.policy == "none" else config.policy
     repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
                                  atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
-                                 max_restores=0 if config.policy == "none" else 5, lenses=config.lenses, prefer=config.prefer)
+                                 max_restores=0 if config.policy == "none" else 5, lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer)
     report = run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
     (tmp / "repair.json").write_text(json.dumps(report, indent=2))
     if spec.get("sign_key"):

@@ -39,6 +39,7 @@ class LensConfig:
     tau: float = 0.5  # uncertainty: out-of-distribution threshold on the max softmax
     epsilons: tuple[float, ...] = (0.02, 0.05, 0.1)  # robustness: L∞ ε as a share of the input range
     pgd_steps: int = 10
+    pgd_step: float | None = None  # PGD step as a multiple of ε (default 2.5 / pgd_steps, Madry et al.)
     robustness_samples: int = 256
     patch: int | None = None  # occlusion: default 2×2 on small inputs, a 14×14 grid on larger
     stride: int | None = None
@@ -46,6 +47,31 @@ class LensConfig:
     occlusion_unchanged: int = 2  # and a few that did not
     max_samples: int = 1000
     seed: int = 0
+
+
+def lens_config(names: str | None, seed: int = 0, epsilons: str | None = None, pgd_steps: int | None = None,
+                pgd_step: float | None = None) -> LensConfig | None:
+    """A `LensConfig` from command-line text (`--lenses`, `--epsilons 0.02,0.05`…); None for no lenses."""
+    chosen = parse_lenses(names)
+    if not chosen:
+        return None
+    config = LensConfig(names=chosen, seed=seed)
+    if epsilons is not None:
+        try:
+            config.epsilons = tuple(float(e) for e in epsilons.split(",") if e.strip())
+        except ValueError:
+            raise BadInput(f"--epsilons takes comma-separated numbers, not '{epsilons}'") from None
+        if not config.epsilons or not all(0 < e <= 1 for e in config.epsilons):
+            raise BadInput("--epsilons are shares of the input range, each in (0, 1]")
+    if pgd_steps is not None:
+        if pgd_steps < 1:
+            raise BadInput("--pgd-steps must be at least 1")
+        config.pgd_steps = pgd_steps
+    if pgd_step is not None:
+        if pgd_step <= 0:
+            raise BadInput("--pgd-step must be positive (a multiple of ε)")
+        config.pgd_step = pgd_step
+    return config
 
 
 def parse_lenses(text: str | None) -> tuple[str, ...]:

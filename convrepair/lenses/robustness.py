@@ -94,8 +94,9 @@ def run(ctx) -> Robustness:
         else:
             reference, reference_name = source_labels, "source predictions"
         clean = {role: ctx.eval_scores[role][rows].argmax(axis=1) == reference for role in ctx.roles}
+        step = config.pgd_step if config.pgd_step is not None else 2.5 / config.pgd_steps
         result = Robustness(ctx.roles[0], getattr(model, "via", "unknown"), reference_name, len(idx), (float(low), float(high)),
-                            config.pgd_steps, f"2.5·ε/{config.pgd_steps}", {r: float(c.mean()) for r, c in clean.items()})
+                            config.pgd_steps, f"{step:.3g}·ε", {r: float(c.mean()) for r, c in clean.items()})
         craft = batched(gradient)
         rng = np.random.default_rng(config.seed)
         layouts = ctx.dataset.layouts
@@ -103,7 +104,7 @@ def run(ctx) -> Robustness:
             epsilon = fraction * (high - low)
             attacks = {
                 "fgsm": fgsm(craft, x, reference, epsilon, low, high),
-                "pgd": pgd(craft, x, reference, epsilon, 2.5 * epsilon / config.pgd_steps, config.pgd_steps, low, high, rng),
+                "pgd": pgd(craft, x, reference, epsilon, step * epsilon, config.pgd_steps, low, high, rng),
             }
             for name, adversarial in attacks.items():
                 predicted = {role: _labels(ctx.runners, role, layouts, adversarial) for role in ctx.roles}

@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,6 +26,9 @@ from convrepair.plugins import PluginRegistry
 from convrepair.repair.restore import Patch, RestoreUnavailable, restore
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
+
+if TYPE_CHECKING:
+    from convrepair.lenses import LensConfig
 
 SCHEMA = "convrepair.repair/v1"
 STRATEGIES = ("auto", "restore", "pso")
@@ -48,7 +51,7 @@ class RepairConfig:
     optimiser: str = "pso"  # or "de"
     accept_improvement: bool = False  # accept fewer held-out flips without reaching equivalence
     max_break_rate: float = 0.01  # share of held-out agreeing samples a patch may break
-    lenses: tuple[str, ...] = ()  # reliability lenses over source, target and repaired model (held-out half)
+    lenses: LensConfig | None = None  # reliability lenses over source, target and repaired model (held-out half)
     prefer: str = "auto"  # when fallback and patch both work: auto | fast (patch) | exact (fallback)
 
 
@@ -269,12 +272,11 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
 
 def look_through(registry, models: list[tuple[str, Path]], dataset, held_idx, search_idx, config: RepairConfig):
     """The reliability lenses on the held-out half (temperature fitted on the search half)."""
-    if not config.lenses:
+    if config.lenses is None:
         return None
-    from convrepair.lenses import LensConfig, run_lenses_on_files
+    from convrepair.lenses import run_lenses_on_files
 
-    return run_lenses_on_files(registry, models, dataset, held_idx, LensConfig(names=config.lenses, seed=config.seed),
-                               fit_idx=search_idx).to_json()
+    return run_lenses_on_files(registry, models, dataset, held_idx, config.lenses, fit_idx=search_idx).to_json()
 
 
 def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
