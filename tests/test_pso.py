@@ -68,6 +68,21 @@ def test_fitness_over_the_changed_classes_equals_the_dense_formula(positions):
     np.testing.assert_allclose(evaluator.fitness(candidates), expected, rtol=1e-4)
 
 
+def test_fitness_breaks_ties_like_argmax_over_every_class():
+    # the start particle reproduces the base logits exactly, ties included: class 0 (changed) and
+    # class 1 (fixed) tie, and argmax takes the lower index
+    x = np.ones((4, 2), np.float32)
+    w = np.array([[0.5, 0.5], [1.0, 0.0], [0.0, 0.0]], np.float32)
+    base = x @ w.T  # every row [1, 1, 0]
+    wanted = np.array([0, 0, 1, 2])
+    evaluator = SwarmEvaluator(x, base, wanted, np.array([2, 3]), np.array([0, 1]), [(0, 0)], np.array([0.5], np.float32),
+                               device="cpu")
+    fitness = evaluator.fitness(np.array([[0.5]], np.float32))[0]
+    nll = -(base - np.log(np.exp(base).sum(axis=1, keepdims=True)))[np.arange(4), wanted]
+    expected = (0 + 1) / (nll[[2, 3]].mean() + 1) + (1 + 1) / (nll[[0, 1]].mean() + 1)  # rows 0, 1 right; 2, 3 wrong
+    assert fitness == pytest.approx(expected, rel=1e-5)
+
+
 @pytest.mark.parametrize("optimiser", ["pso", "de"])
 def test_search_fixes_negatives_and_is_deterministic(optimiser):
     x, w, w_true, base, wanted, neg, pos = _problem()

@@ -193,6 +193,14 @@ def test_static_int8_fallback_and_pso_patch_are_offered_side_by_side(fixtures_di
     best = min(rows.values(), key=lambda r: (r["held_out_verdict"] != "equivalent", r["held_out_flips"]))
     assert choice["chosen"] == best["kind"] and best["chosen"]
     assert len(report.check_after["flips"]) == best["held_out_flips"]
+    # only what is in the written model is recorded as applied, in the report and the output's sidecar
+    applied = [a for a in report.attempts if a.applied]
+    assert [a.kind for a in applied] == [best["kind"]]
+    assert any(a.accepted and not a.applied for a in report.attempts)
+    recorded = read_sidecar(tmp_path / "chosen.onnx").steps[-1].details["patches"]
+    assert [p["kind"] for p in recorded] == [applied[0].patch.kind] and recorded[0]["after"] == applied[0].patch.after
+    # the calibration data travels with the output, so a later fallback can re-run the quantization
+    assert (tmp_path / (int8_flipping.name + ".calibration.npz")).is_file()
     exact = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "exact.onnx", data, accept_improvement=True,
                     prefer="exact")
     assert exact.choice["chosen"] == "precision_fallback"

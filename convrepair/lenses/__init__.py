@@ -167,6 +167,8 @@ def run_lenses(models: list[LensModel], dataset: Dataset, eval_idx: np.ndarray, 
     eval_idx = np.asarray(eval_idx)
     if len(eval_idx) > config.max_samples:
         eval_idx = np.sort(rng.choice(eval_idx, config.max_samples, replace=False))
+    if fit_idx is not None and not len(fit_idx):
+        fit_idx = None
     if fit_idx is not None and len(fit_idx) > config.max_samples:
         fit_idx = np.sort(rng.choice(fit_idx, config.max_samples, replace=False))
     report = LensReport({m.role: {"path": m.path, "format": m.format} for m in models}, int(len(eval_idx)), dataset.origin)
@@ -178,8 +180,13 @@ def run_lenses(models: list[LensModel], dataset: Dataset, eval_idx: np.ndarray, 
         fit_scores = {m.role: as_log_probabilities(predict_scores(m.runner, dataset.take(fit_idx))) for m in models} \
             if fit_idx is not None and "calibration" in config.names else None
         report.seconds["predictions"] = time.perf_counter() - started
-    except (LensUnavailable, ConvrepairError) as exc:
-        reason = exc.one_line() if isinstance(exc, ConvrepairError) else str(exc)
+    except Exception as exc:  # noqa: BLE001 - without predictions no lens runs; each says why, the job goes on
+        if isinstance(exc, ConvrepairError):
+            reason = exc.one_line()
+        elif isinstance(exc, LensUnavailable):
+            reason = str(exc)
+        else:
+            reason = f"failed: {type(exc).__name__}: {exception_text(exc, 200)}"
         report.unavailable = {name: reason for name in config.names}
         return report
     labels = dataset.labels

@@ -32,7 +32,8 @@ class Calibration:
     accuracy: float
     nll: float
     temperature: float
-    ece_after: float  # on the evaluation samples, T fitted elsewhere
+    ece_before: float  # without T, on the rows ECE-after is measured on (all, or the half T was not fitted on)
+    ece_after: float  # with T, on those rows
     nll_after: float
     n_fit: int
     bins: list[ReliabilityBin] = field(default_factory=list)
@@ -93,17 +94,19 @@ def calibrate(scores: np.ndarray, labels: np.ndarray, fit_scores: np.ndarray, fi
     ece, mce, rows = reliability(confidence, predicted == labels, bins)
     temperature = fit_temperature(fit_scores, fit_labels)
     after = np.arange(len(labels)) if after is None else after
+    ece_before, _, _ = reliability(confidence[after], predicted[after] == labels[after], bins)
     scaled = log_softmax(scores[after], temperature)
     ece_after, _, _ = reliability(np.exp(scaled.max(axis=1)), scaled.argmax(axis=1) == labels[after], bins)
     return Calibration(len(labels), ece, mce, float((predicted == labels).mean()), nll(log_p, labels),
-                       temperature, ece_after, nll(scaled, labels[after]), len(fit_labels), rows)
+                       temperature, ece_before, ece_after, nll(scaled, labels[after]), len(fit_labels), rows)
 
 
 def run(ctx) -> dict[str, Calibration]:
     if ctx.labels is None:
         raise LensUnavailable("needs labels: the data has no 'y'")
-    if ctx.labels.min() < 0 or ctx.labels.max() >= ctx.classes:
-        raise LensUnavailable(f"labels run outside the model's {ctx.classes} classes")
+    for labels in (ctx.labels, ctx.fit_labels):
+        if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= ctx.classes):
+            raise LensUnavailable(f"labels run outside the model's {ctx.classes} classes")
     if ctx.fit_scores is not None:
         return {role: calibrate(ctx.eval_scores[role], ctx.labels, ctx.fit_scores[role], ctx.fit_labels, ctx.config.bins)
                 for role in ctx.roles}

@@ -89,6 +89,8 @@ def run(ctx) -> Occlusion:
     axes = spatial_axes(layout, x_all.ndim)
     size = min(x_all.shape[axes[0]], x_all.shape[axes[1]])
     patch, stride = (config.patch, config.stride or 1) if config.patch else default_patch(size)
+    if not 1 <= patch <= size or stride < 1:
+        raise LensUnavailable(f"an occlusion patch of {patch} (stride {stride}) does not fit a {size}-pixel image")
     labels = {role: ctx.eval_scores[role].argmax(axis=1) for role in ctx.roles}
     source = ctx.roles[0]
     changed = np.zeros(len(ctx.eval_idx), dtype=bool)
@@ -112,6 +114,8 @@ def run(ctx) -> Occlusion:
         maps[role], _ = occlusion_maps(predict, x, axes, patch, stride, float(ctx.input_range[0]))
     channel_axis = {"NHWC": 3, "NCHW": 1}.get(layout) if x.ndim == 4 else None
     images = x.mean(axis=channel_axis) if channel_axis is not None else x
+    low, high = ctx.input_range
+    images = np.clip((images - low) / ((high - low) or 1.0), 0.0, 1.0)  # shown on a 0..1 grey scale
     result = Occlusion(patch, stride, float(ctx.input_range[0]))
     for k, row in enumerate(rows):
         result.samples.append(OcclusionSample(

@@ -77,8 +77,9 @@ def run(ctx) -> Robustness:
     low, high = ctx.input_range
     if not high > low:
         raise LensUnavailable(f"the valid input range [{low}, {high}] is empty")
-    idx = ctx.eval_idx[: config.robustness_samples]
-    rows = np.searchsorted(ctx.eval_idx, idx)
+    count = min(config.robustness_samples, len(ctx.eval_idx))
+    rows = np.sort(np.random.default_rng(config.seed).choice(len(ctx.eval_idx), count, replace=False))
+    idx = ctx.eval_idx[rows]
     x = ctx.dataset.inputs[0][idx]
     have = ctx.dataset.layouts[0]
     with ctx.gradients() as model:

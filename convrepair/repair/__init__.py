@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convrepair.check import CheckConfig, CheckReport, load_dataset, run_check
-from convrepair.errors import BadInput
+from convrepair.errors import BadInput, exception_text
 from convrepair.fsutil import atomic_output, combined_digest, file_digests
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
@@ -66,11 +66,13 @@ class Attempt:
     new_flips: list[int] = field(default_factory=list)
     seconds: float = 0.0
     cost: dict[str, Any] | None = None
+    applied: bool = False  # part of the written model (accepted attempts can lose to a better one)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
             "accepted": self.accepted,
+            "applied": self.applied,
             "reason": self.reason,
             "patch": self.patch.to_json() if self.patch else None,
             "label_agreement": self.label_agreement,
@@ -213,34 +215,36 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
                     check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config, started,
                 )
                 if target_ref.format != "onnx":
-                    carried = _carry_back(work_target, final_path, target_ref.path, target_ref.format, workdir, attempts)
-                    final_path, final_check = (carried, final_check) if carried is not None else (target_ref.path, before)
+                    final_path, final_check = _carried_restores(check, search_idx, work_target, final_path, final_check,
+                                                                target_ref, before, workdir, attempts)
         # what is left is offered as options: the precision fallback (exact, slower) for rounding
         # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
-        options: list[tuple[str, Path, CheckReport]] = []
+        options: list[tuple[str, Path, CheckReport, Attempt]] = []
         if final_check.discrepant and source_ir_path is not None and target_ref.format == "onnx" \
                 and _fault_type(final_check) == "precision":
             fallback = _precision_fallback(registry, check, search_idx, final_path, final_check, source_ir_path,
-                                           target_sidecar, workdir, attempts, config)
+                                           target_sidecar, target_ref.path, workdir, attempts, config)
             if fallback is not None:
                 options.append(("precision_fallback", *fallback))
         if final_check.discrepant and config.strategy in ("auto", "pso"):
             patched = _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path,
                                    final_check, dataset, search_idx, workdir, attempts, config, source_ir_path)
             if patched[0] != final_path:
-                options.append(("pso_patch", *patched))
+                options.append(("pso_patch", *patched, attempts[-1]))
         held_before = after = None
         if not before.discrepant:
             verdict = "already_equivalent"
         else:
             held_before = check(target_ref.path, held_idx, localize=False)
             if len(options) > 1:
-                choice = _choose(options, {kind: check(path, held_idx, localize=False) for kind, path, _ in options},
+                choice = _choose(options, {kind: check(path, held_idx, localize=False) for kind, path, *_ in options},
                                  held_before, target_ref.path, config.prefer)
                 chosen = next(option for option in options if option[0] == choice["chosen"])
                 final_path, final_check = chosen[1], chosen[2]
+                chosen[3].applied = True
             elif options:
                 final_path, final_check = options[0][1], options[0][2]
+                options[0][3].applied = True
             after = check(final_path, held_idx, localize=False) if final_path != target_ref.path else None
             verdict = _verdict(held_before, after, config)
         output = None
@@ -299,23 +303,36 @@ def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
     return round(float(np.median(times)), 3)
 
 
-def _carry_back(ir_before: Path, ir_after: Path, target: Path, target_format: str, workdir: Path,
-                attempts: list[Attempt]) -> Path | None:
-    """The target in its own format with the parameters repaired on its IR written in; the target
-    itself when nothing changed; None (and a refused attempt) when it cannot be carried."""
+def _carried_restores(check, search_idx, ir_before: Path, ir_after: Path, ir_check: CheckReport, target_ref,
+                      before: CheckReport, workdir: Path, attempts: list[Attempt]) -> tuple[Path, CheckReport]:
+    """The target in its own format with the parameters restored on its IR written in, checked
+    again in that format; the target unchanged (restores un-applied) when that cannot be done."""
     from convrepair.repair.transfer import carry_back
 
     if Path(ir_after) == Path(ir_before):
-        return Path(target)
+        return target_ref.path, before
+    restores = [a for a in attempts if a.applied]
     try:
-        out, names, count = carry_back(ir_before, ir_after, target, target_format, workdir)
+        out, names, count = carry_back(ir_before, ir_after, target_ref.path, target_ref.format, workdir)
     except RestoreUnavailable as exc:
         attempts.append(Attempt("carry_back", False, str(exc)))
-        return None
-    attempts.append(Attempt("carry_back", True, f"wrote the repaired values into the {target_format} model's {', '.join(names)}",
+        out = None
+    if out is not None:
+        carried = check(out, search_idx, localize=False)
+        if len(carried.flipped_samples) > len(ir_check.flipped_samples) or (carried.discrepant and not ir_check.discrepant):
+            attempts.append(Attempt("carry_back", False, "the model with the values written back does not behave like its "
+                                    f"repaired IR ({len(carried.flipped_samples)} flips vs {len(ir_check.flipped_samples)})"))
+            out = None
+    if out is None:
+        for attempt in restores:
+            attempt.applied = False
+        return target_ref.path, before
+    carried.localization = ir_check.localization
+    attempts.append(Attempt("carry_back", True, f"wrote the repaired values into the {target_ref.format} model's {', '.join(names)}",
                             Patch("carry_back", ", ".join(names), count,
-                                  f"parameters repaired on the ONNX IR, written into the {target_format} model")))
-    return out
+                                  f"parameters repaired on the ONNX IR, written into the {target_ref.format} model"),
+                            carried.pooled.label_agreement, _violations(carried), applied=True))
+    return out, carried
 
 
 def _fault_type(report: CheckReport) -> str | None:
@@ -330,7 +347,7 @@ def _choose(options, held: dict[str, CheckReport], held_before: CheckReport, tar
     improves = {kind for kind, report in held.items()
                 if len(report.flipped_samples) < len(held_before.flipped_samples)}
     rows = []
-    for kind, path, _ in options:
+    for kind, path, *_ in options:
         report = held[kind]
         rows.append({"kind": kind, "held_out_verdict": report.verdict, "held_out_label_agreement": report.pooled.label_agreement,
                      "held_out_flips": len(report.flipped_samples), "improves": kind in improves, "bytes": Path(path).stat().st_size,
@@ -432,7 +449,7 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
 
 
 def _precision_fallback(registry, check, search_idx, current_path, current_check, source_ir_path, target_sidecar,
-                        workdir, attempts, config):
+                        target_path, workdir, attempts, config):
     """Re-run the lossy conversion keeping the most sensitive layers in fp32, one more at a time,
     until the search split is equivalent or `max_fp32_layers` are spent. Returns the best
     candidate that improves without new flips, or None."""
@@ -442,16 +459,20 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
     if step is None:
         attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
         return None
-    best: tuple[Path, CheckReport] | None = None
+    best: tuple[Path, CheckReport, Attempt] | None = None
     keep: list[str] = []
+    inference_before = _inference_ms(current_path)
     for layer in sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers]:
         keep.append(layer)
         candidate = workdir / f"fallback_{len(keep)}.onnx"
         t0 = time.perf_counter()
-        try:
-            requantize(registry, source_ir_path, candidate, step, keep, current_path)
+        try:  # the calibration data lies beside the target as converted, not beside a restored copy
+            requantize(registry, source_ir_path, candidate, step, keep, target_path)
         except BadInput as exc:
             attempts.append(Attempt("precision_fallback", False, exc.one_line()))
+            return best
+        except Exception as exc:  # noqa: BLE001 - a converter failing here refuses the fallback, not the repair
+            attempts.append(Attempt("precision_fallback", False, f"{type(exc).__name__}: {exception_text(exc, 200)}"))
             return best
         write_sidecar(candidate, target_sidecar)
         result = check(candidate, search_idx, localize=False)
@@ -459,14 +480,15 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
         if not accepted:
             accepted, reason, new = _fewer_flips(current_check, result, config)  # or fewer flips within the break rate
         cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size, "bytes_before": Path(current_path).stat().st_size,
-                "inference_ms": _inference_ms(candidate), "inference_ms_before": _inference_ms(current_path)}
+                "inference_ms": _inference_ms(candidate), "inference_ms_before": inference_before}
         patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
         reason = f"{reason}; still discrepant (max |Δ| {result.pooled.max_abs:.3g})" if result.discrepant else "equivalent on the search split"
-        attempts.append(Attempt("precision_fallback", accepted, reason, patch, result.pooled.label_agreement,
-                                _violations(result), new, time.perf_counter() - t0, cost))
+        attempt = Attempt("precision_fallback", accepted, reason, patch, result.pooled.label_agreement,
+                          _violations(result), new, time.perf_counter() - t0, cost)
+        attempts.append(attempt)
         if accepted and (best is None or (len(result.flipped_samples), _violations(result))
                          < (len(best[1].flipped_samples), _violations(best[1]))):
-            best = (candidate, result)
+            best = (candidate, result, attempt)
         if not result.discrepant:
             break
     return best
@@ -503,6 +525,7 @@ def _restore_loop(check, search_idx, target_path, before, source_view, target_si
                                 _violations(result), new, time.perf_counter() - t0))
         if not accepted:
             break
+        attempts[-1].applied = True
         current_path, current_check = candidate, result
     return current_path, current_check
 
@@ -518,15 +541,26 @@ def _write_output(registry, final_path: Path, out: Path, target_ref, target_side
     digests = file_digests(out)
     ref = {"path": str(out), "format": target_ref.format, "sha256": combined_digest(digests), "files": digests}
     sidecar = read_sidecar(target_ref.path) if target_sidecar is not None else None
+    _copy_calibration(sidecar, target_ref.path, out)
     if sidecar is not None:
         sidecar.steps.append(ConversionStep(
             converter="convrepair-repair", tool="convrepair", tool_versions={"convrepair": _version()},
             options={}, source_format=target_ref.format, output_format=target_ref.format, seconds=0.0,
-            details={"target_sha256": target_ref.sha256, "patches": [a.patch.to_json() for a in attempts if a.accepted and a.patch]},
+            details={"target_sha256": target_ref.sha256, "patches": [a.patch.to_json() for a in attempts if a.applied and a.patch]},
         ))
         sidecar.output = ref
         write_sidecar(out, sidecar)
     return ref
+
+
+def _copy_calibration(sidecar, target: Path, out: Path) -> None:
+    """Calibration data kept beside the target goes beside the output too (a later fallback needs it);
+    the step keeps its recorded name, so the copy takes that name in the output's directory."""
+    for step in sidecar.steps if sidecar else []:
+        name = step.details.get("calibration_file")
+        if name and (Path(target).with_name(name)).is_file() and Path(out).parent != Path(target).parent:
+            with atomic_output(Path(out).with_name(name)) as tmp:
+                shutil.copy2(Path(target).with_name(name), tmp)
 
 
 def _version() -> str:

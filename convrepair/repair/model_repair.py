@@ -156,7 +156,7 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
                           f"{'regressions' if mode == 'regression' else 'failures'}, broke {held_rates['break_rate']:.1%} "
                           f"of the successes (allowed {config.max_break_rate:.0%})")
                 attempts.append(Attempt("pso_patch", ok, reason, patch, None, None, [], time.perf_counter() - t0,
-                                        stats | {"search": search_rates, "held_out": held_rates}))
+                                        stats | {"search": search_rates, "held_out": held_rates}, applied=ok))
                 if ok:
                     verdict = "repaired"
                     output = _write_output(registry, candidate, out, ref, sidecar, attempts)

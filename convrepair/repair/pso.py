@@ -85,14 +85,15 @@ class SwarmEvaluator:
             fixed_max = fixed_logits.max(axis=1)
             self.f_fixed_max = t(fixed_max)
             self.f_fixed_sum = t(np.exp(fixed_logits - fixed_max[:, None]).sum(axis=1))
-            fixed_right = fixed[fixed_logits.argmax(axis=1)] == wanted
+            fixed_class = fixed[fixed_logits.argmax(axis=1)]
         else:
             self.f_fixed_max, self.f_fixed_sum = t(np.full(len(used), -1e30)), t(np.zeros(len(used)))
-            fixed_right = np.zeros(len(used), dtype=bool)
-        self.f_fixed_right = torch.as_tensor(fixed_right, device=self.device)
+            fixed_class = np.full(len(used), base.shape[1])  # never the label, and loses every tie
+        self.f_fixed_class = torch.as_tensor(fixed_class, device=self.device)
+        self.f_changed = torch.as_tensor(changed, device=self.device)
+        self.f_wanted = torch.as_tensor(wanted, device=self.device)
         slot = np.clip(np.searchsorted(changed, wanted), 0, len(changed) - 1)
         in_changed = changed[slot] == wanted
-        self.f_slot = torch.as_tensor(np.where(in_changed, slot, -1), device=self.device)  # wanted's column in R, or -1
         self.f_slot_safe = torch.as_tensor(np.where(in_changed, slot, 0), device=self.device)
         self.f_in_changed = torch.as_tensor(in_changed, device=self.device)
         self.f_base_wanted = t(base[np.arange(len(used)), wanted])
@@ -131,7 +132,11 @@ class SwarmEvaluator:
                                    z.gather(1, self.f_slot_safe[:, None, None].expand(m, 1, p)).squeeze(1),
                                    self.f_base_wanted[:, None])
             nll = lse - z_wanted  # (M, P)
-            correct = torch.where(top > self.f_fixed_max[:, None], arg == self.f_slot[:, None], self.f_fixed_right[:, None]).float()
+            # the predicted label, ties to the lower class index as argmax over every class would
+            changed_class, fixed_class, fixed_max = self.f_changed[arg], self.f_fixed_class[:, None], self.f_fixed_max[:, None]
+            label = torch.where(top > fixed_max, changed_class,
+                                torch.where(top < fixed_max, fixed_class, torch.minimum(changed_class, fixed_class)))
+            correct = (label == self.f_wanted[:, None]).float()
             score = torch.zeros(p, device=self.device)
             for part, weight in ((slice(0, self.n_neg), 1.0), (slice(self.n_neg, m), self.alpha)):
                 if part.stop > part.start:

@@ -8,6 +8,7 @@ from typing import Any
 
 from convrepair.report import svg
 from convrepair.report.lenses_html import lens_sections
+from convrepair.report.summary import kept
 
 
 def log_page(statement: dict[str, Any], envelope: dict[str, Any]) -> str:
@@ -37,7 +38,7 @@ def log_page(statement: dict[str, Any], envelope: dict[str, Any]) -> str:
                               {"before": [r["max_abs"] for r in before.get("rounds", [])],
                                "after": [r["max_abs"] for r in after.get("rounds", [])]}, log_scale=True))
     rows = "".join(
-        f"<tr><td>{html.escape(a['kind'])}</td><td>{'yes' if a['accepted'] else 'no'}</td>"
+        f"<tr><td>{html.escape(a['kind'])}</td><td>{kept(a)}</td>"
         f"<td><code>{html.escape(str((a.get('patch') or {}).get('location', '')))}</code></td><td>{html.escape(a['reason'])}</td></tr>"
         for a in repair.get("attempts", [])
     )

@@ -7,7 +7,7 @@ import html
 from typing import Any
 
 from convrepair.report import svg
-from convrepair.report.lens_summary import available, roles, summary_rows, unavailable
+from convrepair.report.summary import available, roles, summary_rows, unavailable
 
 
 def _num(value: Any, spec: str = ".3g") -> str:
@@ -20,15 +20,17 @@ def lens_sections(lenses: dict[str, Any] | None) -> str:
     parts = [f"<h2>Reliability lenses</h2><p>{lenses['samples']} held-out samples from "
              f"<code>{html.escape(str(lenses.get('data', '')))}</code>; cost "
              + ", ".join(f"{html.escape(k)} {v:.2f} s" for k, v in lenses.get("seconds", {}).items()) + "</p>"]
-    header = ("model", "accuracy", "ECE", "T", "ECE after T", "mean conf.", "mean entropy", "KS p (conf.)", "crossed τ", "PGD accuracy")
+    header = ("model", "accuracy", "ECE", "T", "ECE → after T (same samples)", "mean conf.", "mean entropy", "KS p (conf.)",
+              "crossed τ", "PGD accuracy")
     rows = "".join(
         f"<tr><td>{html.escape(r['model'])}</td><td>{_num(r['accuracy'], '.2%')}</td><td>{_num(r['ece'], '.4f')}</td>"
-        f"<td>{_num(r['temperature'], '.3g')}</td><td>{_num(r['ece_after'], '.4f')}</td><td>{_num(r['mean_confidence'], '.3f')}</td>"
+        f"<td>{_num(r['temperature'], '.3g')}</td><td>{_num(r['ece_before'], '.4f')} → {_num(r['ece_after'], '.4f')}</td><td>{_num(r['mean_confidence'], '.3f')}</td>"
         f"<td>{_num(r['mean_entropy'], '.3f')}</td><td>{_num(r['confidence_shift_p'], '.2g')}</td><td>{_num(r['crossed_tau'], 'd')}</td>"
         f"<td>{_num(r['pgd_accuracy'], '.1%')}</td></tr>"
         for r in summary_rows(lenses)
     )
-    parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + f"</tr>{rows}</table>")
+    if len(unavailable(lenses)) < len(roles_and_lenses(lenses)):
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + f"</tr>{rows}</table>")
     for name, reason in unavailable(lenses).items():
         parts.append(f"<p><b>{html.escape(name)}</b>: not computed — {html.escape(reason)}</p>")
     parts += [_calibration(lenses), _uncertainty(lenses), _robustness(lenses), _occlusion(lenses)]
@@ -39,7 +41,7 @@ def _calibration(lenses: dict[str, Any]) -> str:
     result = available(lenses, "calibration")
     if not result:
         return ""
-    charts = "".join(svg.reliability_diagram(f"{role}: ECE {cal['ece']:.4f} → {cal['ece_after']:.4f} at T={cal['temperature']:.3g}",
+    charts = "".join(svg.reliability_diagram(f"{role}: ECE {cal.get('ece_before', cal['ece']):.4f} → {cal['ece_after']:.4f} at T={cal['temperature']:.3g}",
                                              cal["bins"]) for role, cal in _ordered(lenses, result))
     return (f"<h3>Calibration</h3><p>Bars: accuracy per confidence bin; red ticks: the bin's mean confidence; dashed: "
             f"perfect calibration. T is fitted on the search half and ECE after it measured on the held-out half.</p>"
@@ -107,6 +109,10 @@ def _occlusion(lenses: dict[str, Any]) -> str:
     return (f"<h3>Occlusion</h3><p>A {result['patch']}×{result['patch']} patch (stride {result['stride']}) set to "
             f"{result['fill']:g} slides over the input; red: the model's own predicted class loses probability there; "
             f"the difference maps show where the models rely on different regions.</p>" + "".join(rows))
+
+
+def roles_and_lenses(lenses: dict[str, Any]) -> list[str]:
+    return [name for name in ("calibration", "uncertainty", "robustness", "occlusion") if name in lenses]
 
 
 def _ordered(lenses: dict[str, Any], by_role: dict[str, Any]) -> list[tuple[str, Any]]:

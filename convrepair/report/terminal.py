@@ -6,6 +6,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -175,6 +176,8 @@ def render_localization(loc: dict[str, Any]) -> None:
 
 
 def render_repair(report: dict[str, Any]) -> None:
+    from convrepair.report.summary import kept
+
     verdict = report["verdict"]
     colour = {"repaired": "green", "already_equivalent": "green", "improved": "yellow"}.get(verdict, "red")
     console.print(f"[bold]repair[/] {report['target']['path']} against {report['source']['path']}: [bold {colour}]{verdict.upper()}[/]")
@@ -188,7 +191,7 @@ def render_repair(report: dict[str, Any]) -> None:
         table.add_column(column)
     for i, attempt in enumerate(report["attempts"], 1):
         patch = attempt["patch"] or {}
-        table.add_row(str(i), attempt["kind"], short(patch.get("location", "") or ""), "yes" if attempt["accepted"] else "no",
+        table.add_row(str(i), attempt["kind"], short(patch.get("location", "") or ""), kept(attempt),
                       _fmt(attempt["label_agreement"], ".2%"), attempt["reason"])
     console.print(table)
     for attempt in report["attempts"]:
@@ -225,15 +228,16 @@ def render_repair(report: dict[str, Any]) -> None:
 
 def render_lenses(lenses: dict[str, Any] | None) -> None:
     """The reliability lenses side by side for every model: one summary table, then what stands out."""
-    from convrepair.report.lens_summary import available, roles, summary_rows, unavailable
+    from convrepair.report.summary import available, roles, summary_rows, unavailable
 
     if not lenses:
         return
     table = Table(title=f"reliability lenses ({lenses['samples']} samples)", title_justify="left")
-    for column in ("model", "accuracy", "ECE", "T", "ECE after T", "mean conf.", "mean entropy", "KS p (conf.)", "crossed τ", "PGD acc."):
+    for column in ("model", "accuracy", "ECE", "T", "ECE → after T", "mean conf.", "mean entropy", "KS p (conf.)", "crossed τ", "PGD acc."):
         table.add_column(column, justify="right")
     for r in summary_rows(lenses):
-        table.add_row(r["model"], _fmt(r["accuracy"], ".2%"), _fmt(r["ece"], ".4f"), _fmt(r["temperature"]), _fmt(r["ece_after"], ".4f"),
+        scaled = f"{_fmt(r['ece_before'], '.4f')} → {_fmt(r['ece_after'], '.4f')}" if r["ece_after"] is not None else "n/a"
+        table.add_row(r["model"], _fmt(r["accuracy"], ".2%"), _fmt(r["ece"], ".4f"), _fmt(r["temperature"]), scaled,
                       _fmt(r["mean_confidence"], ".3f"), _fmt(r["mean_entropy"], ".3f"), _fmt(r["confidence_shift_p"], ".2g"),
                       _fmt(r["crossed_tau"], "d"), _fmt(r["pgd_accuracy"], ".1%"))
     console.print(table)
@@ -249,7 +253,7 @@ def render_lenses(lenses: dict[str, Any] | None) -> None:
             attacks.add_row(point["attack"], f"{point['epsilon']:g}", *[_fmt(point["accuracy"][r], ".1%") for r in order])
         console.print(attacks)
         for flag in robustness["flags"]:
-            console.print(f"  [bold red]flag:[/] {flag}")
+            console.print(f"  [bold red]flag:[/] {escape(flag)}")
     ensemble = (available(lenses, "uncertainty") or {}).get("ensemble")
     if ensemble:
         console.print(f"uncertainty over {', '.join(ensemble['models'])}: variation ratio {ensemble['variation_ratio_mean']:.3f}, "
@@ -260,7 +264,7 @@ def render_lenses(lenses: dict[str, Any] | None) -> None:
         console.print(f"occlusion maps ({occlusion['patch']}×{occlusion['patch']} patch): {len(changed)} sample(s) whose label "
                       f"changed, {len(occlusion['samples']) - len(changed)} unchanged — see `convrepair show --html`")
     for name, reason in unavailable(lenses).items():
-        console.print(f"  [yellow]{name}[/]: not computed — {reason}")
+        console.print(f"  [yellow]{name}[/]: not computed — {escape(reason)}")
     console.print("lens cost: " + ", ".join(f"{k} {v:.2f} s" for k, v in lenses.get("seconds", {}).items()))
 
 

@@ -1,4 +1,5 @@
-"""One row per model of the lens results: what the terminal table and the HTML page both show."""
+"""What the terminal and the HTML page both show: one row per model of the lens results, and
+whether an attempt made it into the written model."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ def summary_rows(lenses: dict[str, Any]) -> list[dict[str, Any]]:
             "accuracy": cal.get("accuracy"),
             "ece": cal.get("ece"),
             "temperature": cal.get("temperature"),
+            "ece_before": cal.get("ece_before", cal.get("ece")),
             "ece_after": cal.get("ece_after"),
             "mean_confidence": dist.get("mean_confidence"),
             "mean_entropy": dist.get("mean_entropy"),
@@ -45,3 +47,9 @@ def unavailable(lenses: dict[str, Any]) -> dict[str, str]:
 def roles(lenses: dict[str, Any]) -> list[str]:
     """The models in the order they were given (a signed log's canonical JSON sorts the dicts)."""
     return list(lenses.get("roles") or lenses.get("models", {}))
+
+
+def kept(attempt: dict[str, Any]) -> str:
+    """Whether an attempt is in the written model: accepted attempts can lose to a better one."""
+    applied = attempt.get("applied", attempt["accepted"])  # logs before `applied` existed
+    return "yes" if applied else ("passed, not used" if attempt["accepted"] else "no")
