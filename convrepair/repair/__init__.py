@@ -208,7 +208,7 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
                 sample = dataset.take(search_idx[:64])
                 source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar)).path
                 source_view = GraphView(onnx.load(str(source_ir_path)))
-                # a .pt2 target is repaired on its ONNX IR (the graph localization named), then carried back
+                # a .pt2 or Keras target is repaired on its ONNX IR (the graph localization named), then carried back
                 work_target = target_ref.path if target_ref.format == "onnx" else to_onnx_ir(
                     registry, target_ref, target_sidecar, sample, workdir, export_options(target_sidecar)).path
                 final_path, final_check = _restore_loop(
