@@ -283,7 +283,7 @@ def look_through(registry, models: list[tuple[str, Path]], dataset, held_idx, se
     return run_lenses_on_files(registry, models, dataset, held_idx, config.lenses, fit_idx=search_idx).to_json()
 
 
-def _inference_ms(path: Path, batch: int = 256, repeats: int = 5) -> float:
+def _inference_ms(path: Path, batch: int = 256, repeats: int = 25) -> float:
     """Median time of one batch through ONNX Runtime on the CPU: the cost a fallback adds."""
     import onnxruntime as ort
 
