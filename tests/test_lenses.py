@@ -191,6 +191,17 @@ def test_a_lens_that_cannot_run_says_why_and_the_others_go_on(linear):
     assert "occlusion needs image inputs" in _occlusion_reason(flat)
 
 
+def test_a_model_the_lenses_cannot_load_is_reported_not_raised(tmp_path):
+    from convrepair.lenses import run_lenses_on_files
+
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07" + bytes(200))
+    dataset = Dataset([np.zeros((10, 1, 8, 8), np.float32)], None, ["NCHW"], "zeros")
+    report = run_lenses_on_files(default_registry(), [("source", corrupt)], dataset, np.arange(10), LensConfig()).to_json()
+    for name in ("calibration", "uncertainty", "robustness", "occlusion"):
+        assert report[name]["unavailable"].startswith("cannot load the models: ") and "corrupt.onnx" in report[name]["unavailable"]
+
+
 def _occlusion_reason(dataset):
     from convrepair.lenses.occlusion import spatial_axes
     from convrepair.lenses.scores import LensUnavailable

@@ -220,12 +220,18 @@ def run_lenses_on_files(registry, files: list[tuple[str, Any]], dataset: Dataset
     from convrepair.model import model_ref
     from convrepair.sidecar import read_sidecar
 
-    refs = [(role, model_ref(path, registry)) for role, path in files]
-    sidecars = {role: read_sidecar(ref.path) for role, ref in refs}
-    first_role, first_ref = refs[0]
-    with contextlib.ExitStack() as stack:
-        models = [LensModel(role, stack.enter_context(registry.load(ref, sidecars[role])), str(ref.path), ref.format)
-                  for role, ref in refs]
-        return run_lenses(models, dataset, eval_idx, config, fit_idx,
-                          gradients=lambda: registry.load_differentiable(first_ref, sidecars[first_role]),
-                          input_range=input_range_of(sidecars[first_role], dataset))
+    try:
+        refs = [(role, model_ref(path, registry)) for role, path in files]
+        sidecars = {role: read_sidecar(ref.path) for role, ref in refs}
+        first_role, first_ref = refs[0]
+        with contextlib.ExitStack() as stack:
+            models = [LensModel(role, stack.enter_context(registry.load(ref, sidecars[role])), str(ref.path), ref.format)
+                      for role, ref in refs]
+            return run_lenses(models, dataset, eval_idx, config, fit_idx,
+                              gradients=lambda: registry.load_differentiable(first_ref, sidecars[first_role]),
+                              input_range=input_range_of(sidecars[first_role], dataset))
+    except Exception as exc:  # noqa: BLE001 - a model the lenses cannot load is reported; the job goes on
+        reason = exc.one_line() if isinstance(exc, ConvrepairError) else f"failed: {type(exc).__name__}: {exception_text(exc, 200)}"
+        report = LensReport({role: {"path": str(path), "format": ""} for role, path in files}, int(len(eval_idx)), dataset.origin)
+        report.unavailable = {name: f"cannot load the models: {reason}" for name in config.names}
+        return report
