@@ -55,16 +55,15 @@ class SwarmEvaluator:
         t = lambda a, dtype=torch.float32: torch.as_tensor(np.asarray(a), dtype=dtype, device=self.device)  # noqa: E731
         rows = np.array([r for r, _ in positions])
         cols = np.array([c for _, c in positions])
-        self.x_cols = t(inputs[:, cols])  # (N, K)
+        x_cols = np.asarray(inputs)[:, cols]
+        self.x_cols = t(x_cols)  # (N, K)
         self.base = t(base)  # (N, C)
         self.route = t(np.eye(base.shape[1])[rows])  # (K, C)
-        self.wanted = t(wanted, torch.long)
-        self.neg = t(negatives, torch.long)
-        self.pos = t(positives, torch.long)
         self.original = t(original)
         self.alpha = alpha
-        self.quantizer = quantizer  # (scale, zero, qmin, qmax) per weight, to evaluate what int8 can hold
-        self._fitness_cache(np.asarray(inputs)[:, cols], np.asarray(base, dtype=np.float64), np.asarray(wanted), rows,
+        # (scale, zero, qmin, qmax) per weight, to evaluate only what int8 can hold
+        self.quantizer = None if quantizer is None else tuple(t(v) for v in quantizer)
+        self._fitness_cache(x_cols, np.asarray(base, dtype=np.float64), np.asarray(wanted), rows,
                             np.asarray(negatives), np.asarray(positives), t)
 
     def _fitness_cache(self, x_cols, base, wanted, rows, negatives, positives, t) -> None:
@@ -102,7 +101,7 @@ class SwarmEvaluator:
         if self.quantizer is None:
             return values
         torch = self.torch
-        scale, zero, qmin, qmax = (torch.as_tensor(np.asarray(v), dtype=torch.float32, device=self.device) for v in self.quantizer)
+        scale, zero, qmin, qmax = self.quantizer
         return (torch.clamp(torch.round(values / scale) + zero, qmin, qmax) - zero) * scale
 
     def logits(self, values):
