@@ -124,6 +124,16 @@ class RepairReport:
         }
 
 
+@dataclass
+class Option:
+    """A repair that worked on the search split, offered beside the others for the policy to pick."""
+
+    kind: str
+    path: Path
+    search_check: CheckReport
+    attempt: Attempt
+
+
 def _violations(report: CheckReport) -> int:
     return sum(o.violations for o in report.pooled.outputs)
 
@@ -142,15 +152,16 @@ def _better(before: CheckReport, after: CheckReport) -> tuple[bool, str, list[in
     return False, "no improvement", []
 
 
-def _fewer_flips(before: CheckReport, after: CheckReport, config: RepairConfig) -> tuple[bool, str, list[int]]:
+def _fewer_flips(before: CheckReport, after: CheckReport, max_break_rate: float | None = None,
+                 refusal: str = "no fewer flips") -> tuple[bool, str, list[int]]:
     """For repairs that trade exactness (fallback, patch): fewer flips, and the samples that agreed
-    and now disagree within the allowed break rate."""
+    and now disagree within `max_break_rate` of the samples (no bound when None)."""
     new_flips = sorted(set(after.flipped_samples) - set(before.flipped_samples))
     fixed = len(set(before.flipped_samples) - set(after.flipped_samples))
     if len(after.flipped_samples) >= len(before.flipped_samples):
-        return False, "no fewer flips", new_flips
-    if len(new_flips) > config.max_break_rate * max(after.pooled.n, 1):
-        return False, f"fixed {fixed}, but broke {len(new_flips)} (more than {config.max_break_rate:.0%})", new_flips
+        return False, refusal, new_flips
+    if max_break_rate is not None and len(new_flips) > max_break_rate * max(after.pooled.n, 1):
+        return False, f"fixed {fixed}, but broke {len(new_flips)} (more than {max_break_rate:.0%})", new_flips
     return True, f"fixed {fixed} of {len(before.flipped_samples)} flipped sample(s), broke {len(new_flips)}", new_flips
 
 
@@ -199,7 +210,7 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
     final_path, final_check = target_ref.path, before
     choice = None
     try:
-        source_ir_path = None
+        source_ir_path = current_ir = None  # current_ir: the ONNX IR of final_path, when one was made
         if before.discrepant and config.strategy in ("auto", "restore"):
             if target_ref.format not in ("onnx", *CARRIERS):
                 attempts.append(Attempt("restore", False, f"restores are written to {', '.join(('onnx', *CARRIERS))} "
@@ -215,37 +226,40 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
                     check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config, started,
                 )
                 if target_ref.format != "onnx":
-                    final_path, final_check = _carried_restores(check, search_idx, work_target, final_path, final_check,
+                    ir_final = final_path
+                    final_path, final_check = _carried_restores(check, search_idx, work_target, ir_final, final_check,
                                                                 target_ref, before, workdir, attempts)
+                    current_ir = work_target if final_path == target_ref.path else ir_final
         # what is left is offered as options: the precision fallback (exact, slower) for rounding
         # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
-        options: list[tuple[str, Path, CheckReport, Attempt]] = []
+        options: list[Option] = []
         if final_check.discrepant and source_ir_path is not None and target_ref.format == "onnx" \
                 and _fault_type(final_check) == "precision":
             fallback = _precision_fallback(registry, check, search_idx, final_path, final_check, source_ir_path,
                                            target_sidecar, target_ref.path, workdir, attempts, config)
             if fallback is not None:
-                options.append(("precision_fallback", *fallback))
+                options.append(fallback)
         if final_check.discrepant and config.strategy in ("auto", "pso"):
             patched = _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path,
-                                   final_check, dataset, search_idx, workdir, attempts, config, source_ir_path)
+                                   final_check, dataset, search_idx, workdir, attempts, config, source_ir_path, current_ir)
             if patched[0] != final_path:
-                options.append(("pso_patch", *patched, attempts[-1]))
+                options.append(Option("pso_patch", *patched, attempts[-1]))
         held_before = after = None
         if not before.discrepant:
             verdict = "already_equivalent"
         else:
             held_before = check(target_ref.path, held_idx, localize=False)
+            held = {}  # held-out checks of the options, made once
+            chosen = options[0] if options else None
             if len(options) > 1:
-                choice = _choose(options, {kind: check(path, held_idx, localize=False) for kind, path, *_ in options},
-                                 held_before, target_ref.path, config.prefer)
-                chosen = next(option for option in options if option[0] == choice["chosen"])
-                final_path, final_check = chosen[1], chosen[2]
-                chosen[3].applied = True
-            elif options:
-                final_path, final_check = options[0][1], options[0][2]
-                options[0][3].applied = True
-            after = check(final_path, held_idx, localize=False) if final_path != target_ref.path else None
+                held = {option.kind: check(option.path, held_idx, localize=False) for option in options}
+                choice = _choose(options, held, held_before, target_ref.path, config.prefer)
+                chosen = next(option for option in options if option.kind == choice["chosen"])
+            if chosen is not None:
+                final_path, final_check = chosen.path, chosen.search_check
+                chosen.attempt.applied = True
+            after = held.get(chosen.kind) if chosen is not None and chosen.kind in held else (
+                check(final_path, held_idx, localize=False) if final_path != target_ref.path else None)
             verdict = _verdict(held_before, after, config)
         output = None
         if verdict != "not_repaired":
@@ -335,11 +349,25 @@ def _carried_restores(check, search_idx, ir_before: Path, ir_after: Path, ir_che
     return out, carried
 
 
+def patch_written_back(ir: Path, patched_ir: Path, target: Path, target_format: str, workdir: Path, patch,
+                       attempts: list[Attempt], started: float | None = None) -> Path | None:
+    """A patch found on a model's ONNX IR written into the model's own format; None (and a refused
+    attempt) when it cannot be."""
+    from convrepair.repair.transfer import carry_patch
+
+    try:
+        return carry_patch(ir, patched_ir, target, target_format, workdir, patch)
+    except RestoreUnavailable as exc:
+        attempts.append(Attempt("pso_patch", False, f"the patch found on the ONNX IR cannot be written back: {exc}",
+                                seconds=time.perf_counter() - started if started is not None else 0.0))
+        return None
+
+
 def _fault_type(report: CheckReport) -> str | None:
     return ((report.localization or {}).get("fault") or {}).get("type")
 
 
-def _choose(options, held: dict[str, CheckReport], held_before: CheckReport, target_path: Path, prefer: str) -> dict[str, Any]:
+def _choose(options: list[Option], held: dict[str, CheckReport], held_before: CheckReport, target_path: Path, prefer: str) -> dict[str, Any]:
     """Pick one of several working repairs on the held-out half. `auto`: an equivalent one first,
     then fewer flips, then the fast one (the patch keeps the quantized model); `fast`: the patch
     whenever it improves on the target; `exact`: the fallback whenever it improves on it."""
@@ -347,11 +375,12 @@ def _choose(options, held: dict[str, CheckReport], held_before: CheckReport, tar
     improves = {kind for kind, report in held.items()
                 if len(report.flipped_samples) < len(held_before.flipped_samples)}
     rows = []
-    for kind, path, *_ in options:
-        report = held[kind]
-        rows.append({"kind": kind, "held_out_verdict": report.verdict, "held_out_label_agreement": report.pooled.label_agreement,
-                     "held_out_flips": len(report.flipped_samples), "improves": kind in improves, "bytes": Path(path).stat().st_size,
-                     "inference_ms": _inference_ms(path)})
+    for option in options:
+        report = held[option.kind]
+        rows.append({"kind": option.kind, "held_out_verdict": report.verdict,
+                     "held_out_label_agreement": report.pooled.label_agreement, "held_out_flips": len(report.flipped_samples),
+                     "improves": option.kind in improves, "bytes": option.path.stat().st_size,
+                     "inference_ms": _inference_ms(option.path)})
     ranked = sorted(rows, key=lambda r: (not r["improves"], r["held_out_verdict"] != "equivalent", r["held_out_flips"], r["kind"] not in fast))
     if prefer in ("fast", "exact"):
         wanted = [r for r in ranked if r["improves"] and (r["kind"] in fast) == (prefer == "fast")]
@@ -379,7 +408,7 @@ def _verdict(held_before: CheckReport, after: CheckReport | None, config: Repair
 
 
 def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, current_path, current_check,
-                 dataset, search_idx, workdir, attempts, config, source_ir_path=None):
+                 dataset, search_idx, workdir, attempts, config, source_ir_path=None, current_ir=None):
     """Search a small weight patch on the last dense layer (Arachne/NeuRecover) where labels flip."""
     import onnx
 
@@ -414,8 +443,9 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
     except Exception:  # noqa: BLE001 - without the source's weights the search runs without history
         source_weight = None
     budget = SearchConfig(budget_seconds=config.budget_seconds, seed=config.seed, device=config.device)
-    # a .pt2 or Keras target is patched on its ONNX IR, then the patch is written into it
-    work = current_path if target_ref.format == "onnx" else to_onnx_ir(
+    # a .pt2 or Keras target is patched on its ONNX IR (the restore stage's, when it made one),
+    # then the patch is written into it
+    work = current_path if target_ref.format == "onnx" else current_ir or to_onnx_ir(
         registry, current_ref, target_sidecar, search.take(np.arange(min(64, len(search)))), workdir,
         export_options(target_sidecar)).path
     try:
@@ -427,29 +457,21 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
     candidate = workdir / "pso_patch.onnx"
     onnx.save(model, str(candidate))
     if target_ref.format != "onnx":
-        from convrepair.repair.transfer import carry_patch
-
-        try:
-            candidate = carry_patch(work, candidate, current_path, target_ref.format, workdir, patch)
-        except RestoreUnavailable as exc:
-            attempts.append(Attempt("pso_patch", False, f"the patch found on the ONNX IR cannot be written back: {exc}",
-                                    seconds=time.perf_counter() - t0))
+        candidate = patch_written_back(work, candidate, current_path, target_ref.format, workdir, patch, attempts, t0)
+        if candidate is None:
             return current_path, current_check
     if target_sidecar is not None:
         write_sidecar(candidate, target_sidecar)
     result = check(candidate, search_idx, localize=False)
-    fixed = len(set(current_check.flipped_samples) - set(result.flipped_samples))
-    broken = sorted(set(result.flipped_samples) - set(current_check.flipped_samples))
-    accepted = len(result.flipped_samples) < len(current_check.flipped_samples)
-    reason = (f"fixed {fixed} of {len(current_check.flipped_samples)} flipped sample(s), broke {len(broken)}"
-              if accepted else "the patch does not reduce the flips")
+    # the held-out check bounds what a patch may break; on the search split fewer flips is enough
+    accepted, reason, broken = _fewer_flips(current_check, result, refusal="the patch does not reduce the flips")
     attempts.append(Attempt("pso_patch", accepted, reason, patch, result.pooled.label_agreement, _violations(result),
                             broken, time.perf_counter() - t0, stats))
     return (candidate, result) if accepted else (current_path, current_check)
 
 
 def _precision_fallback(registry, check, search_idx, current_path, current_check, source_ir_path, target_sidecar,
-                        target_path, workdir, attempts, config):
+                        target_path, workdir, attempts, config) -> Option | None:
     """Re-run the lossy conversion keeping the most sensitive layers in fp32, one more at a time,
     until the search split is equivalent or `max_fp32_layers` are spent. Returns the best
     candidate that improves without new flips, or None."""
@@ -459,7 +481,7 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
     if step is None:
         attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
         return None
-    best: tuple[Path, CheckReport, Attempt] | None = None
+    best: Option | None = None
     keep: list[str] = []
     inference_before = _inference_ms(current_path)
     for layer in sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers]:
@@ -478,7 +500,7 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
         result = check(candidate, search_idx, localize=False)
         accepted, reason, new = _better(current_check, result)  # closer, with no new flips
         if not accepted:
-            accepted, reason, new = _fewer_flips(current_check, result, config)  # or fewer flips within the break rate
+            accepted, reason, new = _fewer_flips(current_check, result, config.max_break_rate)  # or fewer flips within the break rate
         cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size, "bytes_before": Path(current_path).stat().st_size,
                 "inference_ms": _inference_ms(candidate), "inference_ms_before": inference_before}
         patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
@@ -487,8 +509,8 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
                           _violations(result), new, time.perf_counter() - t0, cost)
         attempts.append(attempt)
         if accepted and (best is None or (len(result.flipped_samples), _violations(result))
-                         < (len(best[1].flipped_samples), _violations(best[1]))):
-            best = (candidate, result, attempt)
+                         < (len(best.search_check.flipped_samples), _violations(best.search_check))):
+            best = Option("precision_fallback", candidate, result, attempt)
         if not result.discrepant:
             break
     return best

@@ -19,7 +19,7 @@ from convrepair.data import load_npz
 from convrepair.errors import BadInput
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
-from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output, look_through
+from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output, look_through, patch_written_back
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import read_sidecar
 
@@ -38,18 +38,6 @@ def _rates(pred_before, pred_after, labels, negatives) -> dict[str, float]:
     broken = float((pred_after[right_before] != labels[right_before]).mean()) if right_before.any() else 0.0
     return {"repair_rate": fixed, "break_rate": broken, "negatives": int(len(negatives)),
             "accuracy_before": float(right_before.mean()), "accuracy_after": float((pred_after == labels).mean())}
-
-
-def _carried(ir: Path, patched_ir: Path, ref, workdir: Path, patch, attempts: list[Attempt]) -> Path | None:
-    """The patch written into the model's own format; None (and a refused attempt) when it cannot be."""
-    from convrepair.repair.restore import RestoreUnavailable
-    from convrepair.repair.transfer import carry_patch
-
-    try:
-        return carry_patch(ir, patched_ir, ref.path, ref.format, workdir, patch)
-    except RestoreUnavailable as exc:
-        attempts.append(Attempt("pso_patch", False, f"the patch found on the ONNX IR cannot be written back: {exc}"))
-        return None
 
 
 def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: Path | None, out: Path,
@@ -144,7 +132,7 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
                 candidate = workdir / "patched.onnx"
                 onnx.save(patched, str(candidate))
                 if ref.format != "onnx":
-                    candidate = _carried(onnx_path, candidate, ref, workdir, patch, attempts)
+                    candidate = patch_written_back(onnx_path, candidate, ref.path, ref.format, workdir, patch, attempts, t0)
             if candidate is not None:
                 with registry.load(model_ref(candidate, registry), sidecar, device="cpu") as runner:
                     after = labels_of(runner, dataset)
