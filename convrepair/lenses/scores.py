@@ -18,10 +18,16 @@ def log_softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def looks_like_probabilities(scores: np.ndarray) -> bool:
+    """Rows in [0, 1] summing to 1: the model ends in a softmax (else its outputs are logits)."""
+    scores = np.asarray(scores)
+    return bool(scores.min() >= 0 and scores.max() <= 1 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3))
+
+
 def as_log_probabilities(scores: np.ndarray) -> np.ndarray:
     """Logits → log-softmax; rows that are already probabilities (a softmax head) → their log."""
     scores = np.asarray(scores, dtype=np.float64)
-    if scores.min() >= 0 and scores.max() <= 1 and np.allclose(scores.sum(axis=1), 1.0, atol=1e-3):
+    if looks_like_probabilities(scores):
         return np.log(np.clip(scores, 1e-12, None))
     return log_softmax(scores)
 

@@ -16,6 +16,8 @@ class KerasDifferentiable(Differentiable):
     def loss_gradient(self, x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import tensorflow as tf
 
+        from convrepair.lenses.scores import looks_like_probabilities
+
         batch = tf.convert_to_tensor(np.ascontiguousarray(x, dtype=np.float32))
         with tf.GradientTape() as tape:
             tape.watch(batch)
@@ -23,8 +25,7 @@ class KerasDifferentiable(Differentiable):
             if isinstance(scores, (list, tuple)):
                 scores = scores[0]
             values = scores.numpy()
-            probabilities = values.min() >= 0 and values.max() <= 1 and np.allclose(values.sum(1), 1, atol=1e-3)
-            log_p = tf.math.log(tf.maximum(scores, 1e-12)) if probabilities else tf.nn.log_softmax(scores, axis=1)
+            log_p = tf.math.log(tf.maximum(scores, 1e-12)) if looks_like_probabilities(values) else tf.nn.log_softmax(scores, axis=1)
             # sum, not mean: one sample's gradient must not depend on the batch it came in
             loss = -tf.reduce_sum(tf.gather(log_p, np.asarray(labels, dtype=np.int64), axis=1, batch_dims=1))
         return tape.gradient(loss, batch).numpy(), values

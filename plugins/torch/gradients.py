@@ -35,9 +35,11 @@ def _log_probabilities(scores):
     """Log-softmax of logits; the log of probabilities when the model ends in a softmax."""
     import torch
 
-    with torch.no_grad():
-        probabilities = bool(scores.min() >= 0 and scores.max() <= 1 and torch.allclose(scores.sum(1), torch.ones(1, device=scores.device), atol=1e-3))
-    return torch.log(scores.clamp_min(1e-12)) if probabilities else torch.log_softmax(scores, dim=1)
+    from convrepair.lenses.scores import looks_like_probabilities
+
+    if looks_like_probabilities(scores.detach().cpu().numpy()):
+        return torch.log(scores.clamp_min(1e-12))
+    return torch.log_softmax(scores, dim=1)
 
 
 @PLUGIN.gradient("pt2", "torchscript")
