@@ -77,9 +77,14 @@ def convert(
     raise typer.Exit(1 if failed else 0)
 
 
-LENSES_HELP = "Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none)."
-EPSILONS_HELP = "Robustness lens: L∞ ε as shares of the input range (default 0.02,0.05,0.1)."
-PGD_STEP_HELP = "Robustness lens: PGD step as a multiple of ε (default 2.5 / steps)."
+# the lens options `check` and `repair` share
+LensesOption = Annotated[Optional[str], typer.Option(
+    "--lenses", help="Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none).")]
+EpsilonsOption = Annotated[Optional[str], typer.Option(
+    "--epsilons", help="Robustness lens: L∞ ε as shares of the input range (default 0.02,0.05,0.1).")]
+PgdStepsOption = Annotated[Optional[int], typer.Option("--pgd-steps", help="Robustness lens: PGD steps (default 10).")]
+PgdStepOption = Annotated[Optional[float], typer.Option(
+    "--pgd-step", help="Robustness lens: PGD step as a multiple of ε (default 2.5 / steps).")]
 
 
 @app.command()
@@ -94,10 +99,10 @@ def check(
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="k of the top-k agreement.")] = 1,
     localize: Annotated[Optional[bool], typer.Option("--localize/--no-localize", help="Layer-wise localization (default: when discrepant).")] = None,
-    lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
-    epsilons: Annotated[Optional[str], typer.Option(help=EPSILONS_HELP)] = None,
-    pgd_steps: Annotated[Optional[int], typer.Option(help="Robustness lens: PGD steps (default 10).")] = None,
-    pgd_step: Annotated[Optional[float], typer.Option(help=PGD_STEP_HELP)] = None,
+    lenses: LensesOption = None,
+    epsilons: EpsilonsOption = None,
+    pgd_steps: PgdStepsOption = None,
+    pgd_step: PgdStepOption = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.check/v1).")] = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
@@ -138,10 +143,10 @@ def repair(
     optimiser: Annotated[str, typer.Option(help="Patch search: pso (Arachne v1) or de (Arachne TOSEM).")] = "pso",
     accept_improvement: Annotated[bool, typer.Option(help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
     prefer: Annotated[str, typer.Option(help="When a precision fallback and a PSO patch both work: auto | fast (the patch) | exact (the fallback).")] = "auto",
-    lenses: Annotated[Optional[str], typer.Option(help=LENSES_HELP)] = None,
-    epsilons: Annotated[Optional[str], typer.Option(help=EPSILONS_HELP)] = None,
-    pgd_steps: Annotated[Optional[int], typer.Option(help="Robustness lens: PGD steps (default 10).")] = None,
-    pgd_step: Annotated[Optional[float], typer.Option(help=PGD_STEP_HELP)] = None,
+    lenses: LensesOption = None,
+    epsilons: EpsilonsOption = None,
+    pgd_steps: PgdStepsOption = None,
+    pgd_step: PgdStepOption = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the report (convrepair.repair/v1).")] = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
