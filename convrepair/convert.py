@@ -89,6 +89,7 @@ def convert(
     options: dict[str, Any] | None = None,
     calibration: dict | None = None,
     out_dir: Path | None = None,
+    force: bool = True,
 ) -> ConversionResult:
     source = model_ref(source_path, registry)
     source_sidecar = read_sidecar(source.path) or Sidecar()
@@ -99,6 +100,8 @@ def convert(
         out = Path(out_dir) / out.name
     if out.resolve() == source.path.resolve():
         raise BadInput("output path is the source model itself; choose another --out", out)
+    if not force and out.exists():
+        raise BadInput("already exists; pass --force to overwrite it", out)
     options = dict(options or {})
     if not source_sidecar.input_layout:
         with registry.load(source, source_sidecar, device="cpu") as runner:

@@ -1,0 +1,74 @@
+"""What the commands share: the `--json PATH|-` option, printing rules, option parsing.
+
+One grammar everywhere: `--json PATH` writes the command's JSON document atomically to PATH,
+`--json -` prints it on stdout and nothing else goes there (no tables, no progress).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from convrepair.cli.app import state
+
+JsonOption = Annotated[Optional[str], typer.Option(
+    "--json", metavar="PATH", help="Write the result as JSON to PATH; '-' prints it on stdout instead of tables.")]
+
+
+def emit_json(target: str | None, payload: Any) -> None:
+    """Write `payload` where `--json` said: a file (atomically), or stdout for '-'."""
+    if target is None:
+        return
+    if target == "-":
+        typer.echo(json.dumps(payload, indent=2, default=str))
+        return
+    from convrepair.fsutil import write_json_atomic
+
+    write_json_atomic(Path(target), payload)
+
+
+def human(json_target: str | None = None) -> bool:
+    """Whether to print tables and messages: not with -q, and not when JSON goes to stdout."""
+    return not state["quiet"] and json_target != "-"
+
+
+def say(message: str, json_target: str | None = None) -> None:
+    """A one-line human message (on stdout), subject to `human()`."""
+    if human(json_target):
+        typer.echo(message)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    """`-O KEY=VALUE` pairs as a dict."""
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """A bare `--json` (at the end, or before another option) means `--json -`, as it did once."""
+    out: list[str] = []
+    for index, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--json":
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if following is None or (following.startswith("-") and following != "-"):
+                out.append("-")
+    return out
+
+
+# the lens options `check` and `repair` share
+LensesOption = Annotated[Optional[str], typer.Option(
+    "--lenses", help="Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none).")]
+EpsilonsOption = Annotated[Optional[str], typer.Option(
+    "--epsilons", help="Robustness lens: L∞ ε as shares of the input range (default 0.02,0.05,0.1).")]
+PgdStepsOption = Annotated[Optional[int], typer.Option("--pgd-steps", help="Robustness lens: PGD steps (default 10).")]
+PgdStepOption = Annotated[Optional[float], typer.Option(
+    "--pgd-step", help="Robustness lens: PGD step as a multiple of ε (default 2.5 / steps).")]

@@ -1,0 +1,72 @@
+"""`convrepair daemon` and `convrepair status`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from convrepair.cli.app import app
+from convrepair.cli.common import JsonOption, emit_json, human
+
+
+@app.command()
+def daemon(
+    registry: Annotated[Path, typer.Argument(metavar="REGISTRY", help="Registry location: for the directory registry, MODEL/VERSION/model.EXT (Triton layout).")],
+    registry_kind: Annotated[str, typer.Option(help="Registry plugin (see `convrepair plugins`).")] = "directory",
+    state_dir: Annotated[Path, typer.Option(help="Where the job queue lives (local disk: SQLite WAL).")] = Path(".convrepair-state"),
+    once: Annotated[bool, typer.Option("--once", help="Process everything pending, then exit (cron, CI).")] = False,
+    workers: Annotated[int, typer.Option(help="Jobs at a time, each in its own process.")] = 1,
+    quiet_seconds: Annotated[float, typer.Option(help="A version without _COMPLETE is ready after this long unchanged.")] = 5.0,
+    poll: Annotated[bool, typer.Option("--poll", help="Polling observer (network filesystems give no inotify events).")] = False,
+    job_timeout: Annotated[float, typer.Option(help="Wall-clock limit of one job, seconds.")] = 900.0,
+    memory_mb: Annotated[int, typer.Option(help="Address-space limit of one job's process, MB (0: none).")] = 8192,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Service key that signs each job's repair log.")] = None,
+    http_port: Annotated[int, typer.Option(help="Port of /healthz and /metrics.")] = 9464,
+    http_host: Annotated[str, typer.Option(help="Address they listen on (0.0.0.0 inside a container).")] = "127.0.0.1",
+    no_http: Annotated[bool, typer.Option("--no-http", help="No HTTP endpoint.")] = False,
+    log_format: Annotated[str, typer.Option(help="text | json")] = "text",
+) -> None:
+    """Watch REGISTRY and run convert → check → repair → sign for every new model version."""
+    import logging
+    import signal
+
+    from convrepair.daemon.service import Daemon, DaemonConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s" if log_format == "json" else "%(asctime)s %(message)s")
+    if registry_kind == "directory" and not registry.is_dir():
+        raise typer.BadParameter(f"{registry}: registry directory does not exist")
+    if sign_key is not None:
+        from convrepair.ledger.keys import load_private_key
+
+        load_private_key(sign_key)
+    config = DaemonConfig(registry=registry.resolve(), state_dir=state_dir, once=once, workers=workers,
+                          quiet_seconds=quiet_seconds, job_timeout=job_timeout, memory_mb=memory_mb,
+                          sign_key=sign_key.resolve() if sign_key else None, poll=poll, registry_kind=registry_kind,
+                          http_port=None if no_http else http_port, http_host=http_host)
+    service = Daemon(config)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    raise typer.Exit(service.run())
+
+
+@app.command()
+def status(
+    state_dir: Annotated[Path, typer.Option(help="The daemon's state directory.")] = Path(".convrepair-state"),
+    json_out: JsonOption = None,
+) -> None:
+    """The daemon's job queue."""
+    from dataclasses import asdict
+
+    from convrepair.daemon.queue import JobQueue
+    from convrepair.report.terminal import render_status
+
+    if not (state_dir / "queue.sqlite").exists():
+        raise typer.BadParameter(f"{state_dir}: no queue here (has the daemon run with this --state-dir?)")
+    queue = JobQueue(state_dir / "queue.sqlite")
+    jobs = [asdict(job) for job in queue.jobs()]
+    queue.close()
+    emit_json(json_out, jobs)
+    if human(json_out):
+        render_status(jobs)

@@ -1,0 +1,92 @@
+"""`convrepair repair`: a converted model against its source, or one model against its labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from convrepair.cli.app import app
+from convrepair.cli.common import (
+    EpsilonsOption,
+    JsonOption,
+    LensesOption,
+    PgdStepOption,
+    PgdStepsOption,
+    emit_json,
+    human,
+    say,
+)
+
+
+@app.command()
+def repair(
+    source: Annotated[Path, typer.Argument(metavar="SOURCE", help="The source model (reference behaviour), or the MODEL to repair against its labels.")],
+    target: Annotated[Optional[Path], typer.Argument(metavar="[TARGET]", help="The converted model to repair (omit to repair MODEL itself).")] = None,
+    out: Annotated[Path, typer.Option(help="Where to write the repaired model (target's format, with a sidecar). Required.")] = ...,  # type: ignore[assignment]
+    previous: Annotated[Optional[Path], typer.Option(help="Version N-1 of MODEL: repair the regressions against it.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
+    strategy: Annotated[str, typer.Option(help="auto | restore | pso")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    budget_seconds: Annotated[float, typer.Option(help="Wall-clock budget for the patch search (restores always run).")] = 300.0,
+    seed: Annotated[int, typer.Option(help="Seed of the data split and the search.")] = 0,
+    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance the repair must meet (default: check's).")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance the repair must meet.")] = None,
+    optimiser: Annotated[str, typer.Option(help="Patch search: pso (Arachne v1) or de (Arachne TOSEM).")] = "pso",
+    accept_improvement: Annotated[bool, typer.Option("--accept-improvement", help="Accept fewer held-out flips (break rate <= 1%) short of equivalence.")] = False,
+    prefer: Annotated[str, typer.Option(help="When a precision fallback and a PSO patch both work: auto | fast (the patch) | exact (the fallback).")] = "auto",
+    lenses: LensesOption = None,
+    epsilons: EpsilonsOption = None,
+    pgd_steps: PgdStepsOption = None,
+    pgd_step: PgdStepOption = None,
+    json_out: JsonOption = None,
+    sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
+    log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
+) -> None:
+    """Repair TARGET so that it behaves like SOURCE; or, with one model, repair its regressions
+    against --previous or its misclassifications; prove it on held-out samples.
+
+    Exit 0 repaired (or nothing to repair), 1 no acceptable repair (nothing written), 2 bad input.
+    """
+    from convrepair.lenses import lens_config
+    from convrepair.ledger.keys import load_private_key
+    from convrepair.ledger.log import now
+    from convrepair.plugins import default_registry
+    from convrepair.repair import RepairConfig, run_repair
+    from convrepair.report.terminal import render_repair
+
+    if sign_key is not None:
+        load_private_key(sign_key)  # a bad key fails before any work
+    started = now()
+
+    def sign(payload: dict) -> None:
+        if sign_key is None:
+            return
+        from convrepair.ledger.log import write_signed_log
+
+        path = write_signed_log(payload, log or out.with_name(out.name + ".log.dsse.json"), sign_key, started)
+        say(f"signed log (pending approval): {path}", json_out)
+
+    config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
+                          atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement,
+                          prefer=prefer, lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
+    if target is None:
+        from convrepair.repair.model_repair import run_model_repair
+        from convrepair.report.terminal import render_model_repair
+
+        result = run_model_repair(default_registry(), source, previous, out, config)
+        emit_json(json_out, result)
+        if human(json_out):
+            render_model_repair(result)
+        sign(result)
+        raise typer.Exit(0 if result["verdict"] == "repaired" else 1)
+    if previous is not None:
+        raise typer.BadParameter("--previous repairs one MODEL; give it without a TARGET")
+    report = run_repair(default_registry(), source, target, out, config)
+    payload = report.to_json()
+    emit_json(json_out, payload)
+    if human(json_out):
+        render_repair(payload)
+    sign(payload)
+    raise typer.Exit(0 if report.succeeded else 1)
