@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,  # rich tracebacks would print locals, key material included
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich panels print a `<bool>` placeholder after every flag
 )
 
 #: Process-wide output settings, set once by the root callback.

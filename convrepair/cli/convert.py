@@ -14,11 +14,11 @@ from convrepair.cli.common import JsonOption, emit_json, human, parse_options
 @app.command()
 def convert(
     source: Annotated[Path, typer.Argument(metavar="SOURCE", help="Model to convert (.keras, SavedModel dir, .pt2, .pt, .onnx, .tflite).")],
-    to: Annotated[list[str], typer.Option("--to", help="Target: onnx, torch, onnx-fp16, onnx-int8, tflite, tflite-int8. Repeat for several.")],
+    to: Annotated[list[str], typer.Option("--to", metavar="TARGET", help="Target: onnx, torch, onnx-fp16, onnx-int8, tflite, tflite-int8. Repeat for several.")],
     out: Annotated[Optional[Path], typer.Option(help="Output path (only with a single --to).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option(help="Directory for outputs named after the source (default: beside it).")] = None,
     opset: Annotated[Optional[int], typer.Option(help="ONNX opset for exporters that write ONNX.")] = None,
-    option: Annotated[list[str], typer.Option("--option", "-O", help="Converter option KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    option: Annotated[list[str], typer.Option("--option", "-O", metavar="KEY=VALUE", help="Converter option KEY=VALUE (repeatable).")] = [],  # noqa: B006
     calibration: Annotated[Optional[Path], typer.Option(help=".npz of inputs for static int8 calibration.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz (x, optional y) to validate each output against the source.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,

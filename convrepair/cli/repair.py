@@ -24,7 +24,7 @@ from convrepair.cli.common import (
 def repair(
     source: Annotated[Path, typer.Argument(metavar="SOURCE", help="The source model (reference behaviour), or the MODEL to repair against its labels.")],
     target: Annotated[Optional[Path], typer.Argument(metavar="[TARGET]", help="The converted model to repair (omit to repair MODEL itself).")] = None,
-    out: Annotated[Path, typer.Option(help="Where to write the repaired model (target's format, with a sidecar). Required.")] = ...,  # type: ignore[assignment]
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the repaired model (target's format, with a sidecar). Required.")] = None,
     previous: Annotated[Optional[Path], typer.Option(help="Version N-1 of MODEL: repair the regressions against it.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
     strategy: Annotated[str, typer.Option(help="auto | restore | pso")] = "auto",
@@ -56,6 +56,8 @@ def repair(
     from convrepair.repair import RepairConfig, run_repair
     from convrepair.report.terminal import render_repair
 
+    if out is None:
+        raise typer.BadParameter("--out is required: where to write the repaired model")
     if sign_key is not None:
         load_private_key(sign_key)  # a bad key fails before any work
     started = now()
