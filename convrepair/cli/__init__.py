@@ -11,7 +11,7 @@ import sys
 
 import typer
 
-from convrepair.cli import check, convert, daemon, ledger, plugins, repair  # noqa: F401 - they register commands
+from convrepair.cli import check, config, convert, daemon, ledger, plugins, repair  # noqa: F401 - they register commands
 from convrepair.cli.app import app, state
 from convrepair.cli.common import normalize_argv
 from convrepair.errors import EXIT_BAD_INPUT, ConvrepairError
