@@ -70,8 +70,12 @@ def load_keras(request: LoadRequest) -> Runner:
 
 
 def load_serving_signature(path: Path):
-    tf = import_tensorflow()
+    from convrepair.contain import guard_code_format
+    from convrepair_plugins.tensorflow.scan import scan_savedmodel
 
+    tf = import_tensorflow()
+    guard_code_format("savedmodel", path)
+    scan_savedmodel(path)  # loading runs initializers: refuse before that
     try:
         with quiet():
             loaded = tf.saved_model.load(str(path))

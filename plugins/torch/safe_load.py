@@ -73,12 +73,18 @@ def load_torchscript(path: Path):
     """Return (module, declared input specs or None)."""
     import torch
 
+    from convrepair.contain import guard_code_format
+    from convrepair_plugins.torch.scan import scan_archive, scan_module
+
+    guard_code_format("torchscript", path)
+    scan_archive(path)  # loading runs __setstate__: refuse before that
     extra = {"convrepair_inputs.json": ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as exc:  # noqa: BLE001
         text = exception_text(exc, 200)
         raise BadInput(f"is not a loadable TorchScript archive: {text}", path) from None
+    scan_module(module, path)
     declared = None
     if extra["convrepair_inputs.json"]:
         try:

@@ -1,0 +1,84 @@
+"""What a contained worker may touch: the Python installation and the system libraries to read,
+the job's models and data to read, its scratch and staged outputs to write — nothing else.
+
+Deliberately absent: the home directory, /etc (but the loader's cache and the time zone), other
+processes' /proc entries, the registry beside the model, signing keys, the network.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import site
+import sys
+import sysconfig
+from collections.abc import Iterable
+from pathlib import Path
+
+from convrepair.contain import landlock
+from convrepair.contain.landlock import Grant
+
+# read-only: shared libraries, the loader's configuration, facts about the machine frameworks ask
+_SYSTEM_READ = (
+    "/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib", "/lib64", "/usr/share/zoneinfo",
+    "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
+    "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/vm/overcommit_memory",
+    "/sys/devices/system/cpu", "/sys/devices/system/node", "/sys/fs/cgroup",
+    "/dev/urandom", "/dev/random",
+)
+_DEVICES = ("/dev/null", "/dev/zero")
+# an NVIDIA GPU: the device nodes (with ioctl) and what the driver reads about the bus
+_GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
+_GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/sys/module/nvidia", "/dev/nvidia-caps")
+
+
+def python_installation() -> list[Path]:
+    """Where the interpreter, the standard library and every importable package live."""
+    places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
+    places |= {value for key, value in sysconfig.get_paths().items() if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    cwd = os.getcwd()
+    places |= {entry for entry in sys.path if entry and entry != cwd and os.path.isdir(entry)}
+    for module in _plugin_packages():  # editable installs resolve outside site-packages
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            places |= set(spec.submodule_search_locations or ([os.path.dirname(spec.origin)] if spec.origin else []))
+    places.add(os.path.dirname(os.path.realpath(sys.executable)))
+    return sorted(Path(p) for p in places if p)
+
+
+def _plugin_packages() -> set[str]:
+    """convrepair itself and the top-level package of every announced plugin."""
+    import importlib.metadata
+
+    from convrepair.plugins import ENTRY_POINT_GROUP
+
+    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {"convrepair", *(ep.value.split(":")[0].split(".")[0] for ep in entry_points)}
+
+
+def model_files(paths: Iterable[Path]) -> list[Path]:
+    """A model with what travels beside it: `NAME` (file or SavedModel folder) and `NAME.*`
+    (its sidecar, kept calibration data, ONNX external data named after it)."""
+    found: list[Path] = []
+    for path in paths:
+        path = Path(path).absolute()
+        found.append(path)
+        found += [Path(p) for p in glob.glob(glob.escape(str(path)) + ".*")]
+    return found
+
+
+def grants(reads: Iterable[Path], writes: Iterable[Path]) -> list[Grant]:
+    """Every rule of a worker: system and Python read-only, `reads` read-only, `writes` writable."""
+    rules = [Grant(Path(p), landlock.READ) for p in (*_SYSTEM_READ, *python_installation())]
+    rules += [Grant(Path(p), landlock.DEVICE) for p in _DEVICES]
+    rules.append(Grant(Path(f"/proc/{os.getpid()}"), landlock.READ))  # /proc/self of the worker only
+    if os.path.exists("/dev/nvidiactl"):
+        rules += [Grant(Path(p), landlock.DEVICE) for p in (*_GPU_DEVICES, *glob.glob("/dev/nvidia[0-9]*"))]
+        rules += [Grant(Path(p), landlock.READ) for p in _GPU_READ]
+    rules += [Grant(p, landlock.READ) for p in model_files(reads)]
+    rules += [Grant(Path(p), landlock.WRITE) for p in writes]
+    return rules
