@@ -1,56 +1,97 @@
-"""One self-contained HTML page for a repair log: no network assets, plots as inline SVG."""
+"""Self-contained HTML pages: one signed log for a reviewer (`show LOG --html`), and an index of
+every log with its status and verdict (`review --html`). Jinja2 templates with autoescape; the
+charts are inline SVG; no scripts, no network assets, so the file works offline."""
 
 from __future__ import annotations
 
-import html
 import json
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from convrepair.report import svg
-from convrepair.report.lenses_html import lens_sections
-from convrepair.report.summary import kept
+from convrepair.report.decision import decision_card
+from convrepair.report.terminal import human_size
+from convrepair.report.lenses_html import lens_view
 
 
-def log_page(statement: dict[str, Any], envelope: dict[str, Any]) -> str:
+def _environment():
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=PackageLoader("convrepair.report", "templates"),
+                      autoescape=select_autoescape(["j2", "html"], default_for_string=True, default=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda value, digits=2: "n/a" if value is None else f"{value:.{digits}%}"
+    env.filters["num"] = lambda value, spec=".3g": svg.fmt(value, spec)
+    env.filters["size"] = lambda value: "n/a" if value is None else human_size(int(value))
+    return env
+
+
+def _rounds(before: dict[str, Any] | None, after: dict[str, Any] | None) -> tuple[list[str], list[dict], list[dict]] | None:
+    """Rounds of the target and the repaired model on the held-out half, paired by seed: the
+    same samples before and after (the check draws each round from its seed)."""
+    if not before or not after:
+        return None
+    after_by_seed = {(r["seed"], r["n"]): r for r in after.get("rounds", [])}
+    pairs = [(r, after_by_seed[(r["seed"], r["n"])]) for r in before.get("rounds", []) if (r["seed"], r["n"]) in after_by_seed]
+    if not pairs:
+        return None
+    return [f"seed {b['seed']} (n={b['n']})" for b, _ in pairs], [b for b, _ in pairs], [a for _, a in pairs]
+
+
+def _threshold(loc: dict[str, Any], precision: str | None) -> float | None:
+    """The relative-L2 error above which localization calls a layer diverged."""
+    evidence = (loc.get("fault") or {}).get("evidence") or {}
+    if "threshold_rel_l2" in loc or "threshold_rel_l2" in evidence:
+        return loc.get("threshold_rel_l2", evidence.get("threshold_rel_l2"))
+    from convrepair.localize import DIVERGENCE
+
+    return DIVERGENCE.get(precision or evidence.get("precision") or "fp32", DIVERGENCE["fp32"])
+
+
+def _evidence(repair: dict[str, Any], precision: str | None) -> list[dict[str, Any]]:
+    from markupsafe import Markup
+
+    charts = []
+    loc = (repair.get("check_before") or {}).get("localization") or {}
+    if loc.get("layers"):
+        threshold = _threshold(loc, precision)
+        charts.append({"svg": Markup(svg.layer_divergence(loc["layers"], threshold, "Per-layer divergence before repair (search half)")),
+                       "note": "Each dot is one aligned layer, coloured by status (green ok, red diverged, orange carried from an "
+                               "earlier layer); the dashed line is the threshold for this precision. Log axis: compare the printed values."})
+    paired = _rounds(repair.get("check_before_held_out"), repair.get("check_after"))
+    if paired:
+        names, before, after = paired
+        labels = ("target as converted", "repaired")
+        charts.append({"svg": Markup(svg.paired_rounds(names, [r["label_agreement"] for r in before], [r["label_agreement"] for r in after],
+                                                       "label agreement with the source (%)", "Label agreement per round, held-out half",
+                                                       percent=True, labels=labels)),
+                       "note": "Before and after on the same held-out samples (rounds paired by seed); the search never saw them."})
+        charts.append({"svg": Markup(svg.paired_rounds(names, [r["max_abs"] for r in before], [r["max_abs"] for r in after],
+                                                       "max |Δ| of the outputs (output units)", "Largest output change per round, held-out half",
+                                                       labels=labels)),
+                       "note": "Linear axis from zero."})
+    return charts
+
+
+def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path | None = None) -> str:
+    """The review page of one signed log: the decision card on top, then the evidence."""
     predicate = statement["predicate"]
     repair = predicate["repair"]
-    sections = [f"<h1>convrepair repair log</h1><p>verdict <b>{html.escape(str(predicate['verdict']))}</b>; job "
-                f"{html.escape(predicate['job']['id'])}; signed by <code>{html.escape(envelope['signatures'][0]['keyid'][:16])}…</code></p>"]
-    before = repair.get("check_before") or {}
-    loc = before.get("localization") or {}
-    if loc.get("fault"):
-        sections.append(f"<h2>Fault</h2><p><b>{html.escape(loc['fault']['type'])}</b> at "
-                        f"<code>{html.escape((loc.get('first_divergent') or {}).get('target_layer', ''))}</code>: "
-                        f"{html.escape(loc['fault']['detail'])}</p>")
-    if loc.get("layers"):
-        layers = loc["layers"]
-        sections.append(svg.bars("Per-layer divergence before repair (relative L2, log scale)",
-                              [r["source_layer"] for r in layers], {"rel L2": [r["rel_l2"] for r in layers]}, log_scale=True))
-    after = repair.get("check_after") or {}
-    rounds_before = [r["label_agreement"] for r in before.get("rounds", [])]
-    rounds_after = [r["label_agreement"] for r in after.get("rounds", [])]
-    if rounds_before:
-        sections.append(svg.bars("Label agreement per round (search half before, held-out half after)",
-                              [f"round {i}" for i in range(max(len(rounds_before), len(rounds_after)))],
-                              {"before": rounds_before, "after": rounds_after}))
-        sections.append(svg.bars("Largest output change per round (max |Δ|, log scale)",
-                              [f"round {i}" for i in range(max(len(rounds_before), len(rounds_after)))],
-                              {"before": [r["max_abs"] for r in before.get("rounds", [])],
-                               "after": [r["max_abs"] for r in after.get("rounds", [])]}, log_scale=True))
-    rows = "".join(
-        f"<tr><td>{html.escape(a['kind'])}</td><td>{kept(a)}</td>"
-        f"<td><code>{html.escape(str((a.get('patch') or {}).get('location', '')))}</code></td><td>{html.escape(a['reason'])}</td></tr>"
-        for a in repair.get("attempts", [])
-    )
-    sections.append(f"<h2>Attempts</h2><table><tr><th>kind</th><th>kept</th><th>where</th><th>why</th></tr>{rows}</table>")
-    sections.append(lens_sections(predicate.get("lenses")))
-    files = "".join(f"<tr><td>{html.escape(f['role'])}</td><td>{html.escape(f['name'])}</td><td><code>{f['sha256']}</code></td></tr>"
-                    for f in predicate["files"])
-    sections.append(f"<h2>Files</h2><table><tr><th>role</th><th>file</th><th>sha256</th></tr>{files}</table>")
-    sections.append(f"<details><summary>full log (JSON)</summary><pre>{html.escape(json.dumps(statement, indent=2))}</pre></details>")
-    style = ("body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-             "pre{font-size:11px;background:#f6f6f6;padding:1em;overflow:auto}"
-             ".row{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-end}figure.chart{margin:4px}"
-             ".tag{font-size:11px;width:90px;color:#555}li.flag{color:#b00}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>convrepair repair log</title><style>{style}</style></head><body>{''.join(sections)}</body></html>\n"
+    card = decision_card(statement, envelope, log_path)
+    layers = ((repair.get("check_before") or {}).get("localization") or {}).get("layers") or []
+    env = _environment()
+    view = lens_view(predicate.get("lenses"))
+    lenses = env.get_template("lenses.html.j2").render(l=view) if view else ""
+    from markupsafe import Markup
+
+    return env.get_template("log.html.j2").render(
+        c=card, evidence=_evidence(repair, card["precision"]), layers=layers, lenses=Markup(lenses),
+        statement_json=json.dumps(statement, indent=2, ensure_ascii=False)) + "\n"
+
+
+def review_page(rows: list[dict[str, Any]], status: str, root: Path) -> str:
+    """An index of the repair logs under ROOT with their review status and verdict."""
+    counts = sorted(Counter(row["status"] for row in rows).items())
+    rows = [{"target": None, "finished": "", "signed_by": "", "decided_by": None, "page": None, **row} for row in rows]
+    return _environment().get_template("review.html.j2").render(rows=rows, status=status, root=str(root), counts=counts) + "\n"

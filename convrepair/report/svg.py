@@ -1,162 +1,221 @@
-"""Small inline-SVG charts for the self-contained HTML page: no scripts, no network assets."""
+"""Charts for the self-contained HTML page, drawn with matplotlib as inline SVG.
+
+Every chart has labelled axes with ticks and units and prints its values as text (a reviewer
+reads numbers, not bar lengths); text stays text in the SVG (`svg.fonttype = none`), so the
+browser renders and searches it. No scripts, no network assets. matplotlib is imported here
+only, lazily, through `Figure` (no pyplot global state)."""
 
 from __future__ import annotations
 
-import html
+import io
+import itertools
 import math
+import re
+import textwrap
+from typing import Any, Sequence
 
 COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
-DASHES = ["", "7 3", "2 3", "9 3 2 3"]  # so that identical series (a perfect repair) stay visible
+STATUS_COLOURS = {"ok": "#54a24b", "diverged": "#d62728", "carried": "#f58518", "fused": "#4c78a8", "incomparable": "#999999"}
+LINESTYLES = ["-", "--", ":", "-."]  # identical series (a perfect repair) stay visible
+_ids = itertools.count()
+
+_RC = {"svg.fonttype": "none", "font.size": 9, "font.family": "DejaVu Sans", "axes.spines.top": False,
+       "axes.spines.right": False, "axes.titlesize": 10, "axes.titleweight": "bold"}
 
 
-def _dash(j: int) -> str:
-    return f' stroke-dasharray="{DASHES[j % len(DASHES)]}"' if DASHES[j % len(DASHES)] else ""
+def _figure(width: float, height: float, ncols: int = 1):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
-def _svg(width: int, height: int, title: str, body: list[str]) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="{html.escape(title)}">' + "".join(body) + "</svg>")
+def _to_svg(fig, alt: str) -> str:
+    """The figure as an <svg> element for inlining: no XML prologue, ids unique on the page."""
+    import matplotlib
+
+    buffer = io.StringIO()
+    with matplotlib.rc_context({**_RC, "svg.hashsalt": "convrepair"}):  # deterministic output
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
+    text = buffer.getvalue()
+    text = text[text.index("<svg"):]
+    # matplotlib numbers ids per figure (figure_1, patch_1, …): prefix them, and what points at them
+    prefix = f"c{next(_ids)}-"
+    text = re.sub(r'\bid="', f'id="{prefix}', text)
+    text = re.sub(r'(url\(#|href="#)', rf"\g<1>{prefix}", text)
+    return re.sub(r"<svg ", f'<svg role="img" aria-label="{_attr(alt)}" ', text, count=1)
 
 
-def _legend(names: list[str], x: float, y: float, step: float = 110) -> list[str]:
-    return [f'<rect x="{x + j * step:.0f}" y="{y}" width="10" height="10" fill="{COLOURS[j % len(COLOURS)]}"/>'
-            f'<text x="{x + j * step + 14:.0f}" y="{y + 9}" font-size="11">{html.escape(name)}</text>'
-            for j, name in enumerate(names)]
+def _attr(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
-def bars(title: str, labels: list[str], series: dict[str, list[float | None]], log_scale: bool = False) -> str:
-    """A grouped bar chart, labels rotated under the axis (room left for long layer names)."""
-    width, height, left, right = 760, 220, 150, 20
-    values = [v for vs in series.values() for v in vs if v is not None]
-    if not values:
-        return f"<h3>{html.escape(title)}</h3><p>no data</p>"
-    transform = (lambda v: math.log10(max(v, 1e-9)) + 9) if log_scale else (lambda v: v)
-    top = max(transform(v) for v in values) or 1.0
-    group = (width - left - right) / max(len(labels), 1)
-    bar = group / (len(series) + 1)
-    parts = [f'<line x1="{left}" y1="{height}" x2="{width - right}" y2="{height}" stroke="#888"/>']
-    for i, label in enumerate(labels):
-        x0 = left + i * group
-        for j, (name, vs) in enumerate(series.items()):
-            v = vs[i] if i < len(vs) else None
-            if v is None:
-                continue
-            h = (height - 20) * transform(v) / top
-            parts.append(f'<rect x="{x0 + j * bar:.1f}" y="{height - h:.1f}" width="{bar * 0.9:.1f}" height="{h:.1f}" '
-                         f'fill="{COLOURS[j % len(COLOURS)]}"><title>{html.escape(name)} {html.escape(label)}: {v:.4g}</title></rect>')
-        parts.append(f'<text x="{x0 + group / 2:.1f}" y="{height + 14}" font-size="10" text-anchor="end" '
-                     f'transform="rotate(-30 {x0 + group / 2:.1f} {height + 14})">{html.escape(label[-28:])}</text>')
-    parts += _legend(list(series), left, 2, 140)
-    return f"<h3>{html.escape(title)}</h3>" + _svg(width, height + 80, title, parts)
+def _draw(fn):
+    """Run a drawing function under our rc settings (fonts as text, no top/right spines)."""
+    import matplotlib
+
+    def wrapper(*args, **kwargs):
+        with matplotlib.rc_context(_RC):
+            return fn(*args, **kwargs)
+
+    wrapper.__doc__, wrapper.__name__ = fn.__doc__, fn.__name__
+    return wrapper
 
 
+def fmt(value: float | None, spec: str = ".3g") -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def wrap_name(name: str, width: int = 34) -> str:
+    """A layer name on up to three lines (TFLite joins fused names with ';'), never cut silently."""
+    lines = textwrap.wrap(name.replace(";", "; "), width, break_long_words=True, break_on_hyphens=False) or [name]
+    return "\n".join(lines[:3]) + (" …" if len(lines) > 3 else "")
+
+
+@_draw
+def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, title: str) -> str:
+    """Relative L2 error per aligned layer as dots on a log axis (a dot, not a bar: its length
+    would mean nothing on a log axis), the divergence threshold as a line, every value printed."""
+    rows = [r for r in layers if r.get("rel_l2") is not None]
+    if not rows:
+        return ""
+    names = [wrap_name(r["target_layer"] if r["target_layer"] == r["source_layer"]
+                       else f"{r['source_layer']} → {r['target_layer']}") for r in rows]
+    height = 0.9 + sum(0.22 + 0.13 * n.count("\n") for n in names)
+    fig, (ax,) = _figure(7.6, max(height, 1.8))
+    values = [max(r["rel_l2"], 1e-12) for r in rows]
+    ys = list(range(len(rows)))
+    ax.scatter(values, ys, c=[STATUS_COLOURS.get(r["status"], "#333") for r in rows], s=28, zorder=3)
+    for y, value, row in zip(ys, values, rows):
+        ax.annotate(f"{row['rel_l2']:.3g} ({row['status']})", (value, y), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    ax.set_xscale("log")
+    lo = min(values + ([threshold] if threshold else []))
+    hi = max(values + ([threshold] if threshold else []))
+    ax.set_xlim(lo / 10, hi * 300)
+    if threshold:
+        ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1)
+        ax.annotate(f"diverged above {threshold:g}", (threshold, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(4, -2), textcoords="offset points", va="top", fontsize=8, color="#d62728")
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("relative L2 error of the layer's output vs the source (log scale, dimensionless)")
+    ax.grid(axis="x", color="#eee", zorder=0)
+    ax.set_title(title, loc="left")
+    return _to_svg(fig, title)
+
+
+@_draw
+def paired_rounds(rounds: Sequence[str], before: list[float | None], after: list[float | None], ylabel: str,
+                  title: str, percent: bool = False, labels: tuple[str, str] = ("before", "after")) -> str:
+    """Two series per round as grouped bars from zero on a linear axis, each value printed above its bar."""
+    import numpy as np
+
+    fig, (ax,) = _figure(7.6, 2.6)
+    x = np.arange(len(rounds))
+    width = 0.38
+    scale = 100.0 if percent else 1.0
+    spec = ".1f" if percent else ".3g"
+    for j, (name, values) in enumerate(zip(labels, (before, after))):
+        heights = [np.nan if v is None else v * scale for v in values]
+        bars = ax.bar(x + (j - 0.5) * width, heights, width * 0.95, label=name, color=COLOURS[j])
+        ax.bar_label(bars, labels=[fmt(h if not np.isnan(h) else None, spec) + ("%" if percent and not np.isnan(h) else "")
+                                   for h in heights], fontsize=8, padding=2)
+    ax.set_xticks(x, rounds)
+    ax.set_ylabel(ylabel)
+    top = max((v * scale for v in before + after if v is not None), default=1.0)
+    ax.set_ylim(0, 100 * 1.12 if percent else top * 1.18 or 1.0)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=8)
+    ax.grid(axis="y", color="#eee", zorder=0)
+    ax.set_axisbelow(True)
+    ax.set_title(title, loc="left")
+    return _to_svg(fig, title)
+
+
+@_draw
 def lines(title: str, x_label: str, y_label: str, xs: list[float], series: dict[str, list[float]],
-          y_range: tuple[float, float] = (0.0, 1.0), width: int = 360, height: int = 220) -> str:
-    """A line chart with markers: one line per series over shared x values."""
-    left, bottom, top_pad, right = 44, 36, 24, 12
-    plot_w, plot_h = width - left - right, height - bottom - top_pad
-    lo_x, hi_x = min(xs), max(xs)
-    span_x = (hi_x - lo_x) or 1.0
-    lo_y, hi_y = y_range
-
-    def px(x: float) -> float:
-        return left + (x - lo_x) / span_x * plot_w
-
-    def py(y: float) -> float:
-        return top_pad + plot_h - (y - lo_y) / ((hi_y - lo_y) or 1.0) * plot_h
-
-    parts = _axes(left, top_pad, plot_w, plot_h, x_label, y_label, lo_y, hi_y)
-    parts += [f'<text x="{px(x):.1f}" y="{top_pad + plot_h + 12}" font-size="9" text-anchor="middle">{x:g}</text>' for x in xs]
+          y_range: tuple[float, float] = (0.0, 1.0), percent: bool = True) -> str:
+    """A line chart with markers and printed values: one line per series over shared x values."""
+    fig, (ax,) = _figure(4.4, 3.0)
+    scale = 100.0 if percent else 1.0
     for j, (name, ys) in enumerate(series.items()):
-        colour = COLOURS[j % len(COLOURS)]
-        points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys) if y is not None)
-        parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"{_dash(j)}/>')
-        parts += [f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{colour}"><title>{html.escape(name)} '
-                  f'{x:g}: {y:.3g}</title></circle>' for x, y in zip(xs, ys) if y is not None]
-    parts += _legend(list(series), left, 4, 90)
-    return _figure(title, _svg(width, height, title, parts))
+        points = [(x, y * scale) for x, y in zip(xs, ys) if y is not None]
+        ax.plot(*zip(*points), marker="o", markersize=3.5, color=COLOURS[j % len(COLOURS)],
+                linestyle=LINESTYLES[j % len(LINESTYLES)], label=name)
+        for k, (x, y) in enumerate(points):
+            ax.annotate(f"{y:.0f}" if percent else f"{y:.2g}", (x, y), xytext=(0, 4 + 7 * j), textcoords="offset points",
+                        ha="center", fontsize=7, color=COLOURS[j % len(COLOURS)])
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.set_ylim(y_range[0] * scale, y_range[1] * scale * 1.15)
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label + (" (%)" if percent else ""))
+    ax.grid(color="#eee")
+    ax.legend(fontsize=7, frameon=False, loc="lower left")
+    ax.set_title(title, loc="left")
+    return _to_svg(fig, title)
 
 
-def reliability_diagram(title: str, bins: list[dict], width: int = 240, height: int = 240) -> str:
-    """Accuracy per confidence bin as bars against the diagonal of perfect calibration."""
-    left, bottom, top_pad, right = 40, 34, 10, 10
-    plot_w, plot_h = width - left - right, height - bottom - top_pad
-    parts = _axes(left, top_pad, plot_w, plot_h, "confidence", "accuracy", 0.0, 1.0)
-    parts.append(f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad}" stroke="#999" stroke-dasharray="4 3"/>')
+@_draw
+def reliability_diagram(title: str, bins: list[dict]) -> str:
+    """Accuracy per confidence bin as bars against the diagonal of perfect calibration; the
+    sample count of each non-empty bin printed on it."""
+    fig, (ax,) = _figure(3.3, 3.1)
     for row in bins:
         if not row["count"]:
             continue
-        x = left + row["lower"] * plot_w
-        w = (row["upper"] - row["lower"]) * plot_w
-        h = row["accuracy"] * plot_h
-        gap_top = top_pad + plot_h - row["confidence"] * plot_h
-        parts.append(f'<rect x="{x:.1f}" y="{top_pad + plot_h - h:.1f}" width="{w * 0.95:.1f}" height="{h:.1f}" fill="{COLOURS[0]}">'
-                     f'<title>({row["lower"]:.2f}, {row["upper"]:.2f}]: {row["count"]} samples, accuracy {row["accuracy"]:.2f}, '
-                     f'confidence {row["confidence"]:.2f}</title></rect>')
-        parts.append(f'<line x1="{x:.1f}" y1="{gap_top:.1f}" x2="{x + w * 0.95:.1f}" y2="{gap_top:.1f}" stroke="{COLOURS[3]}" stroke-width="2"/>')
-    return _figure(title, _svg(width, height, title, parts))
+        width = row["upper"] - row["lower"]
+        ax.bar(row["lower"], row["accuracy"], width * 0.95, align="edge", color=COLOURS[0])
+        ax.plot([row["lower"], row["lower"] + width * 0.95], [row["confidence"]] * 2, color=COLOURS[3], linewidth=2)
+        ax.annotate(str(row["count"]), (row["lower"] + width / 2, row["accuracy"]), xytext=(0, 2), textcoords="offset points",
+                    ha="center", fontsize=6)
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("confidence (max softmax probability)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_title(title, loc="left", fontsize=8)
+    return _to_svg(fig, title)
 
 
-def step_histograms(title: str, x_label: str, edges: list[float], counts: dict[str, list[int]],
-                    width: int = 360, height: int = 200) -> str:
-    """Several histograms over the same bins as outlines, normalised to shares."""
-    left, bottom, top_pad, right = 44, 34, 24, 12
-    plot_w, plot_h = width - left - right, height - bottom - top_pad
-    shares = {name: [c / max(sum(cs), 1) for c in cs] for name, cs in counts.items()}
-    peak = max((max(s) for s in shares.values() if s), default=1.0) or 1.0
-    parts = _axes(left, top_pad, plot_w, plot_h, x_label, "share", 0.0, peak)
-    lo, hi = edges[0], edges[-1]
-    for j, (name, values) in enumerate(shares.items()):
-        path = [f"M{left},{top_pad + plot_h}"]
-        for k, value in enumerate(values):
-            x0 = left + (edges[k] - lo) / ((hi - lo) or 1) * plot_w
-            x1 = left + (edges[k + 1] - lo) / ((hi - lo) or 1) * plot_w
-            y = top_pad + plot_h - value / peak * plot_h
-            path.append(f"L{x0:.1f},{y:.1f}L{x1:.1f},{y:.1f}")
-        path.append(f"L{left + plot_w},{top_pad + plot_h}")
-        parts.append(f'<path d="{"".join(path)}" fill="none" stroke="{COLOURS[j % len(COLOURS)]}" stroke-width="1.6"{_dash(j)}/>')
-    parts += [f'<text x="{left}" y="{top_pad + plot_h + 12}" font-size="9">{lo:g}</text>',
-              f'<text x="{left + plot_w}" y="{top_pad + plot_h + 12}" font-size="9" text-anchor="end">{hi:.3g}</text>']
-    parts += _legend(list(counts), left, 4, 90)
-    return _figure(title, _svg(width, height, title, parts))
+@_draw
+def step_histograms(title: str, x_label: str, edges: list[float], counts: dict[str, list[int]]) -> str:
+    """Several histograms over the same bins as outlines, as shares of each model's samples."""
+    import numpy as np
+
+    fig, (ax,) = _figure(4.4, 2.8)
+    for j, (name, values) in enumerate(counts.items()):
+        total = max(sum(values), 1)
+        shares = np.asarray(values, dtype=float) / total * 100
+        ax.stairs(shares, edges, color=COLOURS[j % len(COLOURS)], linestyle=LINESTYLES[j % len(LINESTYLES)],
+                  linewidth=1.5, label=f"{name} (n={total})")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel("share of samples (%)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.grid(color="#eee")
+    ax.set_title(title, loc="left")
+    return _to_svg(fig, title)
 
 
-def heatmap(title: str, grid: list[list[float]], scale: float | None = None, signed: bool = True, cell: int = 14) -> str:
-    """A grid of values as coloured cells: red positive, blue negative (grey scale when unsigned)."""
-    rows, cols = len(grid), len(grid[0]) if grid else 0
-    peak = scale or max((abs(v) for row in grid for v in row), default=1.0) or 1.0
-    parts = []
-    for i, row in enumerate(grid):
-        for j, value in enumerate(row):
-            parts.append(f'<rect x="{j * cell}" y="{i * cell}" width="{cell}" height="{cell}" fill="{_colour(value, peak, signed)}">'
-                         f'<title>({i}, {j}): {value:.3g}</title></rect>')
-    return _figure(title, _svg(cols * cell, rows * cell, title, parts), small=True)
+@_draw
+def heatmap_row(title: str, panels: list[tuple[str, list[list[float]], float, bool]]) -> str:
+    """Several small maps side by side (caption, grid, scale, signed), one colour bar for the
+    signed ones: red where the predicted class loses probability, blue where it gains."""
+    import numpy as np
 
-
-def _colour(value: float, peak: float, signed: bool) -> str:
-    t = max(-1.0, min(1.0, value / peak))
-    if not signed:
-        level = int(255 * max(t, 0.0))
-        return f"rgb({level},{level},{level})"
-    if t >= 0:
-        fade = int(255 * (1 - t))
-        return f"rgb(255,{fade},{fade})"
-    fade = int(255 * (1 + t))
-    return f"rgb({fade},{fade},255)"
-
-
-def _axes(left: float, top: float, width: float, height: float, x_label: str, y_label: str, lo: float, hi: float) -> list[str]:
-    return [
-        f'<line x1="{left}" y1="{top + height}" x2="{left + width}" y2="{top + height}" stroke="#888"/>',
-        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + height}" stroke="#888"/>',
-        f'<text x="{left + width / 2:.0f}" y="{top + height + 26}" font-size="10" text-anchor="middle">{html.escape(x_label)}</text>',
-        f'<text x="10" y="{top + height / 2:.0f}" font-size="10" text-anchor="middle" '
-        f'transform="rotate(-90 10 {top + height / 2:.0f})">{html.escape(y_label)}</text>',
-        f'<text x="{left - 4}" y="{top + height}" font-size="9" text-anchor="end">{lo:.2g}</text>',
-        f'<text x="{left - 4}" y="{top + 8}" font-size="9" text-anchor="end">{hi:.2g}</text>',
-    ]
-
-
-def _figure(title: str, svg: str, small: bool = False) -> str:
-    size = "font-size:10px" if small else "font-size:12px"
-    return f'<figure class="chart"><figcaption style="{size}">{html.escape(title)}</figcaption>{svg}</figure>'
+    fig, axes = _figure(1.25 * len(panels) + 0.8, 1.7, len(panels))
+    image = None
+    for ax, (caption, grid, scale, signed) in zip(axes, panels):
+        values = np.asarray(grid, dtype=float)
+        if signed:
+            image = ax.imshow(values, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        else:
+            ax.imshow(values, cmap="gray", vmin=0, vmax=scale)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(caption, fontsize=7, fontweight="normal")
+    if image is not None:
+        bar = fig.colorbar(image, ax=list(axes), shrink=0.8, pad=0.02)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label("Δ probability", fontsize=6)
+    fig.suptitle(title, fontsize=8, x=0.01, ha="left")
+    return _to_svg(fig, title)

@@ -1,0 +1,158 @@
+"""The review page of a repaired int8 model, made through the real CLI and opened in headless
+Chromium: every number a reviewer decides from is on the rendered page as text.
+
+CI (CI=true) must have Chromium (`.ci/run` installs Debian's `chromium`); a developer's machine
+without it skips the browser test and says why."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def _need_chromium() -> str:
+    if CHROMIUM is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("CI=true but headless Chromium is not installed (Debian package `chromium`); the review page must be tested")
+        pytest.skip("headless Chromium (Debian package `chromium`) is not installed on this machine")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="module")
+def int8_review(fixtures_dir, tmp_path_factory) -> Path:
+    """An int8 conversion calibrated on too-dark digits, repaired (the precision fallback beside a
+    PSO patch, --prefer exact), signed, then approved by a reviewer: as in fixtures/demo.sh."""
+    root = tmp_path_factory.mktemp("review")
+    int8 = root / "torch_cnn.int8-dim.onnx"
+    result = run_cli("convert", fixtures_dir / "torch_cnn.pt2", "--to", "onnx-int8", "--calibration",
+                     fixtures_dir / "digits_calib_dim_nchw.npz", "--out", int8)
+    assert result.code == 0, result.stderr
+    for name, role in (("service", "service"), ("reviewer", "reviewer")):
+        result = run_cli("keys", "init", "--name", name, "--dir", root / "keys", "--trust", root / "trust.json", "--role", role)
+        assert result.code == 0, result.stderr
+    result = run_cli("repair", fixtures_dir / "torch_cnn.pt2", int8, "--out", root / "job" / "patched.onnx",
+                     "--data", fixtures_dir / "digits_all_nchw.npz", "--accept-improvement", "--prefer", "exact",
+                     "--lenses", "all", "--sign-key", root / "keys" / "service.key", "--json", root / "repair.json")
+    assert result.code == 0, result.stderr
+    result = run_cli("approve", root / "job" / "patched.onnx.log.dsse.json", "--key", root / "keys" / "reviewer.key",
+                     "--comment", "first conv in fp32; fewer flips")
+    assert result.code == 0, result.stderr
+    result = run_cli("-q", "show", root / "job" / "patched.onnx.log.dsse.json", "--html", root / "review.html")
+    assert result.code == 0, result.stderr
+    return root
+
+
+class _Text(HTMLParser):
+    """The text a reader sees: everything outside <style>, <script> and closed <details>."""
+
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("style", "script", "title"):
+            self.skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("style", "script", "title"):
+            self.skip -= 1
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def visible_text(dom: str) -> str:
+    """The text before the collapsed full-JSON dump (a number only there would not count)."""
+    parser = _Text()
+    parser.feed(dom.split("<summary>full log (JSON)")[0])
+    return " ".join(" ".join(parser.parts).split())
+
+
+def expected_numbers(report: dict) -> list[str]:
+    """What the decision card must say, formatted as the page formats it, from the repair's own JSON."""
+    held, after, choice = report["check_before_held_out"], report["check_after"], report["choice"]
+    numbers = [f"{held['label_agreement']:.2%} → {after['label_agreement']:.2%}", f"{len(held['flips'])} → {len(after['flips'])}",
+               f"{held['disagreement_upper_bound']:.2%} → {after['disagreement_upper_bound']:.2%}",
+               report["source"]["sha256"], report["target"]["sha256"], report["output"]["sha256"], str(report["splits"]["held_out"])]
+    for option in choice["options"]:
+        numbers += [f"{option['held_out_label_agreement']:.2%}", f"{option['inference_ms']:.3g}"]
+    numbers += [f"{choice['target']['inference_ms']:.3g}", str(choice["target"]["held_out_flips"])]
+    return numbers
+
+
+def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review):
+    chromium = _need_chromium()
+    page, shot = int8_review / "review.html", int8_review / "review.png"
+    report = json.loads((int8_review / "repair.json").read_text())
+    # the fixture's property, first: a repair was written, chosen from two options
+    assert report["verdict"] in ("repaired", "improved") and len(report["choice"]["options"]) == 2
+    flags = [*FLAGS, f"--user-data-dir={int8_review / 'chromium-profile'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-800:]
+    text = visible_text(dom.stdout)
+    for number in expected_numbers(report):
+        assert number in text, f"{number!r} is not on the rendered page"
+    for words in ("torch_cnn", "torch_cnn.pt2", "torch_cnn.int8-dim.onnx", "patched.onnx", "pt2 → onnx", "onnx-int8",
+                  report["verdict"], "approved", "first conv in fp32; fewer flips", "chain", "intact", "precision_fallback", "pso_patch",
+                  "chosen", "18.4 KB", "Per-layer divergence", "diverged above 0.1", "Label agreement per round", "seed 0",
+                  "relative L2 error", "Reliability lenses", "ECE"):
+        assert words in text, f"{words!r} is not on the rendered page"
+    assert "\u2026" not in re.sub(r"<pre>.*?</pre>", "", dom.stdout, flags=re.S).split("Reliability lenses")[0]  # no cut names
+    assert dom.stdout.count("<svg") >= 10
+    result = subprocess.run([chromium, *flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-800:]
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        assert image.size == (1200, 3000)
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 200  # charts and text, not a blank sheet
+
+
+def test_review_page_is_one_self_contained_file(int8_review):
+    page = (int8_review / "review.html").read_text()
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)  # nothing fetched
+    assert "url(http" not in page and "@import" not in page
+    ids = re.findall(r'\bid="([^"]+)"', page)
+    assert len(ids) == len(set(ids)), "SVG ids collide between charts"
+    assert page.count("<svg") >= 10 and "<text" in page  # chart text stays text
+
+
+def test_page_escapes_what_a_log_carries(int8_review):
+    """A log's strings (file names, reasons) are data, never markup."""
+    from convrepair.ledger.dsse import read_envelope, statement_of
+    from convrepair.report.html import log_page
+
+    log = int8_review / "job" / "patched.onnx.log.dsse.json"
+    envelope, _ = read_envelope(log)
+    statement = statement_of(envelope, log)
+    statement["predicate"]["repair"]["attempts"][0]["reason"] = "<img src=x onerror=alert(1)>"
+    page = log_page(statement, envelope, log)
+    assert "<img src=x" not in page and html.escape("<img src=x onerror=alert(1)>") in page
+
+
+def test_review_index_lists_every_log_with_status_and_verdict(int8_review):
+    result = run_cli("-q", "review", "--registry", int8_review, "--status", "all", "--html", int8_review / "index.html")
+    assert result.code == 0, result.stderr
+    page = (int8_review / "index.html").read_text()
+    text = visible_text(page)
+    assert "1 log(s) (all)" in text and "approved" in text and "improved" in text and "patched.onnx.log.dsse.json" in text
+    assert "<script" not in page
