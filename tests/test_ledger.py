@@ -90,14 +90,14 @@ def test_the_full_review_cycle(cli, ledger):
     assert [row["status"] for row in json.loads(pending.stdout)] == ["pending"]
     missing = _verify(cli, root, log, "--require-approval")
     assert missing.code == 1 and "no valid approval" in missing.stdout
-    promoted = root / "approved" / "keras_cnn" / "1"
-    assert _approve(cli, root, log, "alice", "--promote", promoted).code == 0
+    promoted = root / "approved" / "repaired" / "1"  # a Triton version: REPO/MODEL/VERSION/model.onnx
+    assert _approve(cli, root, log, "alice", "--promote", root / "approved").code == 0
     assert _verify(cli, root, log, "--require-approval", "--chain").code == 0
     assert json.loads(cli("review", "--registry", root, "--status", "approved", "--json").stdout)[0]["status"] == "approved"
-    promoted_log = promoted / log.name
+    promoted_log = promoted / "convrepair" / log.name
     assert _verify(cli, root, promoted_log, "--require-approval").code == 0
     # one byte of the promoted model changes (in a scratch copy): verify fails closed
-    model = promoted / "repaired.onnx"
+    model = promoted / "model.onnx"
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0x01
     model.write_bytes(bytes(data))
@@ -126,7 +126,7 @@ def test_whitespace_change_in_the_log_fails_too(cli, ledger):
 def test_changed_approval_byte_fails(cli, ledger):
     root, log = ledger
     assert _approve(cli, root, log).code == 0
-    approval = next((log.parent / "decisions").glob("*.dsse.json"))
+    approval = next((root / "transparency" / "entries").glob("*.dsse.json"))
     raw = bytearray(approval.read_bytes())
     index = raw.index(b'"sig":"') + 12
     raw[index] = ord("A") if raw[index] != ord("A") else ord("B")
@@ -151,7 +151,7 @@ def test_approving_with_the_service_key_is_refused(cli, ledger):
     root, log = ledger
     result = _approve(cli, root, log, "service")
     assert result.code == 2 and "key that signed it" in result.stderr
-    assert not (log.parent / "decisions").exists() or not list((log.parent / "decisions").iterdir())
+    assert not (root / "transparency" / "entries").exists() or not list((root / "transparency" / "entries").iterdir())
 
 
 def test_approve_twice_and_approve_after_reject_are_refused(cli, ledger):
@@ -160,7 +160,7 @@ def test_approve_twice_and_approve_after_reject_are_refused(cli, ledger):
     again = _approve(cli, root, log, "alice")
     assert again.code == 2 and "already rejected" in again.stderr
     assert _verify(cli, root, log, "--require-approval").code == 1
-    assert len(list((log.parent / "decisions").iterdir())) == 1
+    assert len(list((root / "transparency" / "entries").iterdir())) == 1
 
 
 def test_unknown_key_fails(cli, ledger):
@@ -169,7 +169,7 @@ def test_unknown_key_fails(cli, ledger):
     trust["keys"] = [k for k in trust["keys"] if k["role"] != "service"]
     (root / "trust.json").write_text(json.dumps(trust))
     result = _verify(cli, root, log)
-    assert result.code == 1 and "unknown key" in result.stdout
+    assert result.code == 1 and "which the trust file does not list" in result.stdout
 
 
 def test_loose_private_key_permissions_are_refused(cli, ledger):
@@ -195,10 +195,10 @@ def test_decision_chain_detects_a_removed_record(cli, ledger, tmp_path):
     _resign_variant(root, log, second, "second-job")
     assert cli("reject", second, "--key", root / "keys" / "bob.key", "--reason", "duplicate").code == 0
     assert _verify(cli, root, second, "--chain").code == 0
-    first = sorted((log.parent / "decisions").iterdir())[0]
+    first = sorted((root / "transparency" / "entries").iterdir())[0]
     first.unlink()
     result = _verify(cli, root, second, "--chain")
-    assert result.code == 1 and "decision chain" in result.stdout
+    assert result.code == 1 and "decision chain" in result.stdout and "deleted" in result.stdout
 
 
 def test_show_renders_terminal_and_a_self_contained_html_page(cli, ledger, tmp_path):

@@ -14,6 +14,31 @@ keys_app = typer.Typer(help="Signing keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 LogArgument = Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")]
+TrustOption = Annotated[Optional[Path], typer.Option(
+    "--trust", help="Trust file (default: the nearest trust.json in the log's directory or one above it).")]
+
+
+def _trusted(trust: Path | None, start: Path) -> tuple[Path, dict]:
+    from convrepair.ledger.keys import find_trust, read_trust
+
+    path = trust if trust is not None else find_trust(start)
+    return path, read_trust(path)
+
+
+def _remote_decision(log_file: Path, key: Path, decision: str, text: str, trust: Path | None, promote, json_out) -> bool:
+    """A decision on a log a remote registry holds (MLflow); False when LOG is a local path."""
+    from convrepair.daemon.registry import registry_for_uri
+    from convrepair.ledger.keys import find_trust
+
+    remote = registry_for_uri(str(log_file))
+    if remote is None:
+        return False
+    out = remote.decide(str(log_file), key, decision, text, trust if trust is not None else find_trust(Path.cwd()), promote)
+    emit_json(json_out, out)
+    promoted = out.get("promoted")
+    say(f"{decision}: {log_file} (decision {out['index']} in the registry's transparency log)"
+        + (f"\npromoted: {promoted['model_uri']} = version {promoted['version']}, verified" if promoted else ""), json_out)
+    return True
 
 
 @keys_app.command("init")
@@ -24,15 +49,18 @@ def keys_init(
     role: Annotated[str, typer.Option(help="… with this role: service or reviewer.")] = "service",
     json_out: JsonOption = None,
 ) -> None:
-    """Create an Ed25519 key pair; never overwrites. The private key is never printed."""
+    """Create an Ed25519 key pair (logs, decisions) and a P-256 pair (OpenSSF model-signing of promoted
+    models); never overwrites. A name with only the Ed25519 pair gets its P-256 pair added."""
     from convrepair.ledger.keys import add_to_trust, init_keys, load_public_key
 
-    private, public, keyid = init_keys(name, directory)
+    pair = init_keys(name, directory)
     if trust is not None:
-        add_to_trust(trust, load_public_key(public), role, name)
-    emit_json(json_out, {"name": name, "keyid": keyid, "private": str(private), "public": str(public),
-                         "trust": str(trust) if trust else None, "role": role if trust else None})
-    say(f"key {name}: {keyid}\n  private: {private} (mode 600)\n  public:  {public}", json_out)
+        add_to_trust(trust, load_public_key(pair.public), role, name)
+    emit_json(json_out, {"name": name, "keyid": pair.keyid, "private": str(pair.private), "public": str(pair.public),
+                         "model_signing_private": str(pair.p256_private), "model_signing_public": str(pair.p256_public),
+                         "created": list(pair.created), "trust": str(trust) if trust else None, "role": role if trust else None})
+    say(f"key {name}: {pair.keyid}\n  private: {pair.private} (mode 600)\n  public:  {pair.public}\n"
+        f"  model-signing (P-256): {pair.p256_private} (mode 600), {pair.p256_public}", json_out)
 
 
 @app.command()
@@ -40,16 +68,35 @@ def approve(
     log_file: LogArgument,
     key: Annotated[Path, typer.Option(help="Reviewer's private key (not the key that signed the log).")],
     comment: Annotated[str, typer.Option(help="Why it is approved.")] = "",
-    promote: Annotated[Optional[Path], typer.Option(help="Copy the approved artifact, its log and the approval here.")] = None,
+    promote: Annotated[Optional[Path], typer.Option(
+        metavar="REPO", help="Promote into this Triton model repository: REPO/MODEL/VERSION/model.EXT, signed.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Promoted model name (default: the registry's, else the output's name).")] = None,
+    version: Annotated[Optional[str], typer.Option(help="Promoted version (default: the registry's, else 1).")] = None,
+    trust: TrustOption = None,
     json_out: JsonOption = None,
 ) -> None:
-    """Approve a repair log with a reviewer key (a second signed statement)."""
-    from convrepair.ledger.decisions import decide
+    """Approve a verified repair log with a reviewer key: a signed decision in the registry's transparency log.
+    LOG may be an MLflow URI (models:/NAME/VERSION, $MLFLOW_TRACKING_URI); then --promote @ALIAS."""
+    from convrepair.ledger.decide import decide
 
-    record = decide(log_file, key, "approved", comment, promote)
-    emit_json(json_out, {"decision": "approved", "log": str(log_file), "record": str(record.path),
-                         "promoted": str(promote) if promote else None})
-    say(f"approved: {record.path}" + (f"\npromoted to {promote}" if promote else ""), json_out)
+    if _remote_decision(log_file, key, "approved", comment, trust, promote, json_out):
+        return
+
+    _, trusted = _trusted(trust, log_file)
+    plans = []
+
+    def plan():
+        from convrepair.ledger.promote import plan as make_plan
+
+        plans.append(make_plan(log_file, promote, key, model, version))
+        return plans[-1]
+
+    record, _ = decide(log_file, key, "approved", comment, trusted, plan if promote is not None else None)
+    promoted = plans[0].destination if plans else None
+    emit_json(json_out, {"decision": "approved", "log": str(log_file), "record": str(record.path), "index": record.sequence,
+                         "promoted": str(promoted) if promoted else None})
+    say(f"approved: {log_file} (decision {record.sequence} in {record.path.parent.parent})"
+        + (f"\npromoted to {promoted}" if promoted else ""), json_out)
 
 
 @app.command()
@@ -57,14 +104,19 @@ def reject(
     log_file: LogArgument,
     key: Annotated[Path, typer.Option(help="Reviewer's private key.")],
     reason: Annotated[str, typer.Option(help="Why it is rejected.")],
+    trust: TrustOption = None,
     json_out: JsonOption = None,
 ) -> None:
-    """Reject a repair log with a reviewer key."""
-    from convrepair.ledger.decisions import decide
+    """Reject a verified repair log with a reviewer key (LOG may be an MLflow URI, models:/NAME/VERSION)."""
+    from convrepair.ledger.decide import decide
 
-    record = decide(log_file, key, "rejected", reason)
-    emit_json(json_out, {"decision": "rejected", "log": str(log_file), "record": str(record.path)})
-    say(f"rejected: {record.path}", json_out)
+    if _remote_decision(log_file, key, "rejected", reason, trust, None, json_out):
+        return
+
+    _, trusted = _trusted(trust, log_file)
+    record, _ = decide(log_file, key, "rejected", reason, trusted)
+    emit_json(json_out, {"decision": "rejected", "log": str(log_file), "record": str(record.path), "index": record.sequence})
+    say(f"rejected: {log_file} (decision {record.sequence} in {record.path.parent.parent})", json_out)
 
 
 @app.command()
@@ -73,13 +125,21 @@ def verify(
     trust: Annotated[Path, typer.Option(help="Trust file naming the allowed keys and their roles.")],
     require_approval: Annotated[bool, typer.Option("--require-approval", help="Fail unless a trusted reviewer approved this exact log.")] = False,
     chain: Annotated[bool, typer.Option("--chain", help="Also check the whole decision hash chain.")] = False,
+    checkpoint: Annotated[Optional[Path], typer.Option(
+        "--checkpoint", metavar="FILE", help="Pinned checkpoint: the log must extend it (consistency proof); "
+        "advanced to the current one when all holds, created on first use.")] = None,
     json_out: JsonOption = None,
 ) -> None:
     """Recompute every digest and check every signature; exit 0 only when all holds (fails closed)."""
+    from convrepair.daemon.registry import registry_for_uri
     from convrepair.ledger.keys import read_trust
     from convrepair.ledger.verify import verify as run_verify
 
-    result = run_verify(log_file, read_trust(trust), require_approval, chain)
+    remote = registry_for_uri(str(log_file))  # models:/NAME@approved: download what is served, verify that
+    if remote is not None:
+        result = remote.verify_log(str(log_file), trust, require_approval, chain)
+    else:
+        result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint)
     emit_json(json_out, result.to_json())
     if human(json_out):
         typer.echo(("verified: " if result.ok else "VERIFICATION FAILED: ") + f"{log_file}: {result.reason}")
@@ -89,31 +149,48 @@ def verify(
 @app.command()
 def review(
     registry: Annotated[Path, typer.Option(help="Directory to search for signed logs.")] = Path("."),
-    status: Annotated[str, typer.Option(help="pending | approved | rejected | all")] = "pending",
+    status: Annotated[str, typer.Option(help="pending | approved | rejected | invalid | all")] = "pending",
+    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML index of the logs.")] = None,
+    trust: TrustOption = None,
     json_out: JsonOption = None,
 ) -> None:
-    """List repair logs and their review status."""
+    """List repair logs and their review status, each verified first (a forged one is `invalid`)."""
     from convrepair.ledger.review import list_logs
     from convrepair.report.terminal import render_review
 
-    if status not in ("pending", "approved", "rejected", "all"):
-        raise typer.BadParameter("--status is pending, approved, rejected or all")
-    rows = [row for row in list_logs(registry) if status == "all" or row["status"] == status]
+    if status not in ("pending", "approved", "rejected", "invalid", "all"):
+        raise typer.BadParameter("--status is pending, approved, rejected, invalid or all")
+    _, trusted = _trusted(trust, registry)
+    rows = [row for row in list_logs(registry, trusted) if status == "all" or row["status"] == status]
     emit_json(json_out, rows)
     if human(json_out):
         render_review(rows, status)
+    if html is not None:
+        from convrepair.fsutil import atomic_output
+        from convrepair.report.html import review_page
+
+        with atomic_output(html) as tmp:
+            tmp.write_text(review_page(rows, status, registry))
+        say(f"wrote {html}", json_out)
 
 
 @app.command()
 def show(
     log_file: LogArgument,
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page.")] = None,
+    trust: TrustOption = None,
     json_out: JsonOption = None,
 ) -> None:
-    """What changed, where and why, with the numbers before and after."""
+    """What changed, where and why, with the numbers before and after (of a log that verifies)."""
+    from convrepair.ledger.decisions import Unverified
     from convrepair.ledger.dsse import read_envelope, statement_of
+    from convrepair.ledger.verify import verify as run_verify
     from convrepair.report.terminal import render_log
 
+    _, trusted = _trusted(trust, log_file)
+    checked = run_verify(log_file, trusted)
+    if not checked.ok:
+        raise Unverified(f"not shown, it does not verify: {checked.reason}", log_file)
     envelope, _ = read_envelope(log_file)
     statement = statement_of(envelope, log_file)
     emit_json(json_out, statement)
@@ -124,5 +201,5 @@ def show(
         from convrepair.report.html import log_page
 
         with atomic_output(html) as tmp:
-            tmp.write_text(log_page(statement, envelope))
+            tmp.write_text(log_page(statement, envelope, log_file))
         say(f"wrote {html}", json_out)

@@ -1,7 +1,10 @@
-"""DSSE envelopes: signatures over PAE("DSSEv1", type, body), several per envelope allowed.
+"""DSSE envelopes and in-toto statements, made and checked with maintained libraries:
+securesystemslib's `dsse.Envelope` (PAE, signing, base64 per the DSSE spec) and the in-toto
+attestation framework's `Statement`/`ResourceDescriptor` (its validation of subjects and types).
 
 An envelope file is written in one canonical form, so `verify` can insist that the bytes on disk
 are exactly what was signed and written (a changed byte anywhere fails, not only in the payload).
+Logs written before these libraries verify unchanged: the bytes on disk are the same format.
 """
 
 from __future__ import annotations
@@ -25,14 +28,39 @@ def canonical(obj: Any) -> bytes:
     return (json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
 
 
+def statement(subjects: list[dict[str, Any]], predicate_type: str, predicate: dict[str, Any]) -> dict[str, Any]:
+    """An in-toto Statement v1, validated by in_toto_attestation. The predicate is carried as our own
+    JSON: the library keeps it in a protobuf Struct, which would turn every integer into a float."""
+    from google.protobuf import json_format
+    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+    from in_toto_attestation.v1.statement import Statement
+
+    descriptors = [ResourceDescriptor(name=s["name"], digest=s["digest"]).pb for s in subjects]
+    built = Statement(descriptors, predicate_type, {"_": True} if predicate else {})
+    try:
+        built.validate()
+    except ValueError as exc:
+        raise BadInput(f"cannot make an in-toto statement: {exc}") from None
+    out = json_format.MessageToDict(built.pb)
+    out["predicate"] = predicate
+    return out
+
+
+def _sslib_key(keyid: str, public_key):
+    from securesystemslib.signer import SSlibKey
+
+    return SSlibKey.from_crypto(public_key, keyid=keyid)
+
+
 def sign(statement: dict[str, Any], private_key, keyid: str) -> dict[str, Any]:
-    body = canonical(statement)
-    signature = private_key.sign(pae(PAYLOAD_TYPE, body))
-    return {
-        "payloadType": PAYLOAD_TYPE,
-        "payload": base64.b64encode(body).decode(),
-        "signatures": [{"keyid": keyid, "sig": base64.b64encode(signature).decode()}],
-    }
+    """A DSSE envelope of the canonical statement, signed by `private_key` (Ed25519) as `keyid`."""
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import CryptoSigner
+
+    envelope = Envelope(payload=canonical(statement), payload_type=PAYLOAD_TYPE, signatures={})
+    envelope.sign(CryptoSigner(private_key, _sslib_key(keyid, private_key.public_key())))
+    out = envelope.to_dict()
+    return {"payloadType": out["payloadType"], "payload": out["payload"], "signatures": out["signatures"]}
 
 
 def read_envelope(path: Path) -> tuple[dict[str, Any], bytes]:
@@ -53,24 +81,37 @@ def statement_of(envelope: dict[str, Any], path: Path | None = None) -> dict[str
         raise BadInput(f"envelope payload is not base64 JSON: {exc}", path) from None
 
 
-def verify_signature(envelope: dict[str, Any], keys: dict) -> tuple[bool, str, str | None]:
-    """(ok, reason, keyid of the signature that verified) against the given keyid → PublicKey map."""
-    from cryptography.exceptions import InvalidSignature
+def verify_signature(envelope: dict[str, Any], keys: dict, trust_names: dict | None = None) -> tuple[bool, str, str | None]:
+    """(ok, reason, keyid of the signature that verified) against the given keyid → PublicKey map.
+
+    `trust_names` (every key of the trust file) lets a reason say that a key is listed with
+    another role rather than not listed at all.
+    """
+    import copy
+
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import FormatError, UnverifiedSignatureError
 
     try:
-        body = base64.b64decode(envelope["payload"], validate=True)
-    except (ValueError, TypeError):
-        return False, "payload is not valid base64", None
-    message = pae(envelope["payloadType"], body)
-    if not envelope["signatures"]:
+        parsed = Envelope.from_dict(copy.deepcopy(envelope))  # from_dict rewrites the signatures it is given
+    except (ValueError, TypeError, KeyError, AttributeError, FormatError):
+        return False, "envelope is malformed (payload or signature is not base64)", None
+    if not parsed.signatures:
         return False, "envelope carries no signature", None
-    for signature in envelope["signatures"]:
-        key = keys.get(signature.get("keyid"))
+    trust_names = trust_names or keys
+    first = None
+    for keyid, signature in parsed.signatures.items():
+        key = keys.get(keyid)
+        first = first or keyid
         if key is None:
-            return False, f"signed by unknown key {signature.get('keyid')}", signature.get("keyid")
+            continue
         try:
-            key.verifier().verify(base64.b64decode(signature["sig"]), message)
-        except (InvalidSignature, ValueError, TypeError):
-            return False, f"signature by {signature['keyid'][:16]}… does not verify", signature["keyid"]
-        return True, "signature verifies", signature["keyid"]
-    return False, "no signature verifies", None
+            _sslib_key(keyid, key.verifier()).verify_signature(signature, parsed.pae())
+        except (UnverifiedSignatureError, ValueError, TypeError):
+            return False, f"signature by key {keyid[:16]}… does not verify (the signed content was altered)", keyid
+        return True, "signature verifies", keyid
+    listed = trust_names.get(first)
+    if listed is not None:
+        wanted = sorted({k.role for k in keys.values()}) or ["(none)"]
+        return False, f"signed by key {first[:16]}… ({listed.name or 'unnamed'}), which the trust file lists as {listed.role}, not {' or '.join(wanted)}", first
+    return False, f"signed by key {first[:16]}… which the trust file does not list", first

@@ -76,12 +76,7 @@ def build_log(report: dict[str, Any], log_path: Path, started: str, finished: st
         "verdict": report.get("verdict"),
         "files": files,
     }
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": f["name"], "digest": {"sha256": f["sha256"]}} for f in files],
-        "predicateType": LOG_PREDICATE,
-        "predicate": predicate,
-    }
+    return dsse.statement([{"name": f["name"], "digest": {"sha256": f["sha256"]}} for f in files], LOG_PREDICATE, predicate)
 
 
 def validate_log(statement: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Find signed repair logs under a directory and tell their review status."""
+"""Find signed repair logs under a directory and tell their review status, each verified first:
+a log whose signature, files or decisions do not verify is listed as `invalid`, with the reason."""
 
 from __future__ import annotations
 
@@ -7,35 +8,42 @@ from typing import Any
 
 from convrepair.errors import BadInput
 from convrepair.ledger import dsse
-from convrepair.ledger.decisions import DECISIONS_DIR, decisions_for
 from convrepair.ledger.log import LOG_PREDICATE
+from convrepair.ledger.transparency import TLOG_DIR
+from convrepair.ledger.verify import verify
 
 
-def list_logs(root: Path) -> list[dict[str, Any]]:
+def list_logs(root: Path, trusted: dict) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(Path(root).rglob("*.dsse.json")):
-        if DECISIONS_DIR in path.parts:
+        if TLOG_DIR in path.relative_to(root).parts or path.name.startswith("."):
             continue
         try:
             envelope, _ = dsse.read_envelope(path)
             statement = dsse.statement_of(envelope, path)
-        except BadInput:
-            rows.append({"log": str(path), "status": "unreadable", "verdict": None})
+        except BadInput as exc:
+            rows.append({"log": str(path), "status": "invalid", "verdict": None, "reason": exc.one_line()})
             continue
         if statement.get("predicateType") != LOG_PREDICATE:
             continue
-        predicate = statement["predicate"]
-        decisions = decisions_for(path)
-        status = decisions[0].decision if decisions else "pending"
-        repair = predicate.get("repair", {})
+        predicate = statement.get("predicate") or {}
+        decided = None
+        try:
+            result = verify(path, trusted)
+            status, reason = (result.status, None) if result.ok else ("invalid", result.reason)
+            decided = result.decided_by[:16] if result.ok and result.decided_by else None
+        except BadInput as exc:
+            status, reason = "invalid", exc.one_line()
+        repair = predicate.get("repair") or {}
         target = repair.get("target") or repair.get("model") or {}
         rows.append({
             "log": str(path),
             "status": status,
             "verdict": predicate.get("verdict"),
             "target": target.get("path"),
-            "finished": predicate["job"]["finished"],
-            "signed_by": envelope["signatures"][0]["keyid"][:16],
-            "decided_by": decisions[0].reviewer[:16] if decisions else None,
+            "finished": (predicate.get("job") or {}).get("finished"),
+            "signed_by": (envelope.get("signatures") or [{}])[0].get("keyid", "")[:16],
+            "decided_by": decided,
+            "reason": reason,
         })
     return rows
