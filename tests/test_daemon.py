@@ -99,6 +99,8 @@ def test_once_runs_good_jobs_fails_bad_ones_and_never_repeats(fixtures_dir, tmp_
     error = jobs[("badconfig", "<config>")]["error"]
     assert "badconfig/convrepair.toml" in error and "coreml" in error and "repair.policy" in error and "lenses: unknown lens vibes" in error
     assert jobs[("corrupt", "torch")]["state"] == "failed" and "model.onnx" in jobs[("corrupt", "torch")]["error"]
+    assert jobs[("corrupt", "torch")]["attempts"] == 1  # a model that does not parse is not tried again
+    assert not list((corrupt / "1").glob("convrepair/.tmp*"))  # a failed job leaves no scratch
     results = registry / "digits" / "1" / "convrepair" / "onnx"
     log = results / "repair.log.dsse.json"
     assert log.exists() and not list((registry / "digits" / "1" / "convrepair").glob(".tmp-*"))
@@ -119,7 +121,7 @@ def test_kill_9_mid_job_then_restart_gives_exactly_one_log(fixtures_dir, tmp_pat
     registry = _registry(tmp_path, fixtures_dir)
     _drop_atomically(registry / "digits", "1", fixtures_dir)
     state = tmp_path / "state"
-    proc = _daemon(registry, state, "--no-http", "--sign-key", str(keys / "service.key"))
+    proc = _daemon(registry, state, "--no-http", "--sign-key", str(keys / "service.key"), "--lease-seconds", "3")
     try:
         _wait_for(proc, "started")
         time.sleep(1.5)  # the worker is converting now
@@ -162,9 +164,9 @@ def test_slow_copy_waits_for_the_quiet_period_and_sigterm_exits_cleanly(fixtures
         queued = [r for r in seen if r.get("event") == "queued"]
         assert queued and all(j["created"] >= last_write for j in _jobs(state)), "picked up before the copy finished"
         health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
-        assert health == {"status": "ok"}
+        assert health["status"] == "ok" and health["problems"] == [] and health["watcher"] == "inotify"
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "convrepair_jobs" in metrics and "convrepair_job_seconds" in metrics
+        assert "convrepair_jobs" in metrics and 'convrepair_build_info{version="' in metrics
         proc.send_signal(signal.SIGTERM)  # during the job: it finishes within the grace period
         assert proc.wait(timeout=120) == 0
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,9 +12,16 @@ from convrepair.cli.app import app
 from convrepair.cli.common import JsonOption, emit_json, human
 
 
+class ExecutorKind(str, Enum):
+    """Where the daemon runs its jobs (convrepair.daemon.executors)."""
+
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 def daemon(
-    registry: Annotated[Path, typer.Argument(metavar="REGISTRY", help="Registry location: for the directory registry, MODEL/VERSION/model.EXT (Triton layout).")],
+    registry: Annotated[str, typer.Argument(metavar="REGISTRY", help="Registry location: for the directory registry, MODEL/VERSION/model.EXT (Triton layout); for --registry-kind mlflow, the tracking URI.")],
     registry_kind: Annotated[str, typer.Option(help="Registry plugin (see `convrepair plugins`).")] = "directory",
     state_dir: Annotated[Path, typer.Option(help="Where the job queue lives (local disk: SQLite WAL).")] = Path(".convrepair-state"),
     once: Annotated[bool, typer.Option("--once", help="Process everything pending, then exit (cron, CI).")] = False,
@@ -26,25 +34,32 @@ def daemon(
     http_port: Annotated[int, typer.Option(help="Port of /healthz and /metrics.")] = 9464,
     http_host: Annotated[str, typer.Option(help="Address they listen on (0.0.0.0 inside a container).")] = "127.0.0.1",
     no_http: Annotated[bool, typer.Option("--no-http", help="No HTTP endpoint.")] = False,
-    log_format: Annotated[str, typer.Option(help="text | json")] = "text",
+    log_format: Annotated[str, typer.Option(help="Log lines as plain text (key=value) or JSON (one object a line): text | json.")] = "text",
+    lease_seconds: Annotated[float, typer.Option(help="Lease of a running job, renewed while it runs; a job whose lease ran out (its daemon died) is run again.")] = 30.0,
+    executor: Annotated[ExecutorKind, typer.Option(metavar="{local,ray}", case_sensitive=False,
+                                                   help="Where jobs run: worker processes on this machine, or tasks on a Ray cluster (pip install 'convrepair[ray]').")] = ExecutorKind.local,
+    ray_address: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Ray cluster to join (host:port of `ray start --head`; default: $RAY_ADDRESS, else a private local one).")] = None,
+    parse_grace_seconds: Annotated[Optional[float], typer.Option(help="How long an unchanged version that does not parse as a whole model is waited for before its job fails (default: 10 quiet periods).")] = None,
 ) -> None:
     """Watch REGISTRY and run convert → check → repair → sign for every new model version."""
-    import logging
     import signal
 
+    from convrepair.daemon import logs
     from convrepair.daemon.service import Daemon, DaemonConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s" if log_format == "json" else "%(asctime)s %(message)s")
-    if registry_kind == "directory" and not registry.is_dir():
+    logs.configure(log_format)
+    if registry_kind == "directory" and not Path(registry).is_dir():
         raise typer.BadParameter(f"{registry}: registry directory does not exist")
     if sign_key is not None:
         from convrepair.ledger.keys import load_private_key
 
         load_private_key(sign_key)
-    config = DaemonConfig(registry=registry.resolve(), state_dir=state_dir, once=once, workers=workers,
+    config = DaemonConfig(registry=Path(registry).resolve() if registry_kind == "directory" else registry, state_dir=state_dir, once=once, workers=workers,
                           quiet_seconds=quiet_seconds, job_timeout=job_timeout, memory_mb=memory_mb,
                           sign_key=sign_key.resolve() if sign_key else None, poll=poll, registry_kind=registry_kind,
-                          http_port=None if no_http else http_port, http_host=http_host)
+                          http_port=None if no_http else http_port, http_host=http_host,
+                          lease_seconds=lease_seconds, parse_grace_seconds=parse_grace_seconds,
+                          executor=executor.value, ray_address=ray_address)
     service = Daemon(config)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)

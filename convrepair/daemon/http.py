@@ -1,28 +1,73 @@
-"""/healthz and Prometheus /metrics on 127.0.0.1 (a thread of the daemon)."""
+"""/healthz and Prometheus /metrics on 127.0.0.1 (a thread of the daemon).
+
+`/healthz` is the readiness and liveness probe: 200 while the main loop ticks, the queue answers
+and the watcher runs; 503 with the reason otherwise. The daemon's thread reports its state into
+`Health`; this thread never touches the SQLite connection.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
+import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from convrepair.errors import BadInput
+
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600)
+
+
+@dataclass
+class Health:
+    """What the daemon's own thread last saw; read by the HTTP thread."""
+
+    stall_seconds: float = 120.0
+    watcher: str = "none"  # inotify | poll | none (--once)
+    observer: Any = None  # the watchdog observer thread, asked at each request
+    queue_error: str | None = None
+    last_tick: float = field(default_factory=time.monotonic)
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.observer is not None and not self.observer.is_alive():
+            out.append(f"the {self.watcher} watcher has stopped")
+        if self.queue_error:
+            out.append(f"the job queue fails: {self.queue_error}")
+        idle = time.monotonic() - self.last_tick
+        if idle > self.stall_seconds:
+            out.append(f"the main loop has not run for {idle:.0f} s")
+        return out
 
 
 class Metrics:
-    def __init__(self, queue):
+    def __init__(self, health: Health | None = None):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.queue = queue
-        self.registry = CollectorRegistry()
-        self.jobs = Gauge("convrepair_jobs", "Jobs by state", ["state"], registry=self.registry)
-        self.duration = Histogram("convrepair_job_seconds", "Job duration", registry=self.registry,
-                                  buckets=(1, 5, 15, 30, 60, 120, 300, 900))
-        self.agreement = Gauge("convrepair_label_agreement", "Label agreement of the last check", ["model", "target"], registry=self.registry)
-        self.repairs = Counter("convrepair_repairs_applied_total", "Repairs applied", ["model"], registry=self.registry)
-        self.lock = threading.Lock()
+        from convrepair import __version__
 
-    def observe(self, job, state, result) -> None:
+        self.health = health or Health()
+        self.registry = CollectorRegistry()
+        self.jobs = Gauge("convrepair_jobs", "Jobs in the queue by state", ["state"], registry=self.registry)
+        self.duration = Histogram("convrepair_job_duration_seconds", "Wall-clock time of one job attempt",
+                                  ["model", "target", "outcome"], registry=self.registry, buckets=DURATION_BUCKETS)
+        self.agreement = Gauge("convrepair_label_agreement_ratio", "Label agreement (0..1) of the last finished job's check",
+                               ["model", "target"], registry=self.registry)
+        self.failed = Counter("convrepair_jobs_failed_total", "Job attempts that failed",
+                              ["model", "target", "retry"], registry=self.registry)
+        self.repairs = Counter("convrepair_repairs_applied_total", "Repairs applied", ["model"], registry=self.registry)
+        Gauge("convrepair_build_info", "The running convrepair (always 1)", ["version"], registry=self.registry).labels(__version__).set(1)
+        self.lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def observe(self, job, outcome: str, result) -> None:
+        """One finished attempt; `outcome` is the job's state after it (done | queued | failed)."""
         with self.lock:
-            self.duration.observe(result.seconds)
+            self.duration.labels(job.model, job.target, outcome).observe(result.seconds)
+            if not result.ok:
+                self.failed.labels(job.model, job.target, "yes" if outcome == "queued" else "no").inc()
             payload = result.result or {}
             if payload.get("label_agreement") is not None:
                 self.agreement.labels(job.model, job.target).set(payload["label_agreement"])
@@ -33,9 +78,8 @@ class Metrics:
         from prometheus_client import generate_latest
 
         with self.lock:
-            counts = getattr(self, "_counts", {})
             for state in ("queued", "running", "done", "failed"):
-                self.jobs.labels(state).set(counts.get(state, 0))
+                self.jobs.labels(state).set(self._counts.get(state, 0))
             return generate_latest(self.registry)
 
     def update_counts(self, counts: dict) -> None:
@@ -45,16 +89,23 @@ class Metrics:
 
 
 def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Start the endpoint thread; a port in use is bad input (exit 2), not a crash."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            status = 200
             if self.path == "/healthz":
-                body, kind = json.dumps({"status": "ok"}).encode(), "application/json"
+                problems = metrics.health.problems()
+                status = 503 if problems else 200
+                body = json.dumps({"status": "unhealthy" if problems else "ok", "problems": problems,
+                                   "watcher": metrics.health.watcher}).encode()
+                kind = "application/json"
             elif self.path == "/metrics":
                 body, kind = metrics.render(), "text/plain; version=0.0.4"
             else:
                 self.send_error(404)
                 return
-            self.send_response(200)
+            self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -63,6 +114,11 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTP
         def log_message(self, *_args) -> None:
             pass
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise BadInput(f"port {port} on {host} is in use (another daemon?); pick another --http-port or use --no-http") from None
+        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    threading.Thread(target=server.serve_forever, daemon=True, name="convrepair-http").start()
     return server

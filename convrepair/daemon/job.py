@@ -1,8 +1,11 @@
 """One job, run in its own process: convert → check → repair → sign, into the registry.
 
-Everything is written to `<version>/convrepair/.tmp-<job>/` and renamed to
-`<version>/convrepair/<target>/` at the very end, so the registry never holds a half-written
-result and a job redone after a crash leaves exactly one signed log.
+Everything is written to a scratch folder of its own attempt,
+`<version>/convrepair/.tmp-job<id>-attempt<n>/`, which is removed when the attempt fails, and
+renamed to `<version>/convrepair/<target>/` when it succeeds: the registry never holds a
+half-written result, and every path the report and the signed log name is the final one (the
+log is signed in place after the rename; a crash between the two is completed by the next
+attempt, which finds the result without its log).
 
     python -m convrepair.daemon.job JOB.json     (the daemon starts this; exit 0 ok, 3 failed)
 """
@@ -10,18 +13,32 @@ result and a job redone after a crash leaves exactly one signed log.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_FAILED = 3
+REPORT = "repair.json"
+LOG = "repair.log.dsse.json"
+JOB = "job.json"
+
+
+def scratch_name(job_id: int, attempt: int | str) -> str:
+    """The scratch folder of one attempt of one job (a sibling of the final results folder);
+    attempt "*" makes the glob of every attempt's."""
+    return f".tmp-job{job_id}-attempt{attempt}"
 
 
 def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    if spec.get("remote"):  # a remote registry (MLflow): fetch the version, run this on the copy, publish
+        from convrepair.daemon.registry import run_remote_job
+
+        return run_remote_job(spec, run_job)
     from convrepair.convert import convert, load_calibration
     from convrepair.daemon.config import load_model_config
-    from convrepair.ledger.log import now, write_signed_log
+    from convrepair.ledger.log import now
     from convrepair.lenses import LensConfig
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
@@ -31,26 +48,74 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     version_dir = Path(spec["version_dir"])
     final = version_dir / "convrepair" / spec["target"]
     if final.exists():  # finished before a crash: never a second log
-        return {"status": "done", "results": str(final), "note": "already complete"}
+        return _completed(final, spec)
     config = load_model_config(version_dir.parent / "convrepair.toml", registry.targets())
-    tmp = version_dir / "convrepair" / f".tmp-{spec['job_id']}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    calibration = load_calibration(config.calibration) if config.calibration else None
-    converted = convert(registry, Path(spec["model_file"]), spec["target"], out_dir=tmp / "converted", calibration=calibration)
-    out = tmp / "repaired" / converted.output.path.name
-    strategy = "restore" if config.policy == "none" else config.policy
-    repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
-                                 atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
-                                 max_restores=0 if config.policy == "none" else 5, lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer)
-    report = run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
-    (tmp / "repair.json").write_text(json.dumps(report, indent=2))
-    if spec.get("sign_key"):
-        write_signed_log(report, tmp / "repair.log.dsse.json", Path(spec["sign_key"]), started)
-    # the relative paths inside the log point into tmp/; the rename moves them together
-    tmp.rename(final)
-    return {"status": "done", "results": str(final), "verdict": report["verdict"],
+    scratch = final.parent / scratch_name(spec["job_id"], spec.get("attempt", 1))
+    scratch.mkdir(parents=True)  # unique per attempt: an existing one is an error, never reused
+    try:
+        def contained(_send) -> dict[str, Any]:  # the models run in a contained worker writing only to scratch
+            calibration = load_calibration(config.calibration) if config.calibration else None
+            converted = convert(registry, Path(spec["model_file"]), spec["target"], out_dir=scratch / "converted", calibration=calibration)
+            out = scratch / "repaired" / converted.output.path.name
+            strategy = "restore" if config.policy == "none" else config.policy
+            repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
+                                         atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
+                                         max_restores=0 if config.policy == "none" else 5,
+                                         lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer)
+            return run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
+
+        from convrepair.contain.worker import run_contained
+
+        report, containment = run_contained(contained, reads=[spec["model_file"], config.data, config.calibration],
+                                            writes=[scratch])
+        report["containment"] = containment.to_json()
+        _relocate_files(scratch, final)
+        (scratch / REPORT).write_text(json.dumps(relocated(report, scratch, final), indent=2))
+        (scratch / JOB).write_text(json.dumps({"schema": "convrepair.daemon-job/v1", "job": spec["job_id"],
+                                               "attempt": spec.get("attempt", 1), "started": started}, indent=2))
+        os.rename(scratch, final)  # atomic; fails when a result appeared meanwhile (then ours is dropped below)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        if final.exists():
+            return _completed(final, spec)
+        raise
+    return _completed(final, spec)
+
+
+def _completed(final: Path, spec: dict[str, Any]) -> dict[str, Any]:
+    """The result in its final place, signed there (again only when its log is missing)."""
+    from convrepair.ledger.log import write_signed_log
+
+    report = json.loads((final / REPORT).read_text())
+    if spec.get("sign_key") and not (final / LOG).exists():
+        started = json.loads((final / JOB).read_text())["started"] if (final / JOB).exists() else report.get("started")
+        write_signed_log(report, final / LOG, Path(spec["sign_key"]), started)
+    return {"status": "done", "results": str(final), "verdict": report.get("verdict"),
             "label_agreement": (report.get("check_before") or {}).get("label_agreement")}
+
+
+def relocated(value: Any, scratch: Path, final: Path) -> Any:
+    """`value` with every path inside `scratch` rewritten to the same place inside `final`."""
+    old, new = str(scratch), str(final)
+    if isinstance(value, str):
+        return new + value[len(old):] if value == old or value.startswith(old + os.sep) else value
+    if isinstance(value, dict):
+        return {key: relocated(item, scratch, final) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relocated(item, scratch, final) for item in value]
+    return value
+
+
+def _relocate_files(scratch: Path, final: Path) -> None:
+    """The sidecars the stages wrote name their own paths: point them at `final` too."""
+    for path in scratch.rglob("*.convrepair.json"):
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        moved = relocated(content, scratch, final)
+        if moved != content:
+            path.write_text(json.dumps(moved, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,11 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path(argv[0]).read_text())
     try:
         result = run_job(spec)
-    except ConvrepairError as exc:
-        print(json.dumps({"status": "failed", "error": exc.one_line()}))
+    except ConvrepairError as exc:  # the model, data or config: the same again next time
+        print(json.dumps({"status": "failed", "error": exc.one_line(), "retry": getattr(exc, "transient", False)}))
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - the job fails, the daemon lives on
-        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}"}))
+    except OSError as exc:  # the machine (disk full, a file system hiccup): may go differently
+        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": True}))
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - the job fails, the daemon lives on; a bug repeats itself
+        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": False}))
         return EXIT_FAILED
     print(json.dumps(result))
     return 0

@@ -2,7 +2,9 @@
 
 A job is keyed by (model, version, target, sha256 of the inputs): the same content is never
 processed twice, and a changed file makes a new job. A claim is `BEGIN IMMEDIATE`; a running
-job's lease is renewed by its heartbeat, so a daemon restarted after a crash requeues orphans.
+job's lease is renewed by its heartbeat, so a daemon restarted after a crash requeues orphans —
+only once their lease has run out, never a job another process may still be running. A failed
+job goes back to the queue only when trying again can change the outcome (`retry`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ class Job:
     lease_until: float | None
     error: str | None
     result: str | None
+    executor: str | None = None  # added columns (PLACEMENT): which executor ran the job, and where
+    host: str | None = None
+    node: str | None = None  # Ray's node id (None for a local worker process)
+
+
+PLACEMENT = ("executor", "host", "node")
 
 
 class JobQueue:
@@ -48,13 +56,35 @@ class JobQueue:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
+        self._add_columns(PLACEMENT)
+
+    def _add_columns(self, names: tuple[str, ...]) -> None:
+        """Queues made before a column existed get it (appended, so `Job(*row)` still lines up)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for name in names:
+            if name not in have:
+                try:
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
+
+    def placed(self, job_id: int, executor: str, host: str | None = None, node: str | None = None) -> None:
+        """Which executor runs (ran) the job and where (None: not known yet, e.g. a Ray task not placed)."""
+        self.db.execute("UPDATE jobs SET executor = ?, host = ?, node = ? WHERE id = ?",
+                        (executor, host, node, job_id))
 
     def enqueue(self, model: str, version: str, target: str, input_sha256: str) -> int | None:
-        """The new job's id, or None when this exact content was queued before."""
+        """The new job's id, or None when this exact content was queued before.
+
+        Looked up first: an ignored INSERT would still use up an AUTOINCREMENT id on every scan."""
+        key = (model, version, target, input_sha256)
+        if self.db.execute("SELECT 1 FROM jobs WHERE model = ? AND version = ? AND target = ? AND input_sha256 = ?", key).fetchone():
+            return None
         now = time.time()
         cursor = self.db.execute(
             "INSERT OR IGNORE INTO jobs (model, version, target, input_sha256, created, updated) VALUES (?, ?, ?, ?, ?, ?)",
-            (model, version, target, input_sha256, now, now),
+            (*key, now, now),
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
@@ -83,27 +113,27 @@ class JobQueue:
     def heartbeat(self, job_id: int, lease_seconds: float) -> None:
         self.db.execute("UPDATE jobs SET lease_until = ? WHERE id = ? AND state = 'running'", (time.time() + lease_seconds, job_id))
 
-    def finish(self, job_id: int, ok: bool, error: str | None = None, result: str | None = None) -> str:
+    def finish(self, job_id: int, ok: bool, error: str | None = None, result: str | None = None, retry: bool = False) -> str:
+        """Record the outcome; a failure is queued again only when `retry` (it may go differently)."""
         job = self.get(job_id)
         if ok:
             state = "done"
         else:
-            state = "queued" if job.attempts < self.max_attempts else "failed"
+            state = "queued" if retry and job.attempts < self.max_attempts else "failed"
         self.db.execute("UPDATE jobs SET state = ?, updated = ?, lease_until = NULL, error = ?, result = ? WHERE id = ?",
                         (state, time.time(), error, result, job_id))
         return state
 
-    def requeue_orphans(self) -> int:
-        """Running jobs whose lease expired (their daemon died) go back to the queue."""
-        cursor = self.db.execute(
-            "UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running' AND (lease_until IS NULL OR lease_until < ?)",
-            (time.time(), time.time()),
-        )
-        return cursor.rowcount
-
-    def requeue_running(self) -> int:
-        """At start-up: every running job belonged to a previous process of this daemon."""
-        return self.db.execute("UPDATE jobs SET state = 'queued', updated = ? WHERE state = 'running'", (time.time(),)).rowcount
+    def requeue_orphans(self, keep: set[int] = frozenset()) -> list[int]:
+        """Running jobs whose lease ran out (their daemon or worker died) go back to the queue;
+        `keep` are the jobs this daemon runs itself."""
+        now = time.time()
+        rows = self.db.execute("SELECT id FROM jobs WHERE state = 'running' AND (lease_until IS NULL OR lease_until < ?)", (now,))
+        orphans = [job_id for (job_id,) in rows.fetchall() if job_id not in keep]
+        for job_id in orphans:
+            self.db.execute("UPDATE jobs SET state = 'queued', updated = ?, lease_until = NULL WHERE id = ? AND state = 'running'",
+                            (now, job_id))
+        return orphans
 
     def get(self, job_id: int) -> Job:
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +21,7 @@ class WorkerResult:
     result: dict[str, Any] | None
     error: str | None
     seconds: float
+    retry: bool = False  # a failure that may go differently next time (a timeout, a killed worker)
 
 
 def _prepare_child(megabytes: int):
@@ -65,7 +67,7 @@ def collect(proc: subprocess.Popen, spec_file: Path, started: float, timeout: fl
         os.killpg(proc.pid, 9)
         proc.wait()
         spec_file.unlink(missing_ok=True)
-        return WorkerResult(False, None, f"timed out after {timeout:.0f} s", time.monotonic() - started)
+        return WorkerResult(False, None, f"timed out after {timeout:.0f} s", time.monotonic() - started, retry=True)
     out, err = proc.communicate()
     spec_file.unlink(missing_ok=True)
     seconds = time.monotonic() - started
@@ -77,9 +79,11 @@ def collect(proc: subprocess.Popen, spec_file: Path, started: float, timeout: fl
     if proc.returncode == 0 and payload:
         return WorkerResult(True, payload, None, seconds)
     if payload and payload.get("error"):
-        return WorkerResult(False, payload, payload["error"], seconds)
+        return WorkerResult(False, payload, payload["error"], seconds, retry=bool(payload.get("retry")))
     tail = " ".join(err.strip().splitlines()[-1:])[:300] if err else ""
     reason = f"worker died (exit {proc.returncode})" + (f": {tail}" if tail else "")
     if proc.returncode and proc.returncode < 0:
         reason = f"worker killed by signal {-proc.returncode} (memory limit?)"
-    return WorkerResult(False, None, reason, seconds)
+    # killed from outside (SIGKILL: the OOM killer, a shutdown) may go differently; a crash of its own repeats
+    retry = proc.returncode in (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT)
+    return WorkerResult(False, None, reason, seconds, retry=retry)
