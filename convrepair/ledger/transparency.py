@@ -65,6 +65,7 @@ class LogState:
     entries: list[Entry] = field(default_factory=list)
     checkpoint: notes.Checkpoint | None = None
     signer: str | None = None
+    note: str | None = None  # the checkpoint's signed note as read
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -138,7 +139,8 @@ class TransparencyLog:
                 state.problems.append("decisions without a signed checkpoint (the checkpoint was deleted)")
             return state
         try:
-            state.checkpoint, state.signer = notes.verify(self.checkpoint_path.read_text(), trusted)
+            state.note = self.checkpoint_path.read_text()
+            state.checkpoint, state.signer = notes.verify(state.note, trusted)
         except (notes.NoteError, UnicodeDecodeError) as exc:
             state.problems.append(f"checkpoint: {exc}")
             return state

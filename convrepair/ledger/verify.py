@@ -161,4 +161,4 @@ def _check_pinned(result: Verification, pinned: Path, state, trusted: dict) -> N
             return
     if result.ok and current is not None:  # advance the pin only over a log that verified
         with atomic_output(pinned) as tmp:
-            tmp.write_bytes(state.directory.joinpath("checkpoint").read_bytes())
+            tmp.write_text(state.note)

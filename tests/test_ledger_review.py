@@ -1,0 +1,96 @@
+"""Verified reviews (issue 12, hole 2): approve, reject, show and review verify a log against the
+trust file before acting or listing it; a forged log is refused with one line and listed invalid."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from ledger_helpers import decide, forge_verdict, make_keys, make_log, verify
+
+
+@pytest.fixture
+def forged(tmp_path):
+    make_keys(tmp_path)
+    log = make_log(tmp_path)
+    forge_verdict(log)
+    return tmp_path, log
+
+
+def _one_line(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_a_forged_log_is_never_approved_promoted_shown_or_listed_as_fine(forged):
+    root, log = forged
+    for args in (("approve",), ("approve", "--promote", root / "approved"), ("reject",)):
+        result = decide(root, log, *args[:1], "alice", *args[1:])
+        assert result.code == 1, (args, result.stderr)
+        line = _one_line(result)
+        assert "refusing to" in line and "does not verify (the signed content was altered)" in line
+    assert not (root / "transparency").exists() and not (root / "approved").exists()
+    shown = run_cli("show", log)
+    assert shown.code == 1 and "does not verify" in _one_line(shown) and shown.stdout == ""
+    rows = json.loads(run_cli("review", "--registry", root, "--status", "all", "--json", "-").stdout)
+    assert [row["status"] for row in rows] == ["invalid"] and "does not verify" in rows[0]["reason"]
+    invalid = run_cli("review", "--registry", root, "--status", "invalid", "--json", "-")
+    assert invalid.code == 0 and len(json.loads(invalid.stdout)) == 1
+
+
+def _resign(root, log, name):
+    """The log's statement signed again by another key."""
+    from convrepair.ledger import dsse
+    from convrepair.ledger.keys import keyid_of, load_private_key
+    from convrepair.ledger.log import write_canonical
+
+    key = load_private_key(root / "keys" / f"{name}.key")
+    write_canonical(log, dsse.sign(dsse.statement_of(dsse.read_envelope(log)[0]), key, keyid_of(key.public_key())))
+    return keyid_of(key.public_key())
+
+
+def test_a_log_signed_by_an_unlisted_key_says_so(tmp_path):
+    from convrepair.ledger.keys import init_keys
+
+    make_keys(tmp_path)
+    init_keys("mallory", tmp_path / "keys")  # a key of its own, in no trust file
+    log = make_log(tmp_path)
+    mallory = _resign(tmp_path, log, "mallory")
+    result = decide(tmp_path, log, "approve")
+    assert result.code == 1
+    assert f"signed by key {mallory[:16]}… which the trust file does not list" in _one_line(result)
+
+
+def test_a_log_signed_by_a_reviewer_key_names_the_role(tmp_path):
+    make_keys(tmp_path)
+    log = make_log(tmp_path)
+    _resign(tmp_path, log, "bob")
+    result = verify(tmp_path, log)
+    assert result.code == 1 and "(bob), which the trust file lists as reviewer, not service" in result.stdout
+
+
+def test_trust_defaults_to_the_registry_s_and_can_be_given(tmp_path):
+    make_keys(tmp_path)
+    log = make_log(tmp_path)
+    moved = tmp_path / "elsewhere" / "trust.json"
+    moved.parent.mkdir()
+    (tmp_path / "trust.json").rename(moved)
+    missing = decide(tmp_path, log, "approve")
+    assert missing.code == 2 and "no trust.json" in _one_line(missing) and "--trust" in missing.stderr
+    assert decide(tmp_path, log, "approve", "alice", "--trust", moved).code == 0
+    listed = run_cli("review", "--registry", tmp_path, "--status", "approved", "--trust", moved, "--json", "-")
+    assert listed.code == 0 and [row["status"] for row in json.loads(listed.stdout)] == ["approved"]
+    assert run_cli("show", log, "--trust", moved, "--json", "-").code == 0
+
+
+def test_a_key_the_trust_file_does_not_list_as_reviewer_cannot_decide(tmp_path):
+    from convrepair.ledger.keys import init_keys
+
+    make_keys(tmp_path)
+    init_keys("eve", tmp_path / "keys")
+    log = make_log(tmp_path)
+    result = decide(tmp_path, log, "approve", "eve")
+    assert result.code == 2 and "is not a reviewer (the trust file does not list it)" in _one_line(result)
