@@ -287,11 +287,14 @@ def render_review(rows: list[dict[str, Any]], status: str) -> None:
     table = Table(title=f"repair logs ({status})", title_justify="left")
     for column in ("status", "verdict", "target", "finished", "signed by", "log"):
         table.add_column(column)
-    styles = {"pending": "yellow", "approved": "green", "rejected": "red"}
+    styles = {"pending": "yellow", "approved": "green", "rejected": "red", "invalid": "bold red"}
     for row in rows:
         table.add_row(f"[{styles.get(row['status'], 'dim')}]{row['status']}[/]", str(row.get("verdict")),
                       short(str(row.get("target"))), str(row.get("finished", "")), str(row.get("signed_by", "")), row["log"])
     console.print(table)
+    for row in rows:  # a log that does not verify: say why, one line each
+        if row.get("reason"):
+            console.print(f"[bold red]invalid[/] {escape(row['log'])}: {escape(row['reason'])}")
     if not rows:
         console.print("no logs")
 
