@@ -94,3 +94,19 @@ def test_a_key_the_trust_file_does_not_list_as_reviewer_cannot_decide(tmp_path):
     log = make_log(tmp_path)
     result = decide(tmp_path, log, "approve", "eve")
     assert result.code == 2 and "is not a reviewer (the trust file does not list it)" in _one_line(result)
+
+
+def test_keys_init_adds_the_p256_half_to_an_old_key_and_never_overwrites(tmp_path):
+    from convrepair.errors import BadInput
+    from convrepair.ledger.keys import init_keys, load_public_key
+
+    first = init_keys("carol", tmp_path)
+    assert first.created == ("ed25519", "p256") and oct(first.p256_private.stat().st_mode & 0o777) == "0o600"
+    ed25519 = first.private.read_bytes()
+    first.p256_private.unlink()
+    first.p256_public.unlink()  # a key made before model-signing: it gets only the missing half
+    again = init_keys("carol", tmp_path)
+    assert again.created == ("p256",) and again.keyid == first.keyid and first.private.read_bytes() == ed25519
+    assert load_public_key(first.public).p256_pem == first.p256_public.read_text()
+    with pytest.raises(BadInput, match="refusing to overwrite"):
+        init_keys("carol", tmp_path)

@@ -45,8 +45,13 @@ def decision_of(entry: Entry) -> Decision:
     """The decision an entry records (its signature is checked by verify, not here)."""
     envelope, raw = dsse.read_envelope(entry.path)
     statement = dsse.statement_of(envelope, entry.path)
-    predicate = statement.get("predicate") or {}
-    subject = (statement.get("subject") or [{}])[0]
+    try:
+        return _decision(entry, envelope, raw, statement.get("predicate") or {}, (statement.get("subject") or [{}])[0])
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
+        raise BadInput("is not a decision statement", entry.path) from None
+
+
+def _decision(entry: Entry, envelope: dict[str, Any], raw: bytes, predicate: dict, subject: dict) -> Decision:
     return Decision(entry.path, int(predicate.get("sequence", -1)), str(predicate.get("decision", "?")),
                     str(subject.get("name", "")), str((subject.get("digest") or {}).get("sha256", "")),
                     str(predicate.get("reviewer", "")), str(predicate.get("previous", "")),

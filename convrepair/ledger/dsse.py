@@ -69,6 +69,7 @@ def read_envelope(path: Path) -> tuple[dict[str, Any], bytes]:
         raw = Path(path).read_bytes()
         envelope = json.loads(raw)
         assert isinstance(envelope, dict) and {"payloadType", "payload", "signatures"} <= set(envelope)
+        assert isinstance(envelope["signatures"], list) and all(isinstance(s, dict) for s in envelope["signatures"])
     except (OSError, ValueError, AssertionError) as exc:
         raise BadInput(f"is not a DSSE envelope (corrupted JSON?): {exc or 'missing fields'}", path) from None
     return envelope, raw
@@ -76,9 +77,12 @@ def read_envelope(path: Path) -> tuple[dict[str, Any], bytes]:
 
 def statement_of(envelope: dict[str, Any], path: Path | None = None) -> dict[str, Any]:
     try:
-        return json.loads(base64.b64decode(envelope["payload"], validate=True))
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
     except (ValueError, TypeError) as exc:
         raise BadInput(f"envelope payload is not base64 JSON: {exc}", path) from None
+    if not isinstance(statement, dict) or not isinstance(statement.get("predicate", {}), dict):
+        raise BadInput("envelope payload is not an in-toto statement (a JSON object with a predicate object)", path)
+    return statement
 
 
 def verify_signature(envelope: dict[str, Any], keys: dict, trust_names: dict | None = None) -> tuple[bool, str, str | None]:

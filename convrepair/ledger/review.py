@@ -34,16 +34,20 @@ def list_logs(root: Path, trusted: dict) -> list[dict[str, Any]]:
             decided = result.decided_by[:16] if result.ok and result.decided_by else None
         except BadInput as exc:
             status, reason = "invalid", exc.one_line()
-        repair = predicate.get("repair") or {}
-        target = repair.get("target") or repair.get("model") or {}
+        repair = _mapping(predicate.get("repair"))  # a forged log is listed too: nothing in it is trusted
+        target = _mapping(repair.get("target") or repair.get("model"))
         rows.append({
             "log": str(path),
             "status": status,
             "verdict": predicate.get("verdict"),
             "target": target.get("path"),
-            "finished": (predicate.get("job") or {}).get("finished"),
-            "signed_by": (envelope.get("signatures") or [{}])[0].get("keyid", "")[:16],
+            "finished": _mapping(predicate.get("job")).get("finished"),
+            "signed_by": str(envelope["signatures"][0].get("keyid", ""))[:16] if envelope["signatures"] else "",
             "decided_by": decided,
             "reason": reason,
         })
     return rows
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
