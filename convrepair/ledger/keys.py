@@ -175,15 +175,16 @@ def read_trust(path: Path) -> dict[str, PublicKey]:
 
 def find_trust(start: Path) -> Path:
     """The registry's trust file for START (a log or a directory): the nearest `trust.json` in its
-    directory or a directory above it. A trust file others may write is refused."""
+    directory or a directory above it. A trust file anyone may write, or another user owns, is
+    refused (a shared /tmp must not lend its trust.json to every log below it)."""
     start = Path(start).resolve()
     here = start if start.is_dir() else start.parent
     for directory in (here, *here.parents):
         candidate = directory / TRUST_FILE
         if candidate.is_file():
             info = candidate.stat()
-            if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid not in (os.getuid(), 0):
-                raise BadInput("trust file is writable by others or owned by another user; refusing it (pass --trust)", candidate)
+            if info.st_mode & stat.S_IWOTH or info.st_uid not in (os.getuid(), 0):
+                raise BadInput("trust file is writable by anyone or owned by another user; refusing it (pass --trust)", candidate)
             return candidate
     raise BadInput(f"no {TRUST_FILE} in its directory or any directory above it; pass --trust", start)
 
