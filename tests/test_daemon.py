@@ -175,24 +175,6 @@ def test_slow_copy_waits_for_the_quiet_period_and_sigterm_exits_cleanly(fixtures
     assert [j["state"] for j in _jobs(state)] == ["done"]
 
 
-def test_deploy_files_are_consistent():
-    root = Path(__file__).resolve().parent.parent / "deploy"
-    unit = (root / "convrepair.service").read_text()
-    for option in ("Type=notify", "Restart=on-failure", "User=convrepair", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                   "StateDirectory=convrepair"):
-        assert option in unit
-    if shutil.which("systemd-analyze"):
-        check = subprocess.run(["systemd-analyze", "verify", str(root / "convrepair.service")], capture_output=True, text=True)
-        problems = [line for line in check.stderr.splitlines() if line.strip() and "is not executable" not in line
-                    and "No such file" not in line and "convrepair" in line]
-        assert not problems, problems
-    dockerfile = (root / "Dockerfile").read_text()
-    assert "USER convrepair" in dockerfile and 'CMD ["convrepair", "daemon"' in dockerfile and "tini" in dockerfile
-    manifest = (root / "kubernetes.yaml").read_text()
-    for kind in ("kind: Deployment", "kind: PersistentVolumeClaim", "containerPort: 9464", "runAsNonRoot: true"):
-        assert kind in manifest
-
-
 def test_twenty_versions_at_once_are_all_processed_once_with_bounded_memory(tmp_path, keys):
     import synthetic
 
