@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from convrepair.errors import BadInput
+from convrepair.errors import BadInput, exception_text
 from convrepair.model import TensorSpec
 
 _PERMUTATIONS = {("NHWC", "NCHW"): (0, 3, 1, 2), ("NCHW", "NHWC"): (0, 2, 3, 1)}
@@ -32,35 +33,97 @@ class Dataset:
 
 
 def load_npz(path: Path, specs: list[TensorSpec]) -> Dataset:
-    """Read `x` (or one key per input name) and optional `y`; check they fit the model's inputs."""
+    """Read `x` (or one key per input name) and optional `y`; check they fit the model's inputs.
+
+    Refused (BadInput, one line): arrays that are not plain numbers (objects, strings, dates,
+    complex), NaN or Inf anywhere, fractional values for an integer input, labels that are neither
+    one integer class per sample nor clearly one-hot rows (those become their argmax).
+    """
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
         keys = set(archive.files)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BadInput(f"is not a readable .npz data file: {exc}", path) from None
-    if len(specs) == 1 and "x" in keys:
-        arrays = [archive["x"]]
-    else:
-        missing = [s.name for s in specs if s.name not in keys]
-        if missing:
-            want = "'x'" if len(specs) == 1 else f"one key per input {[s.name for s in specs]}"
-            raise BadInput(f"data has keys {sorted(keys)}; expected {want}", path)
-        arrays = [archive[s.name] for s in specs]
-    labels = archive["y"] if "y" in keys else None
+        if len(specs) == 1 and "x" in keys:
+            names = ["x"]
+        else:
+            missing = [s.name for s in specs if s.name not in keys]
+            if missing:
+                want = "'x'" if len(specs) == 1 else f"one key per input {[s.name for s in specs]}"
+                raise BadInput(f"data has keys {sorted(keys)}; expected {want}", path)
+            names = [s.name for s in specs]
+        arrays = [archive[name] for name in names]
+        labels = archive["y"] if "y" in keys else None
+    except BadInput:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, NotImplementedError,
+            RuntimeError, zlib.error) as exc:
+        raise BadInput(f"is not a readable .npz data file: {exception_text(exc)}", path) from None
+    for name, array in zip(names, arrays):
+        _require_numbers(array, f"'{name}'", path)
     count = arrays[0].shape[0] if arrays[0].ndim else 0
-    if count == 0 or any(a.shape[0] != count for a in arrays):
+    if count == 0 or any(a.ndim == 0 or a.shape[0] != count for a in arrays):
         raise BadInput("data arrays are empty or differ in their number of samples", path)
-    if labels is not None and labels.shape[0] != count:
-        raise BadInput(f"'y' has {labels.shape[0]} labels for {count} samples", path)
-    for spec, array in zip(specs, arrays):
+    if labels is not None:
+        labels = _class_labels(labels, count, path)
+    for spec, array, name in zip(specs, arrays, names):
         if spec.shape and (array.ndim != len(spec.shape) or any(
             want is not None and want != got for want, got in zip(spec.shape[1:], array.shape[1:])
         )):
             raise BadInput(
                 f"input '{spec.name}' of the model expects {_text(spec.shape)}, data has {tuple(array.shape)}", path
             )
+        _require_castable(array, spec, name, path)
     return Dataset([a.astype(spec.dtype or a.dtype, copy=False) for a, spec in zip(arrays, specs)], labels, [s.layout for s in specs], str(path))
+
+
+def _require_numbers(array: np.ndarray, what: str, path: Path) -> None:
+    """Plain finite numbers only: a NaN or Inf input makes every comparison meaningless."""
+    if array.dtype.kind not in "biuf":
+        raise BadInput(f"data {what} holds {array.dtype} values, not numbers (expected float or integer arrays)", path)
+    if array.dtype.kind == "f":
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise BadInput(f"data {what} holds {bad} NaN or Inf value(s) of {array.size}", path)
+
+
+def _require_castable(array: np.ndarray, spec: TensorSpec, name: str, path: Path) -> None:
+    """Data that the model's input type holds without changing its meaning."""
+    if not spec.dtype:
+        return
+    try:
+        want = np.dtype(spec.dtype)
+    except TypeError:
+        return  # a framework type numpy does not name: the runner converts
+    if want.kind in "iub" and array.dtype.kind == "f" and array.size and not np.all(np.equal(np.mod(array, 1), 0)):
+        raise BadInput(f"data '{name}' holds fractional values; input '{spec.name}' of the model takes {want} "
+                       "(give integer data)", path)
+    if want.kind in "iu" and array.size:
+        info = np.iinfo(want)
+        if array.min() < info.min or array.max() > info.max:
+            raise BadInput(f"data '{name}' holds values outside the {want} range of input '{spec.name}'", path)
+
+
+def _class_labels(labels: np.ndarray, count: int, path: Path) -> np.ndarray:
+    """One integer class per sample; clearly one-hot rows (0/1, exactly one 1) become their argmax."""
+    _require_numbers(labels, "'y'", path)
+    if labels.ndim == 0 or labels.shape[0] != count:
+        have = labels.shape[0] if labels.ndim else 0
+        raise BadInput(f"'y' has {have} labels for {count} samples", path)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim == 2:
+        one_hot = labels.shape[1] > 1 and np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()
+        if not one_hot:
+            raise BadInput(f"'y' has shape {tuple(labels.shape)} but its rows are not one-hot (a single 1 among 0s); "
+                           "give one integer class per sample", path)
+        return labels.argmax(axis=1)
+    if labels.ndim != 1:
+        raise BadInput(f"'y' has shape {tuple(labels.shape)}; expected one integer class per sample", path)
+    if labels.dtype.kind == "f" and not np.all(np.equal(np.mod(labels, 1), 0)):
+        raise BadInput("'y' holds fractional values; expected integer class labels", path)
+    if labels.size and labels.min() < 0:
+        raise BadInput("'y' holds negative class labels", path)
+    return labels.astype(np.int64, copy=False)
 
 
 def random_inputs(specs: list[TensorSpec], count: int, seed: int, input_range: tuple[float, float] = (0.0, 1.0)) -> Dataset:

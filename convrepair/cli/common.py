@@ -64,6 +64,9 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
+TrustCodeOption = Annotated[bool, typer.Option(
+    "--trust-model-code", help="Run TorchScript/SavedModel code even where no containment can be established.")]
+
 # the lens options `check` and `repair` share
 LensesOption = Annotated[Optional[str], typer.Option(
     "--lenses", help="Reliability lenses: calibration,uncertainty,robustness,occlusion, or all (default: none).")]

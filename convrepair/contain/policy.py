@@ -24,21 +24,23 @@ _SYSTEM_READ = (
     "/usr/lib", "/usr/lib64", "/usr/local/lib", "/lib", "/lib64", "/usr/share/zoneinfo",
     "/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime",
     "/proc/cpuinfo", "/proc/meminfo", "/proc/stat", "/proc/sys/vm/overcommit_memory",
-    "/sys/devices/system/cpu", "/sys/devices/system/node", "/sys/fs/cgroup",
+    "/sys/devices", "/sys/bus/pci", "/sys/fs/cgroup",
     "/dev/urandom", "/dev/random",
 )
 _DEVICES = ("/dev/null", "/dev/zero")
 # an NVIDIA GPU: the device nodes (with ioctl) and what the driver reads about the bus
 _GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
-_GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/sys/module/nvidia", "/dev/nvidia-caps")
+_GPU_READ = ("/proc/driver/nvidia", "/sys/module/nvidia", "/dev/nvidia-caps")
 
 
 def python_installation() -> list[Path]:
     """Where the interpreter, the standard library and every importable package live."""
     places = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *site.getsitepackages()}
     places |= {value for key, value in sysconfig.get_paths().items() if key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    # sys.path[0] is the script's folder or the working directory, not the installation
+    entries = sys.path if sys.flags.safe_path else sys.path[1:]
     cwd = os.getcwd()
-    places |= {entry for entry in sys.path if entry and entry != cwd and os.path.isdir(entry)}
+    places |= {entry for entry in entries if entry and entry != cwd and os.path.isdir(entry)}
     for module in _plugin_packages():  # editable installs resolve outside site-packages
         try:
             spec = importlib.util.find_spec(module)

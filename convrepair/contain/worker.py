@@ -48,7 +48,7 @@ def run_contained(task: Callable[..., Any], *args: Any, reads: list[Path], write
         return task(on_message or (lambda _message: None), *args), containment
     scratch = Path(tempfile.mkdtemp(prefix="convrepair-job-"))
     try:
-        return _fork(task, args, [Path(p) for p in reads], [*map(Path, writes), scratch], scratch, on_message,
+        return _fork(task, args, [Path(p) for p in reads if p is not None], [*map(Path, writes), scratch], scratch, on_message,
                      containment, trust_code)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -148,8 +148,7 @@ def _child(task, args, reads, writes, scratch, message_w, output_w, containment,
         os.dup2(message_w, 3)
         os.closerange(4, _max_fd())  # nothing the parent had open stays reachable
         _die_with_parent()
-        os.environ["TMPDIR"] = str(scratch)
-        os.environ.setdefault("KERAS_HOME", str(scratch / ".keras"))
+        os.environ.update(TMPDIR=str(scratch), HOME=str(scratch))  # caches and configs land in scratch
         tempfile.tempdir = str(scratch)
         from convrepair.contain import landlock, policy, seccomp
 
@@ -169,11 +168,13 @@ def _child(task, args, reads, writes, scratch, message_w, output_w, containment,
             reply = {"error": {"kind": type(exc).__name__ if type(exc).__name__ in _ERRORS else "BadInput",
                                "message": exc.message, "path": str(exc.path) if exc.path else None}}
         except Exception as exc:  # noqa: BLE001 - reported to the parent, never raised across the fork
-            text = f"{type(exc).__name__}: {exception_text(exc, 400)}"
-            if any(word in text for word in _DENIED):
-                reply = {"error": {"kind": "UnsafeModel", "message": f"the sandbox stopped what the model did: {text}"}}
+            full = str(exc)
+            if any(word in full for word in _DENIED):  # the frameworks' own "errno 13" texts included
+                last = [line for line in full.splitlines() if any(word in line for word in _DENIED)][-1]
+                reply = {"error": {"kind": "UnsafeModel", "message": "the sandbox stopped what the model did: "
+                                   f"{type(exc).__name__}: {' '.join(last.split())[:300]}"}}
             else:
-                reply = {"error": {"kind": "bug", "message": text}}
+                reply = {"error": {"kind": "bug", "message": f"{type(exc).__name__}: {exception_text(exc, 400)}"}}
         channel.write(json.dumps(reply, default=_json_default).encode() + b"\n")
         channel.close()
     except BaseException as exc:  # noqa: BLE001 - the child must never return into the parent's code

@@ -1,0 +1,142 @@
+"""The contained worker stops what a model does on its own — without the scanners' help: hostile
+TorchScript and SavedModel code loaded and run directly in the worker cannot write a file, read
+one outside the job, or connect to a socket; and the CLI says which containment was in force."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from convrepair.contain import probe
+
+pytestmark = pytest.mark.skipif(not probe().in_force, reason=f"no containment on this machine: {probe().reason}")
+
+# Runs in its own interpreter (which imports no framework before forking its workers). Each task
+# bypasses convrepair's loaders — and so the scanners — and runs the model's code directly.
+DRIVER = """
+import json, socket, sys
+from pathlib import Path
+from convrepair.contain.worker import run_contained
+
+root = Path(sys.argv[1])  # the hostile models
+port = int(sys.argv[2])
+job = Path(sys.argv[3])  # the job's model (readable) and a secret beside it (not)
+
+def torchscript(_send):
+    import torch
+    module = torch.jit.load(str(root / "writer.pt"))
+    return module(torch.zeros(1)).tolist()
+
+def savedmodel(_send):
+    import tensorflow as tf
+    loaded = tf.saved_model.load(str(root / "writer.savedmodel"))
+    return loaded.signatures["serving_default"](x=tf.zeros([1, 1, 8, 8]))["y"].numpy().tolist()
+
+def connect(_send):
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        return "connected"
+
+def read_outside(_send):
+    return (job / "secret.txt").read_text()
+
+def scratch_and_model(_send):
+    import tempfile
+    with tempfile.NamedTemporaryFile(mode="w") as handle:  # its own scratch is writable
+        handle.write("ok")
+    return (job / "model" / "weights.bin").read_text()  # what it was given is readable
+
+outcomes = {}
+for task in (torchscript, savedmodel, connect, read_outside, scratch_and_model):
+    try:
+        result, containment = run_contained(task, reads=[job / "model" / "weights.bin", root / "writer.pt", root / "writer.savedmodel"])
+        outcomes[task.__name__] = {"ok": result, "in_force": containment.in_force}
+    except Exception as exc:
+        outcomes[task.__name__] = {"error": type(exc).__name__, "message": str(exc)}
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.fixture
+def hostile(tmp_path, tmp_path_factory) -> dict[str, Path]:
+    from test_scan import hostile_models
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.bin").write_text("weights")
+    (tmp_path / "secret.txt").write_text("secret")
+    return hostile_models(tmp_path_factory) | {"job": tmp_path}
+
+
+def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile):
+    victim = hostile["victim"]
+    victim.write_text("original")
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True).start()
+    script = hostile["job"] / "driver" / "driver.py"
+    script.parent.mkdir()
+    script.write_text(textwrap.dedent(DRIVER))
+    proc = subprocess.run([sys.executable, str(script), str(hostile["root"]), str(listener.getsockname()[1]), str(hostile["job"])],
+                          capture_output=True, text=True, timeout=300, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    listener.close()
+    assert proc.returncode == 0, proc.stderr
+    outcomes = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    assert victim.read_text() == "original", "the TorchScript model wrote through torch.from_file"
+    assert outcomes["torchscript"]["error"] == "UnsafeModel" and "Permission denied" in outcomes["torchscript"]["message"]
+    assert "victim.txt" in outcomes["torchscript"]["message"]  # loaded, ran, and was stopped at the write
+    assert not hostile["created"].exists(), "the SavedModel wrote its file"
+    assert outcomes["savedmodel"]["error"] == "UnsafeModel" and "created_by_model.txt" in outcomes["savedmodel"]["message"]
+    assert not accepted, "the worker reached a socket on 127.0.0.1"
+    assert outcomes["connect"]["error"] == "UnsafeModel" and "Operation not permitted" in outcomes["connect"]["message"]
+    assert outcomes["read_outside"]["error"] == "UnsafeModel" and "Permission denied" in outcomes["read_outside"]["message"]
+    assert outcomes["scratch_and_model"] == {"ok": "weights", "in_force": True}
+
+
+def test_check_reports_the_containment_in_force(cli, fixtures_dir, tmp_path):
+    result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data",
+                 fixtures_dir / "digits_test_nchw.npz", "--rounds", "1", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.stderr
+    containment = json.loads((tmp_path / "r.json").read_text())["containment"]
+    assert containment["in_force"] and containment["network"] == "denied" and containment["landlock_abi"] >= 1
+    assert "contained: Landlock" in result.stdout
+
+
+def test_without_containment_code_formats_need_trust(fixtures_dir, tmp_path):
+    """Where no containment can be had, TorchScript is refused in one line unless trusted."""
+    env = dict(os.environ, CONVREPAIR_CONTAIN="off")
+    args = [sys.executable, "-m", "convrepair", "check", str(fixtures_dir / "torch_cnn.pt2"), str(fixtures_dir / "torch_cnn.pt"),
+            "--data", str(fixtures_dir / "digits_test_nchw.npz"), "--rounds", "1", "--json", str(tmp_path / "r.json")]
+    refused = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "--trust-model-code" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    trusted = subprocess.run([*args, "--trust-model-code"], capture_output=True, text=True, env=env, timeout=300)
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["containment"]["in_force"] is False
+
+
+def test_staged_outputs_refuse_links_and_name_final_paths(tmp_path):
+    from convrepair.contain.staging import StagedOutputs
+    from convrepair.errors import BadInput
+
+    final = tmp_path / "out" / "model.onnx"
+    with StagedOutputs() as staged:
+        place = staged.place(final)
+        place.write_bytes(b"model")
+        place.with_name("model.onnx.convrepair.json").write_text(json.dumps({"output": {"path": str(place)}}))
+        assert staged.relocate({"path": str(place)}) == {"path": str(final)}
+        staged.publish()
+    assert final.read_bytes() == b"model"
+    assert json.loads(final.with_name("model.onnx.convrepair.json").read_text()) == {"output": {"path": str(final)}}
+    assert [p.name for p in final.parent.iterdir() if p.name.startswith(".")] == []
+    with StagedOutputs() as staged:
+        staged.place(final).symlink_to("/etc/passwd")
+        with pytest.raises(BadInput, match="not a regular file"):
+            staged.publish()
+    assert final.read_bytes() == b"model"

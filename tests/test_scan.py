@@ -1,0 +1,127 @@
+"""Models that carry code are scanned before they run: file, process and network ops are refused
+(exit 2, the op named) and the files they target stay untouched."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# Builders run in their own interpreter: the test process need not import torch or TensorFlow.
+TORCHSCRIPT_WRITER = """
+import sys, torch
+
+class Writer(torch.nn.Module):
+    def __init__(self, path: str):
+        super().__init__()
+        self.path = path
+
+    def forward(self, x):
+        mapped = torch.from_file(self.path, shared=True, size=4, dtype=torch.uint8)
+        mapped.fill_(65)  # shared=True: writes through to the file
+        return x + mapped.sum().float() * 0
+
+torch.jit.script(Writer(sys.argv[2])).save(sys.argv[1])
+"""
+
+SAVEDMODEL_WRITER = """
+import sys
+import tensorflow as tf
+
+class Writer(tf.Module):
+    @tf.function(input_signature=[tf.TensorSpec([None, 1, 8, 8], tf.float32)])
+    def serve(self, x):
+        tf.io.write_file(sys.argv[2], "written by the model")
+        return {"y": tf.reshape(x, [-1, 64])[:, :10]}
+
+module = Writer()
+tf.saved_model.save(module, sys.argv[1], signatures={"serving_default": module.serve})
+"""
+
+
+def build(script: str, *args: Path) -> None:
+    """Run a builder from a file (torch.jit.script reads the class's source)."""
+    path = Path(args[0]).with_suffix(".build.py")
+    path.write_text(textwrap.dedent(script))
+    subprocess.run([sys.executable, str(path), *map(str, args)], check=True, capture_output=True,
+                   env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+
+
+_BUILT: dict[str, Path] = {}
+
+
+def hostile_models(tmp_path_factory) -> dict[str, Path]:
+    """The two writers, built once per test session (test_contain uses them too)."""
+    if not _BUILT:
+        root = tmp_path_factory.mktemp("writers")
+        build(TORCHSCRIPT_WRITER, root / "writer.pt", root / "victim.txt")
+        build(SAVEDMODEL_WRITER, root / "writer.savedmodel", root / "created_by_model.txt")
+        _BUILT.update(root=root, victim=root / "victim.txt", created=root / "created_by_model.txt",
+                      torchscript=root / "writer.pt", savedmodel=root / "writer.savedmodel")
+    return _BUILT
+
+
+@pytest.fixture
+def writers(tmp_path_factory) -> dict[str, Path]:
+    return hostile_models(tmp_path_factory)
+
+
+def _one_line_refusal(result, name: str, op: str) -> None:
+    assert result.code == 2, (result.stdout, result.stderr)
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert name in lines[0] and op in lines[0], lines[0]
+
+
+def test_torchscript_that_writes_a_file_is_refused_by_check_and_the_file_is_untouched(cli, writers, fixtures_dir):
+    victim = writers["victim"]
+    victim.write_text("original")
+    result = cli("check", writers["torchscript"], writers["torchscript"], "--data", fixtures_dir / "digits_test_nchw.npz")
+    _one_line_refusal(result, "writer.pt", "aten::from_file")
+    assert victim.read_text() == "original"
+
+
+def test_savedmodel_that_writes_a_file_is_refused_by_check_and_nothing_is_written(cli, writers, fixtures_dir):
+    result = cli("check", writers["savedmodel"], writers["savedmodel"], "--data", fixtures_dir / "digits_test_nchw.npz")
+    _one_line_refusal(result, "writer.savedmodel", "WriteFile")
+    assert not writers["created"].exists()
+
+
+def test_the_fixture_models_pass_the_scans(fixtures_dir):
+    """The clean TorchScript and SavedModel fixtures hold no refused op (no false alarm)."""
+    from convrepair_plugins.tensorflow.quiet import import_tensorflow
+    from convrepair_plugins.tensorflow.scan import scan_savedmodel
+    from convrepair_plugins.torch.scan import scan_archive
+
+    scan_archive(fixtures_dir / "torch_cnn.pt")
+    import_tensorflow()
+    scan_savedmodel(fixtures_dir / "keras_cnn.savedmodel")
+
+
+@pytest.mark.parametrize(("kind", "refused"), [
+    ("aten::from_file", True), ("aten::save", True), ("prim::PythonOp", True), ("prim::rpc_async", True),
+    ("c10d::allreduce_", True), ("mylib::anything", True), ("aten::_convolution", False), ("prim::If", False),
+])
+def test_torchscript_operator_policy(kind, refused):
+    from convrepair_plugins.torch.scan import refusal
+
+    assert (refusal(kind) is not None) == refused
+
+
+@pytest.mark.parametrize(("op", "attrs", "refused"), [
+    ("ReadFile", {}, True), ("MatchingFiles", {}, True), ("EagerPyFunc", {}, True), ("TFRecordDatasetV2", {}, True),
+    ("DebugIdentityV2", {}, True), ("_Send", {}, True), ("ImmutableConst", {}, True),
+    ("PrintV2", {"output_stream": b"file:///tmp/x"}, True), ("PrintV2", {"output_stream": b"stderr"}, False),
+    ("Conv2D", {}, False), ("MatMul", {}, False), ("StatefulPartitionedCall", {}, False),
+])
+def test_savedmodel_op_policy(op, attrs, refused):
+    from types import SimpleNamespace
+
+    from convrepair_plugins.tensorflow.scan import refusal
+
+    node = SimpleNamespace(op=op, attr={key: SimpleNamespace(s=value) for key, value in attrs.items()})
+    assert (refusal(node) is not None) == refused
