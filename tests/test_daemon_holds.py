@@ -100,10 +100,10 @@ def test_one_daemon_per_state_dir_and_a_paused_copy_is_one_clean_job_under_final
         version = registry / "digits" / "1"
         version.mkdir()
         data = (fixtures_dir / "torch_cnn.pt2").read_bytes()
-        with open(version / "model.pt2", "wb") as handle:  # a copy that stalls mid-file for 3.5 quiet periods
+        with open(version / "model.pt2", "wb") as handle:  # a copy that stalls mid-file for 4.5 quiet periods
             handle.write(data[: len(data) // 2])
             handle.flush()
-            time.sleep(3.5)
+            time.sleep(4.5)
             handle.write(data[len(data) // 2 :])
         _wait_event(first, log, "started")
         assert [e for e in _events(log) if e.get("event") == "waiting"], "the half-written model was not waited for"
@@ -138,6 +138,16 @@ def test_one_daemon_per_state_dir_and_a_paused_copy_is_one_clean_job_under_final
     listed = run_cli("review", "--registry", registry, "--status", "all", "--trust", keys / "trust.json", "--json", "-")
     assert listed.code == 0, listed.stderr
     assert [row["target"] for row in json.loads(listed.stdout)] == [repair["target"]["path"]]
+    # the daemon's artifact, approved and promoted, verifies where it was promoted to
+    assert run_cli("keys", "init", "--name", "reviewer", "--dir", tmp_path / "keys", "--trust", keys / "trust.json",
+                   "--role", "reviewer").code == 0
+    promoted = run_cli("approve", signed, "--key", tmp_path / "keys" / "reviewer.key", "--trust", keys / "trust.json",
+                       "--promote", tmp_path / "serving")
+    assert promoted.code == 0, promoted.stdout + promoted.stderr
+    promoted_logs = list((tmp_path / "serving").rglob("repair.log.dsse.json"))
+    assert len(promoted_logs) == 1
+    check = run_cli("verify", promoted_logs[0], "--trust", keys / "trust.json", "--require-approval")
+    assert check.code == 0, check.stdout + check.stderr
 
 
 @pytest.mark.slow

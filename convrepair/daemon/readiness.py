@@ -29,6 +29,8 @@ def incomplete_reason(path: Path, detect_format: Callable[[Path], str | None]) -
                 broken = archive.testzip()
             if broken is not None:
                 return f"zip member {broken} fails its CRC check"
+        elif _starts_with(path, b"PK\x03\x04"):
+            return "is a zip archive cut short (no central directory at its end)"
         fmt = detect_format(path)
         if fmt is None:
             return "content is not a model format convrepair knows"
@@ -39,6 +41,11 @@ def incomplete_reason(path: Path, detect_format: Callable[[Path], str | None]) -
     except (OSError, zipfile.BadZipFile, ValueError, EOFError) as exc:
         return f"cannot be read whole: {exception_text(exc)}"
     return None
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(len(magic)) == magic
 
 
 def _onnx(path: Path) -> str | None:

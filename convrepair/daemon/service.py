@@ -4,8 +4,9 @@ It adds no stage logic: a job is `convrepair.daemon.job`, which calls convert, c
 and the ledger. One daemon holds a state directory (`convrepair.daemon.lock`). Start-up requeues
 the jobs whose lease ran out (a killed predecessor's, never a live one) and scans the whole
 registry, so events missed while it was down are not lost. Idle means idle: the loop scans when
-the watcher reports a change to the registry's inputs, every `scan_interval` while a version
-waits to be ready, and every `rescan_seconds` besides; nothing it reads or writes wakes it.
+the watcher reports a change to the registry's inputs, often (half a quiet period, at most
+`scan_interval`) while a version waits to be ready, and every `rescan_seconds` besides; nothing
+it reads or writes wakes it.
 """
 
 from __future__ import annotations
@@ -234,9 +235,9 @@ class Daemon:
                 from convrepair.daemon.registry import is_result_path
                 from convrepair.daemon.watch import start_watcher
 
-                root = Path(config.registry)
-                observer = start_watcher(root, config.poll, config.scan_interval, self.wake.set,
-                                         lambda path: is_result_path(root, path))
+                root, state = Path(config.registry), Path(config.state_dir).resolve()
+                observer = start_watcher(root, config.poll, config.scan_interval, self.wake.set,  # our own writes: not a change
+                                         lambda path: is_result_path(root, path) or Path(path).is_relative_to(state))
                 self.health.observer = self.observer = observer
                 if observer is None:
                     self.health.watcher = "none (watchdog is not installed: scans every --scan-interval)"
@@ -271,12 +272,14 @@ class Daemon:
                 return
             now = time.monotonic()
             timeout = 0.2 if self.running else TICK_SECONDS
-            if self.waiting or observer is None and not config.once:
-                timeout = min(timeout, max(0.05, last_scan + config.scan_interval - now))
+            # while a version waits for its quiet period, look often enough to see it settle; else events suffice
+            every = min(config.scan_interval, max(config.quiet_seconds / 2, 0.25)) if self.waiting else \
+                config.scan_interval if observer is None and not config.once else None
+            if every is not None:
+                timeout = min(timeout, max(0.05, last_scan + every - now))
             self.wake.wait(timeout)
             now = time.monotonic()
-            due = self.wake.is_set() or now - last_scan >= config.rescan_seconds \
-                or (self.waiting or observer is None and not config.once) and now - last_scan >= config.scan_interval
+            due = self.wake.is_set() or now - last_scan >= config.rescan_seconds or every is not None and now - last_scan >= every
             if due and not self.stopping.is_set():
                 time.sleep(max(0.0, last_scan + MIN_SCAN_GAP - now))
                 self.wake.clear()
