@@ -110,3 +110,21 @@ def test_keys_init_adds_the_p256_half_to_an_old_key_and_never_overwrites(tmp_pat
     assert load_public_key(first.public).p256_pem == first.p256_public.read_text()
     with pytest.raises(BadInput, match="refusing to overwrite"):
         init_keys("carol", tmp_path)
+
+
+@pytest.mark.parametrize("payload", [b"[1, 2]", b'{"predicateType": "https://convrepair.dev/repair-log/v1", "predicate": {"repair": "x", "job": 3}}'])
+def test_a_log_of_any_shape_is_one_line_or_an_invalid_row_never_exit_70(tmp_path, payload):
+    import base64
+
+    from convrepair.ledger import dsse
+
+    make_keys(tmp_path)
+    log = make_log(tmp_path)
+    envelope, _ = dsse.read_envelope(log)
+    envelope["payload"] = base64.b64encode(payload).decode()
+    log.write_bytes(dsse.canonical(envelope))
+    approved = decide(tmp_path, log, "approve", "alice", "--promote", tmp_path / "repo")
+    assert approved.code in (1, 2) and len(approved.stderr.strip().splitlines()) == 1, approved.stderr
+    listed = run_cli("review", "--registry", tmp_path, "--status", "all", "--json", "-")
+    assert listed.code == 0, listed.stderr
+    assert [row["status"] for row in json.loads(listed.stdout)] in ([], ["invalid"])
