@@ -112,6 +112,7 @@ class RegistrySpec:
     description: str
     open: Callable[..., Any]
     plugin: str = ""
+    uri_schemes: tuple[str, ...] = ()  # log URIs it resolves for approve/reject/verify (e.g. "models:/")
 
 
 @dataclass
@@ -136,11 +137,11 @@ class Plugin:
 
         return register
 
-    def registry(self, name: str, *, description: str):
+    def registry(self, name: str, *, description: str, uri_schemes: tuple[str, ...] = ()):
         """Decorator for a registry opener: `@PLUGIN.registry("directory", ...) def open(location, **options)`."""
 
         def register(opener: Callable[..., Any]):
-            self.registries.append(RegistrySpec(name, description, opener, plugin=self.name))
+            self.registries.append(RegistrySpec(name, description, opener, plugin=self.name, uri_schemes=tuple(uri_schemes)))
             return opener
 
         return register

@@ -171,9 +171,11 @@ def _merge_union(problems: list[str]) -> list[str]:
     return merged
 
 
-def load_model_config(path: Path, known_targets: list[str]) -> ModelConfig:
+def load_model_config(path: Path, known_targets: list[str], check_files: bool = True) -> ModelConfig:
     """Parse and validate, resolve the paths against the model directory and check the targets
-    and files exist; raises ConfigError (a BadInput) listing every problem as `key: problem`."""
+    and files exist; raises ConfigError (a BadInput) listing every problem as `key: problem`.
+    `check_files=False`: data and calibration are not looked for (a remote registry's config names
+    artifacts that its job downloads first)."""
     path = Path(path)
     raw = _read(path)
     config, problems = _shape(raw)
@@ -187,7 +189,7 @@ def load_model_config(path: Path, known_targets: list[str]) -> ModelConfig:
         if not isinstance(value, str):
             return None
         resolved = (path.parent / value).resolve()
-        if not resolved.is_file():
+        if check_files and not resolved.is_file():
             problems.append(f"{key}: {value} does not exist (relative to {path.parent})")
         return resolved
 

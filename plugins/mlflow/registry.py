@@ -1,0 +1,370 @@
+"""The MLflow Model Registry as a convrepair registry: poll for new versions, fetch, write back.
+
+MLflow sends no events, so `models()` polls `search_model_versions` every `poll_seconds`, newest
+first, reading pages only until it reaches versions older than its cursor (the highest
+`last_updated_timestamp` seen, less an overlap). It watches the registered models named in
+`models=` and every one tagged `convrepair.enabled=true`. A model's `convrepair.toml` is the
+content of its tag `convrepair.toml`, or the artifact its tag `convrepair.toml_artifact` names;
+`data`/`calibration` in it are paths inside the version's artifacts or artifact URIs.
+
+A job downloads the version through the artifact API into a folder of its own (the directory
+registry's layout, so the job itself is the same), and `publish` writes back: the results folder
+as artifacts of one MLflow run per (model, version, target) in the experiment `convrepair` (found
+again after a crash, never a second), then tags on the version, the `convrepair.<target>.verdict`
+tag last — the mark that the job is finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+import tomllib
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+from convrepair.daemon.registry import Fetched
+from convrepair.errors import BadInput
+from convrepair.fsutil import sha256_file
+from convrepair_plugins.mlflow.client import RegistryError, Server
+from convrepair_plugins.mlflow.toml import dumps as toml_dumps
+
+log = logging.getLogger("convrepair.daemon")
+
+TAG_ENABLED = "convrepair.enabled"
+TAG_CONFIG = "convrepair.toml"
+TAG_CONFIG_ARTIFACT = "convrepair.toml_artifact"
+TAG_PROMOTED_FROM = "convrepair.promoted_from"
+EXPERIMENT = "convrepair"
+REPORT, LOG = "repair.json", "repair.log.dsse.json"
+OVERLAP_MS = 5000  # versions updated within this much of the cursor are read again (clock skew)
+URI_PREFIXES = ("runs:/", "models:/", "mlflow-artifacts:/", "s3://", "gs://", "wasbs://", "hdfs://", "dbfs:/")
+
+
+@dataclass
+class MlflowVersion:
+    model: str
+    version: str
+    status: str
+    source: str
+    tags: dict[str, str] = field(default_factory=dict)
+    updated: int = 0
+
+    @property
+    def model_file(self) -> str | None:
+        """The source URI while it can become ready (None once registration failed)."""
+        return None if self.status == "FAILED_REGISTRATION" else self.source
+
+    @property
+    def path(self) -> str:
+        return f"models:/{self.model}/{self.version}"
+
+
+class MlflowRegistry:
+    """`convrepair daemon TRACKING_URI --registry-kind mlflow` (options also as `?models=a,b&poll_seconds=5`)."""
+
+    remote = True
+
+    def __init__(self, location: str, poll_seconds: float = 10.0, models: tuple[str, ...] = (), retries: int = 3,
+                 **_options: Any):
+        parts = urlsplit(location)
+        query = parse_qs(parts.query)
+        self.uri = urlunsplit(parts._replace(query=""))
+        self.poll_seconds = float(query.get("poll_seconds", [poll_seconds])[0])
+        self.named = set(models) | {m for value in query.get("models", []) for m in value.split(",") if m}
+        self.server = Server(self.uri, retries=int(query.get("retries", [retries])[0]))
+        self._versions: dict[tuple[str, str], MlflowVersion] = {}
+        self._configs: dict[str, str | None] = {}
+        self._parsed: dict[tuple[str, str | None], Any] = {}
+        self._polled: set[str] = set()
+        self._cursor = 0
+        self._next_poll = 0.0
+        self._failures = 0
+
+    @property
+    def client(self):
+        return self.server.client
+
+    # --- discovery (the daemon's scan) -------------------------------------------------------
+
+    def models(self) -> list[str]:
+        self.poll()
+        return sorted(self._configs)
+
+    def versions(self, model: str) -> list[MlflowVersion]:
+        return sorted((v for (name, _), v in self._versions.items() if name == model), key=lambda v: int(v.version))
+
+    def version(self, model: str, version: str) -> MlflowVersion:
+        """As last polled; a version not seen yet is looked up by its job, never here (the daemon loop
+        must not wait on the server)."""
+        return self._versions.get((model, version)) or MlflowVersion(model, version, "UNKNOWN", "")
+
+    def ready(self, version: MlflowVersion) -> bool:
+        return version.status == "READY"
+
+    def finished(self, version: MlflowVersion, target: str) -> bool:
+        return f"convrepair.{target}.verdict" in version.tags
+
+    def input_digest(self, version: MlflowVersion) -> str:
+        """Versions are immutable in MLflow: the queue key is the version's identity and source."""
+        return hashlib.sha256("\0".join(("mlflow", self.uri, version.model, version.version, version.source)).encode()).hexdigest()
+
+    def model_config(self, model: str, known_targets: list[str]):
+        """The model's convrepair.toml, validated (its data files are fetched by the job)."""
+        text = self._configs.get(model)
+        key = (model, text)
+        if key not in self._parsed:
+            self._parsed[key] = self._parse_config(model, text, known_targets)
+        if isinstance(self._parsed[key], BadInput):
+            raise self._parsed[key]
+        return self._parsed[key]
+
+    def poll(self, force: bool = False) -> None:
+        """Read what changed since the cursor; an unreachable server is logged and tried again later."""
+        now = time.monotonic()
+        if now < self._next_poll and not force:
+            return
+        try:
+            configs = self._enabled_models()
+            new = sorted(name for name in configs if name not in self._polled)
+            old = sorted(name for name in configs if name in self._polled)
+            found = self._search(new, 0) + self._search(old, self._cursor - OVERLAP_MS)
+        except RegistryError as exc:
+            self._failures += 1
+            delay = min(self.poll_seconds * 2 ** self._failures, 300.0)
+            self._next_poll = now + delay
+            log.warning(json.dumps({"event": "registry-unreachable", "registry": self.uri, "error": exc.one_line(),
+                                    "retry_in_s": delay}))
+            return
+        self._failures, self._next_poll = 0, now + self.poll_seconds
+        self._configs = configs
+        self._polled |= set(new)
+        for mv in found:
+            self._cursor = max(self._cursor, int(mv.last_updated_timestamp or 0))
+            if TAG_PROMOTED_FROM not in (mv.tags or {}):  # our own promoted copies are not jobs
+                self._versions[(mv.name, str(mv.version))] = _version(mv)
+
+    def _enabled_models(self) -> dict[str, str | None]:
+        """Name → convrepair.toml content (None: no config) of every model convrepair watches."""
+        client = self.client
+        found = {}
+        token = None
+        while True:
+            page = self.server.call("listing registered models", lambda: client.search_registered_models(
+                filter_string=f"tags.`{TAG_ENABLED}` = 'true'", max_results=1000, page_token=token), retries=0)
+            found.update({rm.name: rm.tags or {} for rm in page})
+            token = page.token
+            if not token:
+                break
+        for name in self.named - set(found):
+            try:
+                found[name] = self.server.call(f"reading registered model {name}", lambda n=name: client.get_registered_model(n),
+                                               retries=0).tags or {}
+            except RegistryError as exc:
+                if exc.transient:
+                    raise
+                log.warning(json.dumps({"event": "model-unavailable", "model": name, "error": exc.one_line()}))
+        return {name: self._config_text(name, tags) for name, tags in found.items()}
+
+    def _config_text(self, model: str, tags: dict[str, str]) -> str | None:
+        if TAG_CONFIG in tags:
+            return tags[TAG_CONFIG]
+        if TAG_CONFIG_ARTIFACT not in tags:
+            return None
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.server.download(tags[TAG_CONFIG_ARTIFACT], tmp, f"downloading the config of {model}")
+            return Path(path).read_text()
+
+    def _search(self, names: list[str], since_ms: int) -> list:
+        """Versions of `names` updated at or after `since_ms`, newest first, reading no older page."""
+        out = []
+        quoted = [name for name in names if "'" not in name]
+        for start in range(0, len(quoted), 50):
+            where = "name IN (" + ", ".join(f"'{name}'" for name in quoted[start:start + 50]) + ")"
+            token = None
+            while True:
+                page = self.server.call("searching model versions", lambda: self.client.search_model_versions(
+                    where, max_results=1000, order_by=["last_updated_timestamp DESC"], page_token=token), retries=0)
+                older = [mv for mv in page if int(mv.last_updated_timestamp or 0) < since_ms]
+                out += [mv for mv in page if int(mv.last_updated_timestamp or 0) >= since_ms]
+                token = page.token
+                if older or not token:
+                    break
+        return out
+
+    def _parse_config(self, model: str, text: str | None, known_targets: list[str]):
+        import tempfile
+
+        from convrepair.daemon.config import load_model_config
+
+        where = f"models:/{model} (tag {TAG_CONFIG} on {self.uri})"
+        if text is None:
+            return BadInput(f"{where}: no convrepair config: tag the registered model with {TAG_CONFIG} "
+                            f"(the file's content) or {TAG_CONFIG_ARTIFACT} (an artifact URI)")
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "convrepair.toml"
+            path.write_text(text)
+            try:
+                return load_model_config(path, known_targets, check_files=False)
+            except BadInput as exc:
+                return BadInput(f"{where}: {exc.message}")
+
+    # --- one job: fetch, then publish --------------------------------------------------------
+
+    def published(self, model: str, version: str, target: str) -> dict[str, Any] | None:
+        mv = self.server.call(f"reading models:/{model}/{version}", lambda: self.client.get_model_version(model, version))
+        tags = mv.tags or {}
+        if f"convrepair.{target}.verdict" not in tags:
+            return None
+        return _result(tags.get(f"convrepair.{target}.run_id", ""), target, tags.get(f"convrepair.{target}.verdict"),
+                       tags.get("convrepair.label_agreement"), tags.get(f"convrepair.{target}.log_sha256"), "already published")
+
+    def fetch(self, model: str, version: str, target: str, downloads: Path) -> Fetched:
+        """The version's artifacts and sample data, downloaded once per job into `downloads`."""
+        where = f"models:/{model}/{version}"
+        mv = self.server.call(f"reading {where}", lambda: self.client.get_model_version(model, version))
+        if mv.status != "READY":
+            raise RegistryError(f"mlflow {self.uri}: {where} is {mv.status}, not READY")
+        tags = self.server.call(f"reading registered model {model}", lambda: self.client.get_registered_model(model)).tags or {}
+        text = self._config_text(model, tags)
+        if text is None:
+            raise BadInput(f"{where}: no {TAG_CONFIG} or {TAG_CONFIG_ARTIFACT} tag on the registered model")
+        try:
+            raw = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise BadInput(f"{where} (tag {TAG_CONFIG}): is not valid TOML: {exc}") from None
+        job_dir = Path(downloads) / _safe(model) / _safe(version) / _safe(target)
+        model_dir = job_dir / "m"
+        version_dir = model_dir / _safe(version)
+        if not model_dir.exists():  # a finished download from an earlier attempt is reused
+            tmp = job_dir / f".tmp-{uuid.uuid4().hex[:8]}"
+            tmp.mkdir(parents=True)
+            try:
+                self._download(mv, where, raw, tmp, tmp / version_dir.name)
+                tmp.rename(model_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return Fetched(version_dir, _model_file(version_dir, where))
+
+    def _download(self, mv, where: str, raw: dict[str, Any], model_dir: Path, version_dir: Path) -> None:
+        source = self.server.call(f"resolving {where}", lambda: self.client.get_model_version_download_uri(mv.name, mv.version))
+        got = Path(self.server.download(source, str(model_dir / ".download"), f"downloading {source} ({where})"))
+        if got.is_dir():
+            got.rename(version_dir)
+        else:
+            version_dir.mkdir()
+            got.rename(version_dir / got.name)
+        for key in ("data", "calibration"):
+            value = raw.get(key)
+            if not isinstance(value, str):
+                continue
+            if value.startswith(URI_PREFIXES):
+                into = model_dir / ".inputs" / key
+                into.mkdir(parents=True)
+                path = Path(self.server.download(value, str(into), f"downloading {key} {value} ({where})"))
+                raw[key] = str(path.relative_to(model_dir))
+            else:
+                inside = (version_dir / value).resolve()
+                if not inside.is_relative_to(version_dir.resolve()) or not inside.is_file():
+                    raise BadInput(f"{where}: {key} = {value!r} is not a file among the version's artifacts")
+                raw[key] = f"{version_dir.name}/{value}"
+        (model_dir / "convrepair.toml").write_text(toml_dumps(raw))
+
+    def publish(self, model: str, version: str, target: str, results: Path, result: dict[str, Any]) -> dict[str, Any]:
+        """Results as artifacts of the (model, version, target) run, then the version's tags."""
+        where = f"models:/{model}/{version}"
+        report = json.loads((results / REPORT).read_text())
+        verdict = str(report.get("verdict"))
+        agreement = (report.get("check_before") or {}).get("label_agreement")
+        log_sha256 = sha256_file(results / LOG) if (results / LOG).exists() else None
+        run_id = self._run_for(model, version, target)
+        client = self.client
+        self.server.call(f"uploading results of {where} to run {run_id}",
+                         lambda: client.log_artifacts(run_id, str(results), artifact_path=target))
+        run_tags = {"convrepair.verdict": verdict, "convrepair.log_sha256": log_sha256 or "unsigned"}
+        for key, value in run_tags.items():
+            self.server.call(f"tagging run {run_id}", lambda k=key, v=value: client.set_tag(run_id, k, v))
+        if isinstance(agreement, (int, float)):
+            self.server.call(f"logging metrics of run {run_id}", lambda: client.log_metric(run_id, "label_agreement", float(agreement)))
+        self.server.call(f"closing run {run_id}", lambda: client.set_terminated(run_id, "FINISHED"))
+        tags = {"convrepair.run_id": run_id, "convrepair.target": target, "convrepair.verdict": verdict,
+                "convrepair.label_agreement": "" if agreement is None else str(agreement),
+                "convrepair.log_sha256": log_sha256 or "unsigned", "convrepair.status": "pending-review",
+                f"convrepair.{target}.run_id": run_id, f"convrepair.{target}.log_sha256": log_sha256 or "unsigned",
+                f"convrepair.{target}.verdict": verdict}  # last: the mark that this job is finished
+        for key, value in tags.items():
+            self.server.call(f"tagging {where}", lambda k=key, v=value: client.set_model_version_tag(model, version, k, v))
+        job_dir = Path(results).parents[3]  # <downloads>/<model>/<version>/<target>: this job's alone
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return _result(run_id, target, verdict, agreement, log_sha256, None)
+
+    def _run_for(self, model: str, version: str, target: str) -> str:
+        """The one run of this (model, version, target), created on the first attempt only."""
+        client = self.client
+        experiment = self.server.call("reading experiment convrepair", lambda: client.get_experiment_by_name(EXPERIMENT))
+        if experiment is None:
+            try:
+                experiment_id = self.server.call("creating experiment convrepair", lambda: client.create_experiment(EXPERIMENT))
+            except RegistryError:  # created meanwhile by another job
+                experiment_id = self.server.call("reading experiment convrepair", lambda: client.get_experiment_by_name(EXPERIMENT)).experiment_id
+        else:
+            experiment_id = experiment.experiment_id
+        keys = {"convrepair.model": model, "convrepair.version": version, "convrepair.for_target": target}
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in keys.items())
+        runs = self.server.call("searching runs", lambda: client.search_runs([experiment_id], where, max_results=1))
+        if runs:
+            return runs[0].info.run_id
+        run = self.server.call("creating a run", lambda: client.create_run(experiment_id, tags=keys,
+                                                                         run_name=f"convrepair {model} v{version} {target}"))
+        run_id = run.info.run_id
+        self.server.call(f"tagging models:/{model}/{version}",
+                         lambda: client.set_model_version_tag(model, version, f"convrepair.{target}.run_id", run_id))
+        return run_id
+
+
+    # --- reviewer hooks (convrepair.daemon.registry.registry_for_uri) -------------------------
+
+    def decide(self, uri: str, key: Path, decision: str, text: str, trust: Path, promote: str | None = None) -> dict[str, Any]:
+        from convrepair_plugins.mlflow.review import decide
+
+        alias = str(promote).lstrip("@") if promote else None
+        return decide(self, uri, key, decision, text, trust, alias or None)
+
+    def verify_log(self, uri: str, trust: Path, require_approval: bool = False, chain: bool = False):
+        from convrepair_plugins.mlflow.review import verify_uri
+
+        return verify_uri(self, uri, trust, require_approval, chain)
+
+
+def _version(mv) -> MlflowVersion:
+    return MlflowVersion(mv.name, str(mv.version), str(mv.status), mv.source or "", dict(mv.tags or {}),
+                         int(mv.last_updated_timestamp or 0))
+
+
+def _result(run_id: str, target: str, verdict, agreement, log_sha256, note) -> dict[str, Any]:
+    result = {"status": "done", "results": f"runs:/{run_id}/{target}", "run_id": run_id, "verdict": verdict,
+              "label_agreement": agreement, "log_sha256": log_sha256}
+    return {**result, "note": note} if note else result
+
+
+def _model_file(version_dir: Path, where: str) -> Path:
+    candidates = sorted(p for p in version_dir.iterdir() if p.name.startswith("model.") and not p.name.endswith(".convrepair.json"))
+    if not candidates:
+        files = sorted(p for p in version_dir.iterdir() if not p.name.endswith(".convrepair.json"))
+        if len(files) == 1:
+            return files[0]
+        raise BadInput(f"{where}: no model.<ext> among its artifacts ({', '.join(p.name for p in files[:8]) or 'none'})")
+    return candidates[0]
+
+
+def _safe(name: str) -> str:
+    """A folder name for a model or version name (any characters) that cannot climb out."""
+    clean = "".join(c if c.isalnum() or c in "._-" else "_" for c in name).lstrip(".") or "_"
+    return clean if clean == name else f"{clean}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
