@@ -142,7 +142,11 @@ def verify(
         result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint)
     emit_json(json_out, result.to_json())
     if human(json_out):
-        typer.echo(("verified: " if result.ok else "VERIFICATION FAILED: ") + f"{log_file}: {result.reason}")
+        where = ""
+        if result.ok and result.checkpoint:
+            included = f"decision {result.inclusion['index']} included, " if result.inclusion else ""
+            where = f" ({result.status}; {included}checkpoint of {result.checkpoint['size']} decision(s))"
+        typer.echo(("verified: " if result.ok else "VERIFICATION FAILED: ") + f"{log_file}: {result.reason}{where}")
     raise typer.Exit(0 if result.ok else 1)
 
 
