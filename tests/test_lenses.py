@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -271,7 +269,7 @@ def signed_repair(fixtures_dir, tmp_path_factory):
     clean = convert(default_registry(), fixtures_dir / "keras_cnn.keras", "onnx", out_dir=root / "converted").output.path
     faults.inject(clean, root / "broken.onnx", faults.asymmetric_pads, "conv2")
     write_sidecar(root / "broken.onnx", read_sidecar(clean))
-    assert run_cli("keys", "init", "--name", "service", "--dir", root / "keys").code == 0
+    assert run_cli("keys", "init", "--name", "service", "--dir", root / "keys", "--trust", root / "trust.json").code == 0
     result = run_cli("repair", fixtures_dir / "keras_cnn.keras", root / "broken.onnx", "--out", root / "repaired.onnx",
                      "--data", fixtures_dir / "digits_all_nhwc.npz", "--lenses", "all", "--sign-key", root / "keys" / "service.key",
                      "--json", root / "repair.json")
@@ -308,20 +306,5 @@ def test_show_renders_the_lenses(signed_repair):
         assert f"<h3>{heading}</h3>" in page or f"<h2>{heading}</h2>" in page
     assert "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in page.split("<details>")[0]
     assert "<script" not in page
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian's chromium package) is not installed")
-def test_html_page_renders_in_headless_chromium(signed_repair):
-    page, shot = signed_repair / "log.html", signed_repair / "log.png"
-    run_cli("show", signed_repair / "repaired.onnx.log.dsse.json", "--html", page)
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    assert dom.returncode == 0, dom.stderr[-500:]
-    assert dom.stdout.count("<svg") >= 20 and "Reliability lenses" in dom.stdout  # parsed, every chart in the DOM
-    subprocess.run([CHROMIUM, *flags, "--window-size=1100,3000", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True)
-    png = shot.read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 50_000  # a page of charts, not a blank sheet
+    # the restore's evidence (the browser test of a whole page is in test_report_html.py)
+    assert "threshold: diverged above 0.001" in page and "Label agreement per round, held-out half" in page

@@ -110,7 +110,7 @@ def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review
         assert number in text, f"{number!r} is not on the rendered page"
     for words in ("torch_cnn", "torch_cnn.pt2", "torch_cnn.int8-dim.onnx", "patched.onnx", "pt2 → onnx", "onnx-int8",
                   report["verdict"], "approved", "first conv in fp32; fewer flips", "chain", "intact", "precision_fallback", "pso_patch",
-                  "chosen", "18.4 KB", "Per-layer divergence", "diverged above 0.1", "Label agreement per round", "seed 0",
+                  "chosen", "checks hold", "18.4 KB", "Per-layer divergence", "threshold: diverged above 0.1", "Label agreement per round", "seed 0",
                   "relative L2 error", "Reliability lenses", "ECE"):
         assert words in text, f"{words!r} is not on the rendered page"
     assert "\u2026" not in re.sub(r"<pre>.*?</pre>", "", dom.stdout, flags=re.S).split("Reliability lenses")[0]  # no cut names
@@ -145,6 +145,7 @@ def test_page_escapes_what_a_log_carries(int8_review):
     envelope, _ = read_envelope(log)
     statement = statement_of(envelope, log)
     statement["predicate"]["repair"]["attempts"][0]["reason"] = "<img src=x onerror=alert(1)>"
+    statement["predicate"]["lenses"] = None  # their charts are not what this test is about (and cost seconds)
     page = log_page(statement, envelope, log)
     assert "<img src=x" not in page and html.escape("<img src=x onerror=alert(1)>") in page
 
@@ -156,3 +157,33 @@ def test_review_index_lists_every_log_with_status_and_verdict(int8_review):
     text = visible_text(page)
     assert "1 log(s) (all)" in text and "approved" in text and "improved" in text and "patched.onnx.log.dsse.json" in text
     assert "<script" not in page
+
+
+def test_the_terminal_report_of_the_same_repair_fits_80_columns(int8_review, monkeypatch):
+    """Tables wrap or drop columns at 80 columns; no number is cut to `0.00…`."""
+    import io
+
+    from rich.console import Console
+
+    from convrepair.report import terminal
+
+    report = json.loads((int8_review / "repair.json").read_text())
+    console = Console(width=80, file=io.StringIO(), record=True, color_system=None)
+    monkeypatch.setattr(terminal, "console", console)
+    terminal.render_repair(report)
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text
+    flat = " ".join(text.split())
+    choice = report["choice"]
+    for option in choice["options"]:
+        assert f"{option['held_out_label_agreement']:.2%}" in flat and f"{option['inference_ms']:.3g}" in flat
+    for row in _summary(report):
+        assert f"{row['accuracy']:.2%}" in flat and f"{row['ece_before']:.4f} → {row['ece_after']:.4f}" in flat
+    assert "not shown at 80 columns:" in flat  # what did not fit is named, not cut
+
+
+def _summary(report):
+    from convrepair.report.summary import summary_rows
+
+    return summary_rows(report["lenses"])

@@ -22,6 +22,7 @@ from convrepair.errors import BadInput, ConvrepairError, exception_text
 from convrepair.lenses import calibration, occlusion, robustness, uncertainty
 from convrepair.lenses.scores import LensUnavailable, as_log_probabilities, predict_scores
 from convrepair.model import Differentiable, Runner
+from convrepair.report.progress import track
 
 #: name → `run(ctx)`; the order is the order of the report.
 LENSES: dict[str, Callable[[LensContext], Any]] = {
@@ -197,7 +198,7 @@ def run_lenses(models: list[LensModel], dataset: Dataset, eval_idx: np.ndarray, 
         classes=next(iter(eval_scores.values())).shape[1], input_range=input_range or input_range_of(None, dataset),
         config=config, gradients=gradients,
     )
-    for name in config.names:
+    for name in track(config.names, f"lenses ({', '.join(config.names)})"):
         started = time.perf_counter()
         try:
             report.results[name] = LENSES[name](ctx)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convrepair.report.progress import track
+
 
 @dataclass
 class SearchConfig:
@@ -159,7 +161,7 @@ def pso(evaluate: Callable[[np.ndarray], np.ndarray], start: np.ndarray, layer_s
     best_position, best_fitness = position.copy(), fitness.copy()
     g = int(np.argmax(best_fitness))
     history, stale, evaluations, iteration = [float(best_fitness[g])], 0, config.particles, 0
-    for iteration in range(1, config.iterations + 1):
+    for iteration in track(range(1, config.iterations + 1), "PSO search iterations (at most)"):
         r1, r2 = rng.random((2, config.particles, k), dtype=np.float32)
         velocity = chi * (velocity + phi1 * r1 * (best_position - position) + phi2 * r2 * (best_position[g] - position))
         velocity = np.clip(velocity, -v_max, v_max)
@@ -187,7 +189,7 @@ def differential_evolution(evaluate, start, layer_stats, config: SearchConfig) -
     population[0] = start
     fitness = evaluate(population)
     started, evaluations, history, stale, generation = time.perf_counter(), n, [float(fitness.max())], 0, 0
-    for generation in range(1, config.iterations + 1):
+    for generation in track(range(1, config.iterations + 1), "DE search generations (at most)"):
         picks = np.array([rng.choice(np.delete(np.arange(n), i), 3, replace=False) for i in range(n)])
         f = rng.uniform(0.5, 1.0, size=(n, 1)).astype(np.float32)
         mutant = np.clip(population[picks[:, 0]] + f * (population[picks[:, 1]] - population[picks[:, 2]]), low, high)

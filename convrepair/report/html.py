@@ -74,8 +74,10 @@ def _evidence(repair: dict[str, Any], precision: str | None) -> list[dict[str, A
     return charts
 
 
-def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path | None = None) -> str:
-    """The review page of one signed log: the decision card on top, then the evidence."""
+def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path | None = None,
+             verified: str | None = None) -> str:
+    """The review page of one signed log: the decision card on top, then the evidence.
+    `verified`: what checking the log's signatures and digests found (shown as is)."""
     predicate = statement["predicate"]
     repair = predicate["repair"]
     card = decision_card(statement, envelope, log_path)
@@ -86,7 +88,7 @@ def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path
     from markupsafe import Markup
 
     return env.get_template("log.html.j2").render(
-        c=card, evidence=_evidence(repair, card["precision"]), layers=layers, lenses=Markup(lenses),
+        c=card, verified=verified, evidence=_evidence(repair, card["precision"]), layers=layers, lenses=Markup(lenses),
         statement_json=json.dumps(statement, indent=2, ensure_ascii=False)) + "\n"
 
 

@@ -94,6 +94,7 @@ class RichProgress:
         from rich.markup import escape
 
         task = self.display.add_task("  " * self.depth + escape(name), total=total)
+        self.display.refresh()  # every stage is seen at least once, however short
         display = self.display
 
         class _Step:

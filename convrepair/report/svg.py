@@ -94,9 +94,8 @@ def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, titl
     hi = max(values + ([threshold] if threshold else []))
     ax.set_xlim(lo / 10, hi * 300)
     if threshold:
-        ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1)
-        ax.annotate(f"diverged above {threshold:g}", (threshold, 1.0), xycoords=("data", "axes fraction"),
-                    xytext=(4, -2), textcoords="offset points", va="top", fontsize=8, color="#d62728")
+        ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1, label=f"threshold: diverged above {threshold:g}")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
     ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("relative L2 error of the layer's output vs the source (log scale, dimensionless)")

@@ -17,6 +17,13 @@ if TYPE_CHECKING:
 console = Console(width=None if Console().is_terminal else 160)
 
 
+def show(table: Table, drop: tuple[str, ...] = ()) -> None:
+    """Print a table fitted to the console: numbers whole, text wrapped, least needed columns dropped."""
+    from convrepair.report.fit import fit
+
+    console.print(fit(table, console.width, drop))
+
+
 def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KB", "MB", "GB"):
@@ -47,7 +54,7 @@ def render_conversions(results: list[ConversionResult], checks: list[Validation]
             agreement = "n/a" if check.label_agreement is None else f"{check.label_agreement:.2%} of {check.n}"
             row += [f"[{style}]{agreement}[/]", f"{check.max_abs:.2e}"]
         table.add_row(*row)
-    console.print(table)
+    show(table)
 
 
 def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
@@ -86,7 +93,7 @@ def render_plugins(registry: PluginRegistry, deep: bool) -> None:
         converters = "\n".join(f"{c['name']}: {'/'.join(c['from'])} → {c['to']}" for c in row["converters"])
         provides = ", ".join(row["formats"] + [f"registry:{name}" for name in row.get("registries", [])])
         table.add_row(row["plugin"], status, provides, converters)
-    console.print(table)
+    show(table)
 
 
 @contextlib.contextmanager
@@ -118,12 +125,15 @@ def render_check(report: dict[str, Any]) -> None:
         f"[bold]{report['source']['path']}[/] ({report['source']['format']}) vs "
         f"[bold]{report['target']['path']}[/] ({report['target']['format']}): [bold {colour}]{verdict.upper()}[/]"
     )
+    for reason in report.get("inconclusive_reasons") or []:
+        console.print(f"[bold yellow]inconclusive:[/] {escape(reason)}")
     agreement = report["label_agreement"]
     if agreement is not None:
         bound = report["disagreement_upper_bound"]
+        distinct = report.get("distinct_samples") or report["samples"]
         console.print(
             f"label agreement {agreement:.2%} over {report['samples']} samples in {len(report['rounds'])} rounds; "
-            f"{len(report['flips'])} flip(s); 95% upper bound on the flip rate {bound:.2%}"
+            f"{len(report['flips'])} flip(s) among {distinct} distinct samples; 95% upper bound on the flip rate {bound:.2%}"
         )
     if report.get("accuracy"):
         acc = report["accuracy"]
@@ -138,13 +148,13 @@ def render_check(report: dict[str, Any]) -> None:
             str(r["seed"]), str(r["n"]), _fmt(r["label_agreement"], ".2%"), _fmt(r["topk_agreement"], ".2%"),
             _fmt(r["max_abs"]), _fmt(r["max_rel"]), _fmt(r["cosine_min"], ".6f"),
         )
-    console.print(rounds)
+    show(rounds)
     outputs = Table(title="outputs", title_justify="left")
     for column in ("#", "source", "target", "max |Δ|", "SQNR dB", "outside tol."):
         outputs.add_column(column)
     for o in report["outputs"]:
         outputs.add_row(str(o["index"]), o["source_name"], o["target_name"], _fmt(o["max_abs"]), _fmt(o["sqnr_db"], ".1f"), f"{o['violations']}/{o['elements']}")
-    console.print(outputs)
+    show(outputs)
     loc = report.get("localization")
     if loc:
         render_localization(loc)
@@ -161,7 +171,7 @@ def render_localization(loc: dict[str, Any]) -> None:
             short(row["source_layer"]), short(row["target_layer"]), row["kind"], _fmt(row["rel_l2"]), _fmt(row["max_abs"]),
             _fmt(row["cosine"], ".6f"), f"[{styles.get(row['status'], '')}]{row['status']}[/]",
         )
-    console.print(layers)
+    show(layers)
     fault = loc["fault"]
     if fault is None:
         console.print("[green]no aligned layer diverges[/]")
@@ -181,6 +191,10 @@ def render_repair(report: dict[str, Any]) -> None:
     verdict = report["verdict"]
     colour = {"repaired": "green", "already_equivalent": "green", "improved": "yellow"}.get(verdict, "red")
     console.print(f"[bold]repair[/] {report['target']['path']} against {report['source']['path']}: [bold {colour}]{verdict.upper()}[/]")
+    for reason in (report.get("check_before") or {}).get("inconclusive_reasons") or []:
+        console.print(f"[bold yellow]inconclusive:[/] {escape(reason)}")
+    for skipped in report.get("skipped_for_time") or []:
+        console.print(f"[yellow]cut short for time:[/] {escape(skipped)}")
     before = report["check_before"]
     loc = before.get("localization") or {}
     if loc.get("fault"):
@@ -193,7 +207,7 @@ def render_repair(report: dict[str, Any]) -> None:
         patch = attempt["patch"] or {}
         table.add_row(str(i), attempt["kind"], short(patch.get("location", "") or ""), kept(attempt),
                       _fmt(attempt["label_agreement"], ".2%"), attempt["reason"])
-    console.print(table)
+    show(table)
     for attempt in report["attempts"]:
         cost = attempt.get("cost") or {}
         if "repair_rate_search" in cost:
@@ -211,7 +225,7 @@ def render_repair(report: dict[str, Any]) -> None:
         for row in choice["options"]:
             options.add_row(row["kind"], _fmt(row["held_out_label_agreement"], ".2%"), str(row["held_out_flips"]),
                             human_size(row["bytes"]), _fmt(row["inference_ms"]), "[bold green]yes[/]" if row["chosen"] else "no")
-        console.print(options)
+        show(options)
     held = report.get("check_before_held_out")
     after = report.get("check_after")
     if held:
@@ -240,7 +254,7 @@ def render_lenses(lenses: dict[str, Any] | None) -> None:
         table.add_row(r["model"], _fmt(r["accuracy"], ".2%"), _fmt(r["ece"], ".4f"), _fmt(r["temperature"]), scaled,
                       _fmt(r["mean_confidence"], ".3f"), _fmt(r["mean_entropy"], ".3f"), _fmt(r["confidence_shift_p"], ".2g"),
                       _fmt(r["crossed_tau"], "d"), _fmt(r["pgd_accuracy"], ".1%"))
-    console.print(table)
+    show(table, drop=("ECE", "KS p (conf.)", "mean entropy", "crossed τ", "mean conf.", "T"))  # ECE: also in "ECE → after T"
     robustness = available(lenses, "robustness")
     if robustness:
         attacks = Table(title=f"robustness: accuracy under attack (crafted on {robustness['crafted_on']} via "
@@ -251,7 +265,7 @@ def render_lenses(lenses: dict[str, Any] | None) -> None:
         attacks.add_row("clean", "0", *[_fmt(robustness["clean_accuracy"][r], ".1%") for r in order])
         for point in sorted(robustness["points"], key=lambda p: (p["attack"], p["epsilon"])):
             attacks.add_row(point["attack"], f"{point['epsilon']:g}", *[_fmt(point["accuracy"][r], ".1%") for r in order])
-        console.print(attacks)
+        show(attacks)
         for flag in robustness["flags"]:
             console.print(f"  [bold red]flag:[/] {escape(flag)}")
     ensemble = (available(lenses, "uncertainty") or {}).get("ensemble")
@@ -291,7 +305,7 @@ def render_review(rows: list[dict[str, Any]], status: str) -> None:
     for row in rows:
         table.add_row(f"[{styles.get(row['status'], 'dim')}]{row['status']}[/]", str(row.get("verdict")),
                       short(str(row.get("target"))), str(row.get("finished", "")), str(row.get("signed_by", "")), row["log"])
-    console.print(table)
+    show(table)
     for row in rows:  # a log that does not verify: say why, one line each
         if row.get("reason"):
             console.print(f"[bold red]invalid[/] {escape(row['log'])}: {escape(row['reason'])}")
@@ -317,7 +331,7 @@ def render_log(statement: dict[str, Any], envelope: dict[str, Any]) -> None:
         files.add_column(column)
     for entry in predicate["files"]:
         files.add_row(entry["role"], entry["name"], entry["sha256"][:16] + "…")
-    console.print(files)
+    show(files)
 
 
 def render_status(jobs: list[dict[str, Any]]) -> None:
@@ -334,4 +348,4 @@ def render_status(jobs: list[dict[str, Any]]) -> None:
             detail = str(__import__("json").loads(job["result"]).get("verdict", ""))
         table.add_row(str(job["id"]), job["model"], job["version"], job["target"],
                       f"[{styles.get(job['state'], '')}]{job['state']}[/]", str(job["attempts"]), when, detail[:80])
-    console.print(table)
+    show(table)
