@@ -215,5 +215,5 @@ def test_twenty_versions_at_once_are_all_processed_once_with_bounded_memory(tmp_
 
 
 def test_unknown_registry_kind_is_a_clear_error(tmp_path):
-    result = run_cli("daemon", tmp_path, "--registry-kind", "mlflow", "--once", "--no-http", "--state-dir", tmp_path / "s")
-    assert result.code == 2 and "unknown registry kind 'mlflow'" in result.stderr and "directory" in result.stderr
+    result = run_cli("daemon", tmp_path, "--registry-kind", "nexus", "--once", "--no-http", "--state-dir", tmp_path / "s")
+    assert result.code == 2 and "unknown registry kind 'nexus'" in result.stderr and "directory" in result.stderr
