@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sqlite3
 import threading
 import time
@@ -26,6 +25,7 @@ from convrepair.daemon.job import scratch_name
 from convrepair.daemon.lock import StateLock
 from convrepair.daemon.logs import event
 from convrepair.daemon.queue import JobQueue
+from convrepair.daemon.systemd import notify
 from convrepair.errors import BadInput
 from convrepair.fsutil import combined_digest, file_digests
 
@@ -309,18 +309,3 @@ def _remove(path: Path) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
-
-
-def notify(message: str) -> None:
-    """systemd's sd_notify: one datagram to $NOTIFY_SOCKET (an '@' means the abstract namespace)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError:
-        pass
