@@ -52,8 +52,7 @@ def _onnx(path: Path) -> str | None:
     import onnx  # protobuf only: no runtime, nothing of the model runs
 
     try:
-        model = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(str(path))  # by path: external data resolves beside the model
     except Exception as exc:  # noqa: BLE001 - protobuf and checker raise many kinds
         return f"does not parse as ONNX: {exception_text(exc)}"
     return None
