@@ -9,7 +9,7 @@ FIXTURE_STAMP := $(FIXTURES)/.built
 TORCH  := torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test install fixtures clean bench
+.PHONY: demo test install fixtures clean bench bench-zoo
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ test: $(FIXTURE_STAMP)
 bench: $(FIXTURE_STAMP)
 	$(BIN)/python bench/check_bench.py --fixtures $(FIXTURES)
 	$(BIN)/python bench/pso_bench.py --fixtures $(FIXTURES)
+
+# The model zoo (bench/zoo): cost ratios and the fault matrix; ZOO_ARGS="--size full" for full sizes.
+bench-zoo: $(STAMP)
+	$(BIN)/python bench/zoo_bench.py $(ZOO_ARGS)
 
 clean:
 	rm -rf $(FIXTURES) demo-out .pytest_cache

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import shutil
 
 from convrepair.errors import BadInput
 from convrepair.plugins import ConvertNotes, ConvertRequest
 from convrepair_plugins.onnx import PLUGIN
 from convrepair_plugins.onnx.runner import load_onnx_model
+from convrepair_plugins.onnx.verify import assert_loads
 
 
 @PLUGIN.converter(
@@ -21,15 +23,26 @@ from convrepair_plugins.onnx.runner import load_onnx_model
     lossy=True,
 )
 def to_int8(request: ConvertRequest) -> ConvertNotes:
+    load_onnx_model(request.source.path)
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
+    # ORT writes `<source>-inferred.onnx` beside the source it quantizes: quantize a copy placed in
+    # our own output directory, so that a read-only source folder (a contained worker) is never written.
+    staged = request.output.with_name(request.output.stem + ".source.onnx")
+    shutil.copyfile(request.source.path, staged)
+    try:
+        return _quantize(request, str(staged))
+    finally:
+        staged.unlink(missing_ok=True)
+
+
+def _quantize(request: ConvertRequest, source: str) -> ConvertNotes:
     import onnx
     import onnxruntime
     from onnxruntime import quantization as q
 
     mode = str(request.options.get("mode", "static" if request.calibration else "dynamic"))
     per_channel = str(request.options.get("per_channel", "false")).lower() == "true"
-    load_onnx_model(request.source.path)
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
-    source, output = str(request.source.path), str(request.output)
+    output = str(request.output)
     keep = [name for name in str(request.options.get("keep_fp32", "")).split(",") if name]
     # ORT splits a Gemm into `<name>_MatMul` + Add before quantizing: exclude both spellings
     excluded = [variant for name in keep for variant in (name, f"{name}_MatMul")]
@@ -55,6 +68,7 @@ def to_int8(request: ConvertRequest) -> ConvertNotes:
         details["calibration_samples"] = reader.count
     else:
         raise BadInput(f"unknown int8 mode '{mode}' (dynamic or static)")
+    assert_loads(request.output, "int8")
     return ConvertNotes(
         tool="onnxruntime.quantization",
         tool_versions={"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__},

@@ -82,6 +82,27 @@ def exported_input_specs(program) -> list[tuple[str, tuple, str]]:
     return specs
 
 
+def exported_dim_ranges(program) -> list[list[tuple[int, int | None] | None]]:
+    """Per user input, per axis: (min, max or None) of a dynamic dimension, None for a static one."""
+    from torch.export.graph_signature import InputKind
+
+    user = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
+    nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
+    out = []
+    for name in user:
+        axes = []
+        for dim in nodes[name].meta.get("val").shape:
+            if str(dim).isdigit():
+                axes.append(None)
+                continue
+            bounds = program.range_constraints.get(getattr(getattr(dim, "node", None), "expr", None))
+            low = int(bounds.lower) if bounds is not None and bounds.lower.is_finite else 1
+            high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else None
+            axes.append((low, high))
+        out.append(axes)
+    return out
+
+
 @PLUGIN.format("pt2", description="PyTorch exported program (torch.export, .pt2)", suffix=".pt2", detect=is_pt2)
 def load_pt2(request: LoadRequest) -> Runner:
     program = load_exported_program(request.ref.path)

@@ -1,9 +1,13 @@
-"""PyTorch (.pt2 / TorchScript) -> ONNX with torch.onnx.
+"""PyTorch (.pt2 / TorchScript) -> ONNX with torch.onnx, proven at two input sizes before it is kept.
 
 Exporters: `torchscript` (the tracer) and `dynamo` (torch.export-based, needs onnxscript).
-Default: torchscript, then dynamo if it fails. Measured on the fixture CNN: torchscript 0.13 s,
-opset 17, and onnx2torch reads its output back; dynamo 2.3 s, opset 20 with a `Gelu` node that
-onnx2torch 1.5 cannot convert. The sidecar records which exporter ran.
+Default: torchscript, then dynamo. Every dimension the source declares dynamic (batch, sequence
+length, ...) is exported dynamic, and the exported file is run in ONNX Runtime against the source
+at two sizes of each dynamic dimension; an export that bakes the example's shape in (a tracer
+writing `{2, 32, 12, 32}` into a transformer's Reshape) fails that check and the next exporter is
+tried. Measured on the fixture CNN: torchscript 0.13 s, opset 17, and onnx2torch reads its
+output back; dynamo 2.3 s, opset 20 with a `Gelu` node that onnx2torch 1.5 cannot convert.
+The sidecar records which exporter ran and the sizes it was proven at.
 """
 
 from __future__ import annotations
@@ -16,16 +20,20 @@ from convrepair.plugins import ConvertNotes, ConvertRequest
 from convrepair_plugins.torch import PLUGIN
 
 DEFAULT_OPSET = 17
+DYNAMO_OPSET = 18  # the dynamo exporter's own opset: asking it for 17 runs a down-converter that fails on Reduce ops
+# Two sizes for every dynamic dimension: the example the exporter sees, and a probe it did not.
+EXAMPLE_BATCH, PROBE_BATCH = 2, 3
+EXAMPLE_OTHER, PROBE_OTHER = 16, 11
 
 
 @PLUGIN.converter(
     "torch-to-onnx",
     sources=["pt2", "torchscript"],
     target="onnx",
-    description="torch.onnx export (dynamo or TorchScript exporter)",
+    description="torch.onnx export (dynamo or TorchScript exporter), dynamic shapes proven at two sizes",
     options={
-        "exporter": "torchscript | dynamo (default torchscript, dynamo as fallback)",
-        "opset": "ONNX opset (default 17)",
+        "exporter": "torchscript | dynamo (default torchscript, dynamo when its output fails the check)",
+        "opset": "ONNX opset (default 17; 18 for the dynamo exporter)",
         "fold_constants": "true | false: fold BatchNorm into Conv and other constants (torchscript exporter, default true)",
     },
 )
@@ -34,14 +42,16 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
 
     import torch
 
-    from convrepair_plugins.torch.runner import exported_input_specs
+    from convrepair_plugins.torch.runner import exported_input_specs, exported_dim_ranges
     from convrepair_plugins.torch.safe_load import load_exported_program, load_torchscript
 
     path = request.source.path
-    opset = int(request.options.get("opset", DEFAULT_OPSET))
+    opset_given = request.options.get("opset")
+    ranges: list[tuple] = []
     if request.source.format == "pt2":
         program = load_exported_program(path)
         specs = exported_input_specs(program)
+        ranges = exported_dim_ranges(program)
         default_order = ["torchscript", "dynamo"]
         module: Any = program
     else:
@@ -60,21 +70,26 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
         if requested == "dynamo":
             raise BadInput("the dynamo exporter needs the 'onnxscript' package (pip install onnxscript)")
         order = [o for o in order if o != "dynamo"]
-    example = tuple(
-        torch.zeros([2 if dim is None else dim for dim in shape], dtype=getattr(torch, dtype))
-        for _, shape, dtype in specs
-    )
     names = [name for name, _, _ in specs]
+    example = _inputs(specs, ranges, probe=False, seed=0)
+    probe = _inputs(specs, ranges, probe=True, seed=1)
+    dynamic = {name: [i for i, d in enumerate(shape) if d is None] for name, shape, _ in specs}
     fold = str(request.options.get("fold_constants", "true")).lower() != "false"
+    callable_module = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     errors: dict[str, str] = {}
     for exporter in order:
+        opset = int(opset_given or (DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _export(module, example, names, str(request.output), exporter, opset, fold)
+                _export(module, example, names, dynamic, str(request.output), exporter, opset, fold)
+            proven = _prove(callable_module, str(request.output), names, [example, probe])
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all failures
             errors[exporter] = f"{type(exc).__name__}: {exception_text(exc, 200)}"
+            request.output.unlink(missing_ok=True)
+            for extra in request.output.parent.glob(request.output.name + "*.data"):
+                extra.unlink()
     else:
         raise RuntimeError("; ".join(f"{k} exporter: {v}" for k, v in errors.items()))
     versions = {"torch": torch.__version__}
@@ -86,11 +101,68 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
         tool=f"torch.onnx ({exporter} exporter)",
         tool_versions=versions,
         output_format="onnx",
-        details={"exporter": exporter, "opset": opset, "fold_constants": fold, "fallback_from": errors or None},
+        details={"exporter": exporter, "opset": opset, "fold_constants": fold, "fallback_from": errors or None,
+                 "dynamic_dims": {k: v for k, v in dynamic.items() if v}, "proven_at_shapes": proven},
     )
 
 
-def _export(module, example, names, output: str, exporter: str, opset: int, fold: bool) -> None:
+def _inputs(specs, ranges, probe: bool, seed: int) -> tuple:
+    """Inputs at the example (or probe) size of every dynamic dimension, within its declared range.
+
+    Floats are standard normal; integers are 0/1 (a valid index of any embedding, a valid mask)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, (_, shape, dtype) in enumerate(specs):
+        dims = []
+        for axis, dim in enumerate(shape):
+            if dim is not None:
+                dims.append(dim)
+                continue
+            want = (PROBE_BATCH if probe else EXAMPLE_BATCH) if axis == 0 else (PROBE_OTHER if probe else EXAMPLE_OTHER)
+            low, high = ranges[i][axis] if ranges and ranges[i][axis] else (1, None)
+            dims.append(max(low, want if high is None else min(high, want)))
+        if dtype.startswith(("int", "uint", "bool")):
+            array = rng.integers(0, 2, size=dims).astype(dtype)
+        else:
+            array = rng.standard_normal(dims).astype(dtype)
+        out.append(torch.from_numpy(array))
+    return tuple(out)
+
+
+def _prove(module, output: str, names: list[str], cases: list[tuple]) -> list[list[list[int]]]:
+    """Run the exported file in ONNX Runtime against the source at every case's shapes."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(output, options, providers=["CPUExecutionProvider"])
+    feeds_names = [i.name for i in session.get_inputs()]
+    if len(feeds_names) != len(names):
+        raise RuntimeError(f"the export has {len(feeds_names)} inputs, the source {len(names)}")
+    shapes = []
+    for case in cases:
+        with torch.no_grad():
+            expected = module(*case)
+        expected = [t.detach().numpy() for t in (expected if isinstance(expected, (list, tuple)) else [expected])]
+        got = session.run(None, {n: t.numpy() for n, t in zip(feeds_names, case)})
+        for want, have in zip(expected, got):
+            if want.shape != have.shape:
+                raise RuntimeError(f"at input shapes {[list(t.shape) for t in case]} the export gives {list(have.shape)}, "
+                                   f"the source {list(want.shape)}")
+            scale = float(np.abs(want).max()) or 1.0
+            if not np.allclose(have, want, rtol=1e-3, atol=1e-3 * scale):
+                raise RuntimeError(f"at input shapes {[list(t.shape) for t in case]} the export differs from the source "
+                                   f"by up to {float(np.abs(have - want).max()):.3g}")
+        shapes.append([list(t.shape) for t in case])
+    return shapes
+
+
+def _export(module, example, names, dynamic, output: str, exporter: str, opset: int, fold: bool) -> None:
     import torch
 
     if exporter == "dynamo":
@@ -101,12 +173,13 @@ def _export(module, example, names, output: str, exporter: str, opset: int, fold
         program = module if isinstance(module, torch.export.ExportedProgram) else torch.export.export(module, example)
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # opset upgrade chatter
         with contextlib.redirect_stdout(io.StringIO()):
-            onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=names, opset_version=opset, verbose=False)
+            onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=names, opset_version=opset,
+                                             verbose=False, optimize=True)
         onnx_program.save(output)
         return
     callable_module = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     if isinstance(module, torch.export.ExportedProgram):
-        callable_module = torch.jit.trace(callable_module, example)
+        callable_module = torch.jit.trace(callable_module, example, check_trace=False)
     torch.onnx.export(
         callable_module,
         example,
@@ -114,6 +187,7 @@ def _export(module, example, names, output: str, exporter: str, opset: int, fold
         dynamo=False,
         do_constant_folding=fold,
         input_names=names,
-        dynamic_axes={name: {0: "batch"} for name in names},
+        dynamic_axes={name: {axis: ("batch" if axis == 0 else f"{name}_dim{axis}") for axis in dynamic[name]}
+                      for name in names if dynamic[name]},
         opset_version=opset,
     )
