@@ -70,14 +70,15 @@ def plan_route(registry: PluginRegistry, source_format: str, target: str) -> lis
     raise BadInput(f"no available converter path from '{source_format}' to '{target}' (see `convrepair plugins`)")
 
 
-def default_output(registry: PluginRegistry, source: Path, route: list[ConverterSpec]) -> Path:
+def default_output(registry: PluginRegistry, source: Path, route: list[ConverterSpec], original: str | None = None) -> Path:
     last = route[-1]
     suffix = registry.formats[last.output_format].suffix
     stem = source.name.split(".")[0]
     tag = f".{last.target}" if last.lossy else ""
     out = source.with_name(f"{stem}{tag}{suffix}")
-    if out.resolve() == source.resolve():
-        out = source.with_name(f"{stem}.converted{suffix}")
+    if out.resolve() == source.resolve() or (original and out.name == Path(original).name):
+        # never the source, nor the original a converted source came from (model.onnx -> model.pt2)
+        out = source.with_name(f"{stem}.{last.target}{suffix}")
     return out
 
 
@@ -95,7 +96,8 @@ def convert(
     source_sidecar = read_sidecar(source.path) or Sidecar()
     route = plan_route(registry, source.format, target)
     chosen_by_user = out is not None
-    out = Path(out) if chosen_by_user else default_output(registry, source.path, route)
+    original = (source_sidecar.source or {}).get("path")
+    out = Path(out) if chosen_by_user else default_output(registry, source.path, route, original)
     if out_dir is not None and not chosen_by_user:
         out = Path(out_dir) / out.name
     if out.resolve() == source.path.resolve():
