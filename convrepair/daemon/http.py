@@ -62,12 +62,13 @@ class Metrics:
         self.lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
-    def observe(self, job, outcome: str, result) -> None:
-        """One finished attempt; `outcome` is the job's state after it (done | queued | failed)."""
+    def observe(self, job, state: str, result) -> None:
+        """One finished attempt; `state` is the job's state after it (done | queued again | failed)."""
+        outcome = "retried" if state == "queued" else state  # done | retried | failed
         with self.lock:
             self.duration.labels(job.model, job.target, outcome).observe(result.seconds)
             if not result.ok:
-                self.failed.labels(job.model, job.target, "yes" if outcome == "queued" else "no").inc()
+                self.failed.labels(job.model, job.target, "yes" if outcome == "retried" else "no").inc()
             payload = result.result or {}
             if payload.get("label_agreement") is not None:
                 self.agreement.labels(job.model, job.target).set(payload["label_agreement"])
