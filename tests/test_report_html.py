@@ -110,7 +110,7 @@ def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review
         assert number in text, f"{number!r} is not on the rendered page"
     for words in ("torch_cnn", "torch_cnn.pt2", "torch_cnn.int8-dim.onnx", "patched.onnx", "pt2 → onnx", "onnx-int8",
                   report["verdict"], "approved", "first conv in fp32; fewer flips", "chain", "intact", "precision_fallback", "pso_patch",
-                  "chosen", "checks hold", "18.4 KB", "Per-layer divergence", "threshold: diverged above 0.1", "Label agreement per round", "seed 0",
+                  "chosen", "checks hold", "18.4 KB", "Per-layer divergence", "threshold: diverged", "above 0.1", "Label agreement per round", "seed 0",
                   "relative L2 error", "Reliability lenses", "ECE"):
         assert words in text, f"{words!r} is not on the rendered page"
     assert "\u2026" not in re.sub(r"<pre>.*?</pre>", "", dom.stdout, flags=re.S).split("Reliability lenses")[0]  # no cut names
@@ -187,3 +187,32 @@ def _summary(report):
     from convrepair.report.summary import summary_rows
 
     return summary_rows(report["lenses"])
+
+
+def _statement(repair: dict) -> tuple[dict, dict]:
+    predicate = {"repair": repair, "verdict": repair["verdict"], "files": [], "lenses": None, "conversion": None,
+                 "job": {"id": "job-1", "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00"},
+                 "tool_versions": {"convrepair": "0.1.0"}}
+    return {"predicate": predicate}, {"signatures": [{"keyid": "ab" * 32}]}
+
+
+def test_pages_of_the_other_log_kinds_render():
+    """A model repaired against its own labels or version N-1, and a target that needed nothing:
+    the card says what it has, the page never fails on what it lacks."""
+    from convrepair.report.html import log_page
+
+    regression = {"mode": "regression", "model": {"path": "v2.onnx", "format": "onnx", "sha256": "c" * 64}, "previous": "v1.onnx",
+                  "output": {"path": "v2.repaired.onnx", "format": "onnx", "sha256": "d" * 64}, "verdict": "repaired",
+                  "attempts": [{"kind": "pso_patch", "reason": "fixed 30 of 32"}],
+                  "held_out": {"accuracy_before": 0.9012, "accuracy_after": 0.9634, "repair_rate": 0.94, "negatives": 32,
+                               "break_rate": 0.004}}
+    page = visible_text(log_page(*_statement(regression)))
+    assert "regression repair against v1.onnx" in page and "90.12% → 96.34%" in page and "0.40%" in page and "d" * 64 in page
+    equivalent = {"source": {"path": "a.keras", "format": "keras", "sha256": "a" * 64},
+                  "target": {"path": "a.onnx", "format": "onnx", "sha256": "b" * 64}, "output": None,
+                  "verdict": "already_equivalent", "attempts": [], "check_after": None, "check_before_held_out": None,
+                  "splits": {"search": 10, "held_out": 10}, "choice": None,
+                  "check_before": {"verdict": "equivalent", "label_agreement": 1.0, "flips": [], "samples": 10,
+                                   "disagreement_upper_bound": 0.26, "localization": None, "rounds": []}}
+    page = visible_text(log_page(*_statement(equivalent)))
+    assert "already_equivalent" in page and "100.00%" in page and "nothing to repair" in page and "b" * 64 in page

@@ -58,7 +58,8 @@ def _evidence(repair: dict[str, Any], precision: str | None) -> list[dict[str, A
         threshold = _threshold(loc, precision)
         charts.append({"svg": Markup(svg.layer_divergence(loc["layers"], threshold, "Per-layer divergence before repair (search half)")),
                        "note": "Each dot is one aligned layer, coloured by status (green ok, red diverged, orange carried from an "
-                               "earlier layer); the dashed line is the threshold for this precision. Log axis: compare the printed values."})
+                               "earlier layer; hollow: identical, 0, which a log axis cannot place); the dashed line is the threshold for "
+                               "this precision. Log axis: compare the printed values."})
     paired = _rounds(repair.get("check_before_held_out"), repair.get("check_after"))
     if paired:
         names, before, after = paired
@@ -95,5 +96,5 @@ def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path
 def review_page(rows: list[dict[str, Any]], status: str, root: Path) -> str:
     """An index of the repair logs under ROOT with their review status and verdict."""
     counts = sorted(Counter(row["status"] for row in rows).items())
-    rows = [{"target": None, "finished": "", "signed_by": "", "decided_by": None, "page": None, **row} for row in rows]
+    rows = [{"target": None, "finished": "", "signed_by": "", "decided_by": None, "page": None, "reason": None, **row} for row in rows]
     return _environment().get_template("review.html.j2").render(rows=rows, status=status, root=str(root), counts=counts) + "\n"

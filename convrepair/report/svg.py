@@ -83,19 +83,25 @@ def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, titl
                        else f"{r['source_layer']} → {r['target_layer']}") for r in rows]
     height = 0.9 + sum(0.22 + 0.13 * n.count("\n") for n in names)
     fig, (ax,) = _figure(7.6, max(height, 1.8))
-    values = [max(r["rel_l2"], 1e-12) for r in rows]
+    positive = [r["rel_l2"] for r in rows if r["rel_l2"] > 0] + ([threshold] if threshold else [])
+    lo, hi = min(positive, default=1e-6), max(positive, default=1.0)
+    floor = lo / 10  # a log axis has no zero: an exact match sits on its left edge, drawn hollow and labelled
+    values = [r["rel_l2"] if r["rel_l2"] > 0 else floor for r in rows]
     ys = list(range(len(rows)))
-    ax.scatter(values, ys, c=[STATUS_COLOURS.get(r["status"], "#333") for r in rows], s=28, zorder=3)
+    colours = [STATUS_COLOURS.get(r["status"], "#333") for r in rows]
+    exact = [r["rel_l2"] <= 0 for r in rows]
+    ax.scatter([v for v, e in zip(values, exact) if not e], [y for y, e in zip(ys, exact) if not e],
+               c=[c for c, e in zip(colours, exact) if not e], s=28, zorder=3)
+    ax.scatter([v for v, e in zip(values, exact) if e], [y for y, e in zip(ys, exact) if e], facecolors="none",
+               edgecolors=[c for c, e in zip(colours, exact) if e], s=28, zorder=3)
     for y, value, row in zip(ys, values, rows):
-        ax.annotate(f"{row['rel_l2']:.3g} ({row['status']})", (value, y), xytext=(6, 0), textcoords="offset points",
-                    va="center", fontsize=8)
+        text = "0: identical" if row["rel_l2"] <= 0 else f"{row['rel_l2']:.3g}"
+        ax.annotate(f"{text} ({row['status']})", (value, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xscale("log")
-    lo = min(values + ([threshold] if threshold else []))
-    hi = max(values + ([threshold] if threshold else []))
-    ax.set_xlim(lo / 10, hi * 300)
+    ax.set_xlim(floor / 3, hi * 300)
     if threshold:
-        ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1, label=f"threshold: diverged above {threshold:g}")
-        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        ax.axvline(threshold, color="#d62728", linestyle="--", linewidth=1, label=f"threshold: diverged\nabove {threshold:g}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("relative L2 error of the layer's output vs the source (log scale, dimensionless)")
