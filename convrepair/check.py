@@ -1,12 +1,17 @@
 """`convrepair check`: sampled comparison of a source and a converted model, then localization.
 
-Like FetaFix, the models are compared on R seeded rounds of N distinct samples, not one batch.
-Classifiers are judged by label agreement (and by tolerances on fp32 paths); other outputs by
-tolerance. The result is one `CheckReport`, serialisable as `convrepair.check/v1`.
+Like FetaFix, the models are compared on R seeded rounds of N samples, not one batch; rounds do
+not overlap while the data allows. Classifiers are judged by label agreement; fp32 outputs by the
+source's own float noise (`noise`), or by the user's --atol/--rtol; other outputs by tolerances,
+cosine and nearest-neighbour agreement. A check whose source does not depend on the data, or whose
+data lies outside the range the model declares, is `inconclusive` (`guard`). The result is one
+`CheckReport`, serialisable as `convrepair.check/v1`. Models come from a `JobContext`, so a job
+resolves, loads and runs each model once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,40 +20,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convrepair.compare import Comparison, clopper_pearson_upper, compare_on, pool
-from convrepair.data import Dataset, load_npz, random_inputs, sampling_rounds
+from convrepair.compare import Accumulator, Comparison, check_output_counts, clopper_pearson, pool
+from convrepair.data import Dataset, load_npz, random_inputs
 from convrepair.errors import BadInput
-from convrepair.model import ModelRef, model_ref
+from convrepair.job import JobContext, ModelHandle, opened
+from convrepair.judge import Tolerance, classifier_of, default_tolerance, guard, judge, tolerance_for  # noqa: F401 - re-exported
+from convrepair.model import ModelRef
 from convrepair.plugins import PluginRegistry
-from convrepair.sidecar import Sidecar, read_sidecar
+from convrepair.report.progress import track
+from convrepair.sidecar import Sidecar
 
 if TYPE_CHECKING:
     from convrepair.lenses import LensConfig
 
 SCHEMA = "convrepair.check/v1"
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    atol: float
-    rtol: float
-    enforced: bool  # False: label agreement decides (reduced precision classifiers)
-    origin: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"atol": self.atol, "rtol": self.rtol, "enforced": self.enforced, "origin": self.origin}
-
-
-# Defaults by the target's precision (from its sidecar): fp32 paths tight; reduced precision
-# looser, and for classifiers the labels decide.
-DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
-
-
-def default_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
-    base_atol, base_rtol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
-    if atol is not None or rtol is not None:
-        return Tolerance(atol if atol is not None else base_atol, rtol if rtol is not None else 0.0, True, "given")
-    return Tolerance(base_atol, base_rtol, precision == "fp32", f"default for {precision}")
 
 
 @dataclass
@@ -105,10 +90,21 @@ class CheckReport:
     localization: dict[str, Any] | None = None
     flipped_samples: list[int] = field(default_factory=list)
     lenses: dict[str, Any] | None = None
+    inconclusive: list[str] = field(default_factory=list)  # why the check cannot conclude (the guard)
+    classifier: bool = True
 
     @property
     def discrepant(self) -> bool:
         return self.verdict == "discrepant"
+
+    @property
+    def conclusive(self) -> bool:
+        return self.verdict != "inconclusive"
+
+    @property
+    def distinct(self) -> int:
+        """Distinct samples behind the pooled figures (the bound counts each sample once)."""
+        return self.pooled.distinct or self.pooled.n
 
     def to_json(self) -> dict[str, Any]:
         pooled = self.pooled
@@ -128,7 +124,12 @@ class CheckReport:
             "topk_agreement": pooled.topk_agreement,
             "top_k": self.top_k,
             "flips": self.flipped_samples,
-            "disagreement_upper_bound": clopper_pearson_upper(len(pooled.flips), pooled.n)
+            "classifier": self.classifier,
+            "inconclusive_reasons": self.inconclusive,
+            "distinct_samples": self.distinct,
+            "disagreement_interval": list(clopper_pearson(len(pooled.flips), self.distinct))
+            if pooled.label_agreement is not None else None,
+            "disagreement_upper_bound": clopper_pearson(len(pooled.flips), self.distinct)[1]
             if pooled.label_agreement is not None
             else None,
             "accuracy": accuracy,
@@ -153,88 +154,117 @@ def load_dataset(config: CheckConfig, specs, sidecar: Sidecar | None) -> Dataset
     return random_inputs(specs, config.rounds * config.samples, config.seed, tuple(input_range))
 
 
+def job_dataset(job: JobContext, source: ModelHandle, config: CheckConfig) -> Dataset:
+    """The job's data (read once), restricted to `config.subset` when repair splits it."""
+    base_key = ("data", str(config.data), config.rounds * config.samples if config.data is None else 0, config.seed if config.data is None else 0)
+    dataset = job.dataset(base_key, lambda: load_dataset(config, job.runner(source).inputs, source.sidecar))
+    if config.subset is None:
+        return dataset
+    subset = np.asarray(config.subset)
+    return job.dataset((*base_key, "subset", hashlib.sha1(subset.astype(np.int64).tobytes()).hexdigest()),
+                       lambda: dataset.take(subset))
+
+
+def sampling_plan(total: int, rounds: int, samples: int, seed: int) -> list[tuple[int, np.ndarray]]:
+    """`rounds` seeded draws of `samples` indices that do not overlap while the data allows
+    (one seeded permutation cut into rounds); on smaller data the draws wrap around it."""
+    order = np.random.default_rng(seed).permutation(total)
+    size = min(samples, total)
+    out = []
+    for r in range(rounds):
+        start = (r * size) % total
+        picked = np.take(order, np.arange(start, start + size), mode="wrap")
+        out.append((seed * 1000 + r, np.sort(picked)))
+    return out
+
+
 def run_check(
     registry: PluginRegistry,
     source_path: Path,
     target_path: Path,
     config: CheckConfig,
     on_round: Callable[[int, int], None] | None = None,
+    job: JobContext | None = None,
+) -> CheckReport:
+    """Paths and a config in, a report out; the models live in `job` (a fresh one when None)."""
+    with opened(job, registry) as ctx:
+        return check_models(ctx, ctx.model(source_path), ctx.model(target_path), config, on_round)
+
+
+def check_models(
+    job: JobContext,
+    source: ModelHandle,
+    target: ModelHandle,
+    config: CheckConfig,
+    on_round: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
     started = time.perf_counter()
     if config.rounds < 1 or config.samples < 1 or config.top_k < 1:
         raise BadInput("--rounds, --samples and --top-k must be at least 1")
-    source_ref = model_ref(source_path, registry)
-    target_ref = model_ref(target_path, registry)
-    source_sidecar, target_sidecar = read_sidecar(source_ref.path), read_sidecar(target_ref.path)
-    tolerance = default_tolerance(target_sidecar.precision if target_sidecar else "fp32", config.atol, config.rtol)
-    with registry.load(source_ref, source_sidecar) as source, registry.load(target_ref, target_sidecar) as target:
-        if len(source.inputs) != len(target.inputs):
-            raise BadInput(
-                f"input counts differ: source has {len(source.inputs)}, target has {len(target.inputs)}", target_ref.path
-            )
-        dataset = load_dataset(config, source.inputs, source_sidecar)
-        if config.subset is not None:
-            dataset = dataset.take(np.asarray(config.subset))
-        plan = sampling_rounds(len(dataset), config.rounds, config.samples, config.seed)
-        parts: list[Comparison] = []
-        rounds: list[RoundResult] = []
-        for index, (seed, indices) in enumerate(plan):
-            comparison = compare_on(
-                source, target, dataset, indices, config.top_k, config.batch_size, tolerance.atol, tolerance.rtol
-            )
-            parts.append(comparison)
-            rounds.append(RoundResult.of(seed, comparison))
-            if on_round:
-                on_round(index + 1, len(plan))
-        pooled = pool(parts)
-        reasons = _reasons(pooled, tolerance)
-        verdict = "discrepant" if reasons else "equivalent"
-        report = CheckReport(
-            source=source_ref,
-            target=target_ref,
-            verdict=verdict,
-            samples=pooled.n,
-            rounds=rounds,
-            pooled=pooled,
-            tolerance=tolerance,
-            data=dataset.origin,
-            top_k=config.top_k,
-            seconds=0.0,
-            reasons=reasons,
-            flipped_samples=pooled.flips,
+    source_runner, target_runner = job.runner(source), job.runner(target)
+    if len(source_runner.inputs) != len(target_runner.inputs):
+        raise BadInput(
+            f"input counts differ: source has {len(source_runner.inputs)}, target has {len(target_runner.inputs)}", target.ref.path
         )
-        if config.localize or (config.localize is None and report.discrepant):
-            from convrepair.localize import localize
+    dataset = job_dataset(job, source, config)
+    plan = sampling_plan(len(dataset), config.rounds, config.samples, config.seed)
+    classifier = None
+    parts: list[Comparison] = []
+    rounds: list[RoundResult] = []
+    for index, (seed, indices) in enumerate(track(plan, "comparing rounds")):
+        s_out = job.outputs(source, dataset, indices, config.batch_size)
+        t_out = job.outputs(target, dataset, indices, config.batch_size)
+        names = job.output_names(source), job.output_names(target)
+        check_output_counts(source_runner, target_runner, dict(zip(names[0], s_out)), dict(zip(names[1], t_out)))
+        if classifier is None:
+            classifier = classifier_of(s_out[0], names[0][0], source.sidecar or target.sidecar)
+            tolerance = tolerance_for(job, source, dataset, plan, config, classifier, target.precision)
+        acc = Accumulator(names[0], names[1], config.top_k, tolerance.atol, tolerance.rtol, classifier)
+        labels = dataset.labels[indices] if dataset.labels is not None else None
+        acc.add(s_out, t_out, indices, labels)
+        comparison = acc.result()
+        parts.append(comparison)
+        rounds.append(RoundResult.of(seed, comparison))
+        if on_round:
+            on_round(index + 1, len(plan))
+    pooled = pool(parts)
+    reasons = judge(pooled, tolerance)
+    unsure = guard(pooled, dataset, source.sidecar, config.data is not None)
+    verdict = "inconclusive" if unsure else ("discrepant" if reasons else "equivalent")
+    report = CheckReport(
+        source=source.ref,
+        target=target.ref,
+        verdict=verdict,
+        samples=pooled.n,
+        rounds=rounds,
+        pooled=pooled,
+        tolerance=tolerance,
+        data=dataset.origin,
+        top_k=config.top_k,
+        seconds=0.0,
+        reasons=reasons,
+        flipped_samples=pooled.flips,
+        inconclusive=unsure,
+        classifier=bool(pooled.label_agreement is not None),
+    )
+    if config.localize or (config.localize is None and report.discrepant):
+        from convrepair.localize import localize
 
-            result = localize(registry, source_ref, target_ref, source_sidecar, target_sidecar, dataset, pooled.flips, report.discrepant, config.seed)
-            report.localization = result.to_json()
-        if config.lenses:
-            report.lenses = _lenses(registry, source, target, source_ref, target_ref, source_sidecar, dataset, plan, config)
+        result = localize(job, source, target, dataset, pooled.flips, bool(reasons), config.seed)
+        report.localization = result.to_json()
+    if config.lenses:
+        report.lenses = _lenses(job, source, target, dataset, plan, config)
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _lenses(registry, source, target, source_ref, target_ref, source_sidecar, dataset, plan, config) -> dict[str, Any]:
-    """The reliability lenses on the very samples the rounds drew, with the runners already open."""
+def _lenses(job: JobContext, source: ModelHandle, target: ModelHandle, dataset, plan, config) -> dict[str, Any]:
+    """The reliability lenses on the very samples the rounds drew, with the job's runners."""
     from convrepair.lenses import LensModel, input_range_of, run_lenses
 
     sampled = np.unique(np.concatenate([indices for _, indices in plan]))
-    models = [LensModel("source", source, str(source_ref.path), source_ref.format),
-              LensModel("target", target, str(target_ref.path), target_ref.format)]
+    models = [LensModel("source", job.runner(source), str(source.ref.path), source.ref.format),
+              LensModel("target", job.runner(target), str(target.ref.path), target.ref.format)]
     return run_lenses(models, dataset, sampled, config.lenses,
-                      gradients=lambda: registry.load_differentiable(source_ref, source_sidecar),
-                      input_range=input_range_of(source_sidecar, dataset)).to_json()
-
-
-def _reasons(pooled: Comparison, tolerance: Tolerance) -> list[str]:
-    reasons = []
-    if pooled.label_agreement is not None and pooled.flips:
-        reasons.append(f"{len(pooled.flips)} sample(s) change their top-1 label")
-    if tolerance.enforced or pooled.label_agreement is None:
-        for out in pooled.outputs:
-            if out.violations:
-                reasons.append(
-                    f"output {out.index} ({out.source_name}): {out.violations} of {out.elements} values outside "
-                    f"atol={tolerance.atol:g} + rtol={tolerance.rtol:g}·|source| (max |Δ| {out.max_abs:.3g})"
-                )
-    return reasons
+                      gradients=lambda: job.registry.load_differentiable(source.ref, source.sidecar),
+                      input_range=input_range_of(source.sidecar, dataset)).to_json()

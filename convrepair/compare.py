@@ -27,10 +27,34 @@ class OutputStats:
     max_rel: float
     cosine_min: float
     sqnr_db: float
-    violations: int = 0  # elements outside atol + rtol * |source|
+    violations: int = 0  # elements outside atol + rtol * |source| (or samples over the noise-floor limit)
     elements: int = 0
     signal_energy: float = 0.0
     noise_energy: float = 0.0
+    rel_errors: np.ndarray | None = None  # per sample ||s − t|| / ||s||, in the order samples were added
+    sample_ids: np.ndarray | None = None
+    moments: tuple[np.ndarray, np.ndarray, int] | None = None  # source Σx, Σx², n per element (variation)
+    neighbours: tuple[int, int] = (0, 0)  # nearest-neighbour agreements, comparisons (non-classifiers)
+    unit: str = "values"  # what `violations` counts: "values" (tolerances) or "samples" (noise floor)
+
+    @property
+    def rel_error_max(self) -> float:
+        return float(self.rel_errors.max(initial=0.0)) if self.rel_errors is not None else 0.0
+
+    @property
+    def variation(self) -> float | None:
+        """How much the source's output varies across samples: RMS std over RMS value."""
+        if self.moments is None or self.moments[2] < 2:
+            return None
+        total, squares, n = self.moments
+        mean = total / n
+        var = np.maximum(squares / n - mean**2, 0.0)
+        return float(np.sqrt(var.mean()) / max(np.sqrt((squares / n).mean()), 1e-30))
+
+    @property
+    def neighbour_agreement(self) -> float | None:
+        agree, compared = self.neighbours
+        return agree / compared if compared else None
 
     def to_json(self) -> dict:
         return {
@@ -43,6 +67,11 @@ class OutputStats:
             "sqnr_db": self.sqnr_db if np.isfinite(self.sqnr_db) else None,
             "violations": self.violations,
             "elements": self.elements,
+            "violations_unit": self.unit,
+            "rel_error_max": self.rel_error_max,
+            "rel_error_p99": float(np.quantile(self.rel_errors, 0.99)) if self.rel_errors is not None and self.rel_errors.size else None,
+            "source_variation": self.variation,
+            "neighbour_agreement": self.neighbour_agreement,
         }
 
 
@@ -58,6 +87,8 @@ class Comparison:
     source_correct: int | None = None
     target_correct: int | None = None
     flip_labels: list[tuple[int, int]] = field(default_factory=list)  # (source label, target label)
+    source_classes: dict[int, int] = field(default_factory=dict)  # source top-1 label → count
+    distinct: int | None = None  # distinct samples behind `n` (rounds may overlap on small data)
 
     @property
     def max_abs(self) -> float:
@@ -75,8 +106,10 @@ class Comparison:
 class Accumulator:
     """Streams batches of paired outputs; `result()` gives the pooled `Comparison`."""
 
-    def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1, atol: float = np.inf, rtol: float = 0.0):
+    def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1, atol: float = np.inf, rtol: float = 0.0,
+                 classifier: bool | None = None):
         self.source_names, self.target_names, self.top_k = source_names, target_names, top_k
+        self.declared_classifier = classifier
         self.atol, self.rtol = atol, rtol
         k = len(source_names)
         self.violations = np.zeros(k, dtype=np.int64)
@@ -89,6 +122,12 @@ class Accumulator:
         self.noise = np.zeros(k)
         self.agree = self.topk = 0
         self.classifier = True
+        self.rel_errors: list[list[np.ndarray]] = [[] for _ in range(k)]
+        self.ids: list[np.ndarray] = []
+        self.sums: list = [None] * k
+        self.squares: list = [None] * k
+        self.neighbours = [[0, 0] for _ in range(k)]
+        self.source_classes: dict[int, int] = {}
         self.flips: list[int] = []
         self.flip_labels: list[tuple[int, int]] = []
         self.source_correct = self.target_correct = 0
@@ -112,12 +151,22 @@ class Accumulator:
             self.noise[i] += float((diff**2).sum())
             self.violations[i] += int((diff > self.atol + self.rtol * np.abs(s64)).sum())
             self.elements[i] += diff.size
+            self.rel_errors[i].append(np.linalg.norm(s64 - t64, axis=1) / np.maximum(np.linalg.norm(s64, axis=1), 1e-30))
+            self.sums[i] = s64.sum(axis=0) + (0 if self.sums[i] is None else self.sums[i])
+            self.squares[i] = (s64**2).sum(axis=0) + (0 if self.squares[i] is None else self.squares[i])
+            agree, compared = nearest_neighbour_agreement(s64, t64)
+            self.neighbours[i][0] += agree
+            self.neighbours[i][1] += compared
+        self.ids.append(np.asarray(indices))
         first_s, first_t = source[0], target[0]
-        self.classifier = self.classifier and first_s.ndim == 2 and first_s.shape[1] > 1
+        shaped = first_s.ndim == 2 and first_s.shape[1] > 1
+        self.classifier = self.classifier and shaped and (self.declared_classifier is not False)
         if self.classifier:
             s_label = first_s.argmax(axis=1)
             t_label = first_t.argmax(axis=1)
             same = s_label == t_label
+            for label, count in zip(*np.unique(s_label, return_counts=True)):
+                self.source_classes[int(label)] = self.source_classes.get(int(label), 0) + int(count)
             self.agree += int(same.sum())
             k = min(self.top_k, first_t.shape[1])
             t_topk = np.argpartition(-first_t, k - 1, axis=1)[:, :k]
@@ -145,6 +194,10 @@ class Accumulator:
                 elements=int(self.elements[i]),
                 signal_energy=float(self.signal[i]),
                 noise_energy=float(self.noise[i]),
+                rel_errors=np.concatenate(self.rel_errors[i]) if self.rel_errors[i] else np.zeros(0),
+                sample_ids=np.concatenate(self.ids) if self.ids else np.zeros(0, np.int64),
+                moments=(self.sums[i], self.squares[i], self.n) if self.sums[i] is not None else None,
+                neighbours=(self.neighbours[i][0], self.neighbours[i][1]) if not self.classifier else (0, 0),
             )
             for i in range(len(self.source_names))
         ]
@@ -158,7 +211,24 @@ class Accumulator:
             source_correct=self.source_correct if self.has_labels else None,
             target_correct=self.target_correct if self.has_labels else None,
             flip_labels=self.flip_labels,
+            source_classes=dict(self.source_classes) if self.classifier else {},
         )
+
+
+def nearest_neighbour_agreement(source: np.ndarray, target: np.ndarray) -> tuple[int, int]:
+    """How many samples keep their nearest neighbour (by cosine, among the batch) from source to
+    target: the rank agreement that matters for embeddings, where top-1 "labels" mean nothing."""
+    n = len(source)
+    if n < 3 or source.shape[1] < 2:
+        return 0, 0
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        similarity = unit @ unit.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(axis=1)
+
+    return int((neighbours(source) == neighbours(target)).sum()), n
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -184,6 +254,7 @@ def compare_on(
     batch_size: int = 256,
     atol: float = np.inf,
     rtol: float = 0.0,
+    classifier: bool | None = None,
 ) -> Comparison:
     """Run both models on `dataset[indices]` batch by batch and compare their outputs."""
     subset = dataset.take(indices)
@@ -193,7 +264,7 @@ def compare_on(
         t_out = target.run(feeds_for(target.inputs, subset, start, stop))
         check_output_counts(source, target, s_out, t_out)
         if acc is None:
-            acc = Accumulator(list(s_out), list(t_out), top_k, atol, rtol)
+            acc = Accumulator(list(s_out), list(t_out), top_k, atol, rtol, classifier)
         labels = subset.labels[start:stop] if subset.labels is not None else None
         acc.add(list(s_out.values()), list(t_out.values()), indices[start:stop], labels)
     assert acc is not None
@@ -222,8 +293,14 @@ def pool(parts: list[Comparison]) -> Comparison:
                 elements=sum(o.elements for o in column),
                 signal_energy=signal,
                 noise_energy=noise,
+                rel_errors=np.concatenate([o.rel_errors for o in column if o.rel_errors is not None] or [np.zeros(0)]),
+                sample_ids=np.concatenate([o.sample_ids for o in column if o.sample_ids is not None] or [np.zeros(0, np.int64)]),
+                moments=_pooled_moments([o.moments for o in column]),
+                neighbours=(sum(o.neighbours[0] for o in column), sum(o.neighbours[1] for o in column)),
+                unit=first.unit,
             )
         )
+
     def weighted(attr: str) -> float | None:
         return sum(getattr(p, attr) * p.n for p in parts) / max(n, 1) if classifier else None
 
@@ -237,7 +314,34 @@ def pool(parts: list[Comparison]) -> Comparison:
         source_correct=sum(p.source_correct for p in parts) if labelled else None,
         target_correct=sum(p.target_correct for p in parts) if labelled else None,
         flip_labels=[pair for p in parts for pair in p.flip_labels],
+        source_classes=_pooled_counts([p.source_classes for p in parts]),
+        distinct=len({int(i) for p in parts for o in p.outputs[:1] if o.sample_ids is not None for i in o.sample_ids}) or None,
     )
+
+
+def _pooled_moments(moments):
+    if any(m is None for m in moments):
+        return None
+    return (sum(m[0] for m in moments), sum(m[1] for m in moments), sum(m[2] for m in moments))
+
+
+def _pooled_counts(counts: list[dict[int, int]]) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            out[key] = out.get(key, 0) + value
+    return out
+
+
+def clopper_pearson(failures: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) two-sided interval on a failure rate, as
+    `scipy.stats.binomtest(failures, n).proportion_ci(method="exact")` gives it."""
+    if n <= 0:
+        return 0.0, 1.0
+    tail = (1.0 - confidence) / 2
+    high = clopper_pearson_upper(failures, n, 1.0 - tail)
+    low = 0.0 if failures <= 0 else 1.0 - clopper_pearson_upper(n - failures, n, 1.0 - tail)
+    return low, high
 
 
 def clopper_pearson_upper(failures: int, n: int, confidence: float = 0.95) -> float:

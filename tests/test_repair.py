@@ -157,9 +157,10 @@ def int8_flipping(fixtures_dir, tmp_path_factory):
 
 
 def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int8_flipping, tmp_path):
+    """The held-out rounds are 500 distinct samples (no overlap): the patch may break 2% of them."""
     data = fixtures_dir / "digits_all_nchw.npz"
     report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "patched.onnx", data, accept_improvement=True,
-                     prefer="fast")
+                     prefer="fast", max_break_rate=0.02)
     assert report.choice["chosen"] == "pso_patch"
     pso = [a for a in report.attempts if a.kind == "pso_patch"]
     assert pso and pso[0].accepted, [a.to_json() for a in report.attempts]
@@ -176,7 +177,7 @@ def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int
     assert any(n.op_type == "DequantizeLinear" for n in patched.graph.node)  # still quantized
 
     again = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "again.onnx", data, accept_improvement=True,
-                    prefer="fast")
+                    prefer="fast", max_break_rate=0.02)
     assert [a.patch.after for a in again.attempts if a.patch] == [a.patch.after for a in report.attempts if a.patch]
 
 

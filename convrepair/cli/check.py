@@ -40,7 +40,7 @@ def check(
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
 
-    Exit 0 equivalent, 1 discrepant, 2 bad input.
+    Exit 0 equivalent, 1 discrepant or inconclusive, 2 bad input.
     """
     from convrepair.check import CheckConfig, run_check
     from convrepair.lenses import lens_config
@@ -58,4 +58,4 @@ def check(
     emit_json(json_out, payload)
     if human(json_out):
         render_check(payload)
-    raise typer.Exit(1 if report.discrepant else 0)
+    raise typer.Exit(0 if report.verdict == "equivalent" else 1)  # discrepant or inconclusive: 1

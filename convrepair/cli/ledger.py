@@ -191,7 +191,7 @@ def show(
     from convrepair.ledger.verify import verify as run_verify
     from convrepair.report.terminal import render_log
 
-    _, trusted = _trusted(trust, log_file)
+    trust_path, trusted = _trusted(trust, log_file)
     checked = run_verify(log_file, trusted)
     if not checked.ok:
         raise Unverified(f"not shown, it does not verify: {checked.reason}", log_file)
@@ -205,5 +205,6 @@ def show(
         from convrepair.report.html import log_page
 
         with atomic_output(html) as tmp:
-            tmp.write_text(log_page(statement, envelope, log_file))
+            tmp.write_text(log_page(statement, envelope, log_file, verified=f"all {len(checked.checks)} checks hold "
+                                    f"(signatures, file digests, decisions; trust {trust_path})"))
         say(f"wrote {html}", json_out)

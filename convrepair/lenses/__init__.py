@@ -213,21 +213,22 @@ def run_lenses(models: list[LensModel], dataset: Dataset, eval_idx: np.ndarray, 
 
 
 def run_lenses_on_files(registry, files: list[tuple[str, Any]], dataset: Dataset, eval_idx: np.ndarray,
-                        config: LensConfig, fit_idx: np.ndarray | None = None) -> LensReport:
+                        config: LensConfig, fit_idx: np.ndarray | None = None, job=None) -> LensReport:
     """`run_lenses` over models on disk: `files` are (role, path), the first being the reference
-    whose gradients craft the adversarial inputs and whose sidecar gives the valid input range."""
+    whose gradients craft the adversarial inputs and whose sidecar gives the valid input range.
+    With a `JobContext`, the job's models (already resolved and loaded) are used and left open."""
     import contextlib
 
-    from convrepair.model import model_ref
-    from convrepair.sidecar import read_sidecar
+    from convrepair.job import opened
 
     try:
-        refs = [(role, model_ref(path, registry)) for role, path in files]
-        sidecars = {role: read_sidecar(ref.path) for role, ref in refs}
-        first_role, first_ref = refs[0]
         with contextlib.ExitStack() as stack:
-            models = [LensModel(role, stack.enter_context(registry.load(ref, sidecars[role])), str(ref.path), ref.format)
-                      for role, ref in refs]
+            ctx = stack.enter_context(opened(job, registry))
+            handles = [(role, ctx.model(path)) for role, path in files]
+            sidecars = {role: handle.sidecar for role, handle in handles}
+            first_role, first_ref = handles[0][0], handles[0][1].ref
+            models = [LensModel(role, ctx.runner(handle), str(handle.ref.path), handle.ref.format)
+                      for role, handle in handles]
             return run_lenses(models, dataset, eval_idx, config, fit_idx,
                               gradients=lambda: registry.load_differentiable(first_ref, sidecars[first_role]),
                               input_range=input_range_of(sidecars[first_role], dataset))

@@ -8,11 +8,8 @@ output diverges while its input still agrees is the candidate; it is confirmed i
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,14 +18,19 @@ from convrepair.localize.align import align
 from convrepair.localize.capture import capture, run_segment
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView
-from convrepair.localize.ir import export_options, to_onnx_ir
+from convrepair.localize.ir import export_options
 from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff, layout_permutations
-from convrepair.model import ModelRef, TensorSpec
-from convrepair.plugins import PluginRegistry
-from convrepair.sidecar import Sidecar
+from convrepair.model import TensorSpec
+from convrepair.report.progress import track
+
+if TYPE_CHECKING:
+    from convrepair.job import JobContext, ModelHandle
 
 # rel_l2 above which a layer's output counts as diverged, by the target's precision.
 DIVERGENCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
+# rel_l2 within which the first layer's inputs agree: rounding to the precision is no input fault
+# (an fp16 graph pads and casts its input: ×1 ± 1e-7 is rounding, not preprocessing).
+INPUT_AGREEMENT = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 2e-3, "int8": 2e-2}
 MAX_SAMPLES = 64  # flipped samples used, and as many agreeing ones
 CHUNK = 8
 
@@ -96,74 +98,78 @@ def onnx_feeds(model, layouts: list[str], dataset: Dataset) -> dict[str, np.ndar
 
 
 def localize(
-    registry: PluginRegistry,
-    source_ref: ModelRef,
-    target_ref: ModelRef,
-    source_sidecar: Sidecar | None,
-    target_sidecar: Sidecar | None,
+    job: JobContext,
+    source: ModelHandle,
+    target: ModelHandle,
     dataset: Dataset,
     flips: list[int],
     discrepant: bool,
     seed: int = 0,
 ) -> Localization:
-    import onnx
-
-    precision = target_sidecar.precision if target_sidecar else "fp32"
+    """Localize on the job's models: their ONNX IRs are exported (and parsed) once per job."""
+    precision = target.precision
     threshold = DIVERGENCE.get(precision, DIVERGENCE["fp32"])
     samples, counts = localization_samples(dataset, flips, seed)
-    workdir = Path(tempfile.mkdtemp(prefix="convrepair-localize-"))
-    try:
-        # Export the source the way the target was exported (FetaFix compares like with like).
-        source_ir = to_onnx_ir(registry, source_ref, source_sidecar, samples, workdir, export_options(target_sidecar))
-        target_ir = to_onnx_ir(registry, target_ref, target_sidecar, samples, workdir, export_options(target_sidecar))
-        s_model, t_model = onnx.load(str(source_ir.path)), onnx.load(str(target_ir.path))
-        source_view, target_view = GraphView(s_model), GraphView(t_model)
-        s_feeds = onnx_feeds(s_model, source_ir.layouts or samples.layouts, samples)
-        t_feeds = onnx_feeds(t_model, target_ir.layouts or samples.layouts, samples)
-        alignment = align(source_view.layers(), target_view.layers())
-        _prefer_shared_names(alignment.pairs, target_view)
-        unaligned = {
-            key: [layer.node.name for layer in layers]
-            for key, layers in (("source_only", alignment.source_only), ("target_only", alignment.target_only))
-            if layers
-        }
-        input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds)
-        rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
-        if first_index is None and discrepant:
-            first_index = _first_jump(rows)
-        # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
-        comparable = [pair for pair, row in zip(alignment.pairs, rows) if row.status != "fused"]
-        static = static_diff(source_view, target_view, comparable, precision)
-        ir_info = {
-            "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
-            "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
-        }
-        if first_index is None and not (input_evidence and not input_evidence.get("agree", True)):
-            fault = None
-            if discrepant and precision != "fp32":
-                fault = Fault("precision", f"the target runs in {precision}; each layer stays within rel_l2 "
-                              f"{threshold} of the source, and the small errors add up at the outputs",
-                              {"precision": precision, "threshold_rel_l2": threshold})
-            elif discrepant:
-                fault = Fault("unknown", "the outputs differ but no aligned layer diverges beyond rel_l2 "
-                              f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
-            return Localization(None, fault, rows, ir_info, counts, None, unaligned, static)
-        index = first_index if first_index is not None else 0
-        pair = alignment.pairs[index]
-        end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
-        shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
-        rows[index].status = "diverged"
-        context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
-        fault = explain(context)
-        first = {
-            "source_layer": pair[0].node.name,
-            "target_layer": pair[1].node.name,
-            "kind": pair[0].kind,
-            "metric": rows[index].diff.to_json() if rows[index].diff else None,
-        }
-        return Localization(first, fault, rows, ir_info, counts, shadow, unaligned, static)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    # Export the source the way the target was exported (FetaFix compares like with like).
+    options = export_options(target.sidecar)
+    source_ir = job.onnx_ir(source, samples, options)
+    target_ir = job.onnx_ir(target, samples, options)
+    (s_model, source_view), (t_model, target_view) = job.graph(source_ir.path), job.graph(target_ir.path)
+    s_feeds = onnx_feeds(s_model, source_ir.layouts or samples.layouts, samples)
+    t_feeds = onnx_feeds(t_model, target_ir.layouts or samples.layouts, samples)
+    alignment = align(source_view.layers(), target_view.layers())
+    _prefer_shared_names(alignment.pairs, target_view)
+    for s_layer, t_layer in alignment.pairs:  # int8 layers are compared as real numbers, not raw integers
+        s_layer.tensor, t_layer.tensor = source_view.real_tensor(s_layer.tensor), target_view.real_tensor(t_layer.tensor)
+    alignment.pairs += _output_pairs(source_view, target_view, alignment.pairs)
+    unaligned = {
+        key: [layer.node.name for layer in layers]
+        for key, layers in (("source_only", alignment.source_only), ("target_only", alignment.target_only))
+        if layers
+    }
+    input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
+                                           INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]))
+    rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
+    if first_index is None and discrepant:
+        first_index = _first_jump(rows)
+    # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
+    comparable = [pair for pair, row in zip(alignment.pairs, rows) if row.status != "fused"]
+    static = static_diff(source_view, target_view, comparable, precision)
+    ir_info = {
+        "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
+        "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
+    }
+    if first_index is None and not (input_evidence and not input_evidence.get("agree", True)):
+        fault = None
+        if discrepant and precision != "fp32":
+            fault = Fault("precision", f"the target runs in {precision}; each layer stays within rel_l2 "
+                          f"{threshold} of the source, and the small errors add up at the outputs",
+                          {"precision": precision, "threshold_rel_l2": threshold})
+        elif discrepant:
+            fault = Fault("unknown", "the outputs differ but no aligned layer diverges beyond rel_l2 "
+                          f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
+        first = None
+        if discrepant and (fault is None or fault.type == "unknown"):
+            first, fault = _from_static_diff(static, alignment.pairs, rows, source_view, target_view, precision) or (None, fault)
+        return Localization(first, fault, rows, ir_info, counts, None, unaligned, static)
+    index = first_index if first_index is not None else 0
+    pair = alignment.pairs[index]
+    end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
+    shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
+    rows[index].status = "diverged"
+    context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
+    fault = explain(context)
+    if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
+        found = _from_static_diff(static, alignment.pairs, rows, source_view, target_view, precision)
+        if found is not None:
+            return Localization(found[0], found[1], rows, ir_info, counts, shadow, unaligned, static)
+    first = {
+        "source_layer": pair[0].node.name,
+        "target_layer": pair[1].node.name,
+        "kind": pair[0].kind,
+        "metric": rows[index].diff.to_json() if rows[index].diff else None,
+    }
+    return Localization(first, fault, rows, ir_info, counts, shadow, unaligned, static)
 
 
 def _prefer_shared_names(pairs, target_view: GraphView) -> None:
@@ -186,7 +192,7 @@ def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[La
     not a fault: it is marked "fused" and the walk goes on.
     """
     diffs: list[TensorDiff | None] = []
-    for start in range(0, len(pairs), CHUNK):
+    for start in track(range(0, len(pairs), CHUNK), f"localizing {len(pairs)} layers, {CHUNK} at a time"):
         chunk = pairs[start : start + CHUNK]
         s_values = capture(s_model, [s.tensor for s, _ in chunk], s_feeds)
         t_values = capture(t_model, [t.tensor for _, t in chunk], t_feeds)
@@ -255,8 +261,65 @@ def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end: float 
             "input_from": s_prev.node.name, "segment": f"{t_prev.node.name} → {t_layer.node.name}"}
 
 
-def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds) -> dict[str, Any]:
-    """Does the first layer see the same input in both? If not: scale/offset, axis order or channel order."""
+def _output_pairs(source_view: GraphView, target_view: GraphView, pairs) -> list:
+    """The graph outputs as the last checkpoints, so every op belongs to a compared segment: a bias
+    Add, a Mul, a Reshape or a Softmax after the last aligned layer is localized to that tail."""
+    from convrepair.localize.graph import Layer
+
+    extra = []
+    if not pairs:
+        return extra
+    last_s, last_t = pairs[-1]
+    for s_name, t_name in zip(source_view.outputs, target_view.outputs):
+        if s_name == last_s.tensor and t_name == last_t.tensor:
+            continue
+        s_node, t_node = source_view.producer.get(s_name), target_view.producer.get(t_name)
+        if s_node is None or t_node is None:
+            continue
+        s_tail = [n for n in source_view.nodes if last_s.node.index < n.index <= s_node.index]
+        t_tail = [n for n in target_view.nodes if last_t.node.index < n.index <= t_node.index]
+        extra.append((Layer(len(pairs) + len(extra), s_node, s_name, s_tail, "output"),
+                      Layer(len(pairs) + len(extra), t_node, t_name, t_tail, "output")))
+    return extra
+
+
+def _from_static_diff(static, pairs, rows, source_view, target_view, precision):
+    """(first_divergent, Fault) from the static diff when the walk named no layer, or a whole-graph
+    op-count difference; None when neither says anything. The verdict is never `unknown` while a
+    parameter, attribute or op differs."""
+    if static:
+        worst = static[0]
+        index = next((i for i, (s, t) in enumerate(pairs) if t.node.name == worst["target_layer"]), None)
+        if index is not None:
+            rows[index].status = "diverged"
+        kind = pairs[index][0].kind if index is not None else None
+        metric = rows[index].diff.to_json() if index is not None and rows[index].diff else None
+        first = {"source_layer": worst["source_layer"], "target_layer": worst["target_layer"], "kind": kind, "metric": metric}
+        fault = Fault(worst["type"], worst["detail"] + " (named by the static diff: no layer crossed the divergence threshold)",
+                      worst.get("evidence", {}))
+        return first, fault
+    if precision != "fp32":
+        return None
+    from collections import Counter
+
+    from convrepair.localize.graph import PRECISION_OPS
+
+    def ops(view):
+        return Counter(n.op for n in view.nodes if n.op not in PRECISION_OPS and n.op != "Identity")
+
+    missing, added = dict(ops(source_view) - ops(target_view)), dict(ops(target_view) - ops(source_view))
+    if not missing and not added:
+        return None
+    lost = [n for n in source_view.nodes if n.op in missing]
+    where = lost[0].name if lost else next(n.name for n in target_view.nodes if n.op in added)
+    first = {"source_layer": where if lost else None, "target_layer": None if lost else where, "kind": None, "metric": None}
+    return first, Fault("graph_structure", f"ops differ between the graphs: missing {missing or '{}'}, added {added or '{}'}",
+                        {"missing_in_target": missing, "added_in_target": added})
+
+
+def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds, agreement: float = 1e-4) -> dict[str, Any]:
+    """Does the first layer see the same input in both? If not: scale/offset, axis order or channel order.
+    Differences within `agreement` (rel_l2: rounding to the target's precision) are agreement."""
     if not pairs:
         return {}
     s_first, t_first = pairs[0]
@@ -266,8 +329,8 @@ def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_f
     s_value, t_value = s_value.astype(np.float32), t_value.astype(np.float32)
     direct = direct_diff(s_value, t_value) if s_value.shape == t_value.shape else None
     evidence: dict[str, Any] = {"source_tensor": s_name, "target_tensor": t_name}
-    if direct is not None and direct.rel_l2 <= 1e-4:
-        return evidence | {"agree": True}
+    if direct is not None and direct.rel_l2 <= agreement:
+        return evidence | {"agree": True, "metric": direct.to_json()}
     evidence["agree"] = False
     evidence["same_shape"] = s_value.shape == t_value.shape
     if direct is not None:
@@ -288,5 +351,8 @@ def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_f
         a = np.vstack([s_value.ravel(), np.ones(s_value.size)]).T
         (scale, offset), *_ = np.linalg.lstsq(a, t_value.ravel(), rcond=None)
         residual = float(np.linalg.norm(a @ np.array([scale, offset]) - t_value.ravel()) / max(np.linalg.norm(t_value), 1e-12))
+        rms = float(np.sqrt(np.mean(s_value.astype(np.float64) ** 2))) if s_value.size else 0.0
         evidence["affine_fit"] = {"scale": float(scale), "offset": float(offset), "residual": residual}
+        if abs(scale - 1.0) <= agreement and abs(offset) <= agreement * max(rms, 1e-12) and residual <= 10 * agreement:
+            return evidence | {"agree": True, "rounding": True}  # ×1 ± rounding: the precision, not the pipeline
     return evidence

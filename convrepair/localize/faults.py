@@ -112,6 +112,21 @@ def _pair_nodes(source: list[Node], target: list[Node]) -> list[tuple[Node, Node
     return pairs
 
 
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}
+
+
+def _constants(view: GraphView, node: Node) -> list[tuple[int, np.ndarray]]:
+    """A node's parameters; for elementwise ops (a bias Add, a scaling Mul) scalars count too."""
+    if node.op not in _ELEMENTWISE:
+        return view.params(node)
+    out = []
+    for position, name in enumerate(node.inputs):
+        value = view.constant(name)
+        if value is not None and np.issubdtype(np.asarray(value).dtype, np.floating):
+            out.append((position, np.asarray(value)))
+    return out
+
+
 def _role(node: Node, position: int, value: np.ndarray) -> str:
     if node.op in ("Conv", "ConvTranspose", "Gemm", "ConvInteger", "QLinearConv"):
         return "biases" if position == 2 else "weights"
@@ -161,8 +176,8 @@ def parameters(ctx: FaultContext) -> Fault | None:
     source_layer, target_layer = ctx.pair
     findings = []
     for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
-        s_params = dict(ctx.source.params(s_node))
-        for position, t_value in ctx.target.params(t_node):
+        s_params = dict(_constants(ctx.source, s_node))
+        for position, t_value in _constants(ctx.target, t_node):
             s_value = s_params.get(position)
             if s_value is None:
                 continue

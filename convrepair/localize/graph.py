@@ -20,6 +20,8 @@ KINDS = {
 }
 # Ops that only move precision around; they are not part of what a layer computes.
 PRECISION_OPS = {"Cast", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+# Ops whose output is integers (scaled); their real value lies a Cast/Mul/Add (or Dequantize) later.
+INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
 
 
 @dataclass
@@ -69,6 +71,27 @@ class GraphView:
         self.inputs = [v.name for v in graph.input if v.name not in self.initializers]
         self.outputs = [v.name for v in graph.output]
         self.producer = {out: node for node in self.nodes for out in node.outputs}
+        self.consumers: dict[str, list[Node]] = {}
+        for node in self.nodes:
+            for name in node.inputs:
+                self.consumers.setdefault(name, []).append(node)
+
+    def real_tensor(self, tensor: str) -> str:
+        """The tensor holding the real value of an integer op's output: ConvInteger's int32 is
+        followed down its chain of Cast, rescaling Mul, bias Add or DequantizeLinear."""
+        producer = self.producer.get(tensor)
+        if producer is None or producer.op not in INTEGER_OPS:
+            return tensor
+        current, seen = tensor, set()
+        while len(self.consumers.get(current, [])) == 1:
+            node = self.consumers[current][0]
+            constant_operand = any(self.constant(i) is not None for i in node.inputs if i != current)
+            wanted = node.op in ("Cast", "DequantizeLinear", "Mul") or (node.op == "Add" and constant_operand)
+            if not wanted or node.op in seen or "Add" in seen:
+                break
+            seen.add(node.op)
+            current = node.outputs[0]
+        return current
 
     def layers(self) -> list[Layer]:
         """Layer checkpoints in topological order, each with the nodes since the previous one."""

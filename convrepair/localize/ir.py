@@ -9,14 +9,16 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from convrepair.data import Dataset
 from convrepair.errors import BadInput
-from convrepair.model import ModelRef
-from convrepair.plugins import PluginRegistry
 from convrepair.sidecar import Sidecar
+
+if TYPE_CHECKING:
+    from convrepair.job import JobContext, ModelHandle
 
 
 @dataclass
@@ -35,14 +37,9 @@ def export_options(sidecar: Sidecar | None) -> dict:
     return {}
 
 
-def to_onnx_ir(
-    registry: PluginRegistry,
-    ref: ModelRef,
-    sidecar: Sidecar | None,
-    dataset: Dataset,
-    workdir: Path,
-    options: dict | None = None,
-) -> OnnxIR:
+def to_onnx_ir(job: JobContext, handle: ModelHandle, dataset: Dataset, workdir: Path, options: dict | None = None) -> OnnxIR:
+    """Use `JobContext.onnx_ir`, which calls this once per model and export options."""
+    ref, sidecar = handle.ref, handle.sidecar
     layouts = list(sidecar.input_layout) if sidecar and sidecar.input_layout else []
     if ref.format == "onnx":
         return OnnxIR(ref.path, "as is", 0.0, layouts)
@@ -50,9 +47,9 @@ def to_onnx_ir(
     from convrepair.convert import convert
 
     try:
-        result = convert(registry, ref.path, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx", options=options)
+        result = convert(job.registry, ref, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx", options=options)
     except Exception as exc:  # noqa: BLE001 - no IR means no layer-wise view, said plainly
         raise BadInput(f"cannot bring this {ref.format} model to ONNX for localization: {exc}", ref.path) from None
-    with registry.load(ref, sidecar, device="cpu") as model, registry.load(result.output, None, device="cpu") as ir:
-        comparison = compare_on(model, ir, dataset, np.arange(len(dataset)))
+    with job.registry.load(result.output, None, device="cpu") as ir:
+        comparison = compare_on(job.runner(handle), ir, dataset, np.arange(len(dataset)))
     return OnnxIR(result.output.path, " → ".join(result.route), comparison.max_abs, layouts)

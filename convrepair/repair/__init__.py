@@ -18,13 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convrepair.check import CheckConfig, CheckReport, load_dataset, run_check
+from convrepair.check import CheckConfig, CheckReport, check_models, job_dataset
 from convrepair.errors import BadInput, exception_text
 from convrepair.fsutil import atomic_output, combined_digest, file_digests
-from convrepair.model import model_ref
+from convrepair.job import JobContext, opened
+from convrepair.localize.ir import export_options
 from convrepair.plugins import PluginRegistry
 from convrepair.repair.restore import Patch, RestoreUnavailable, restore
 from convrepair.repair.transfer import CARRIERS
+from convrepair.report.progress import track
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
 
 if TYPE_CHECKING:
@@ -88,7 +90,7 @@ class RepairReport:
     source: dict[str, Any]
     target: dict[str, Any]
     output: dict[str, Any] | None
-    verdict: str  # "repaired" | "improved" | "already_equivalent" | "not_repaired"
+    verdict: str  # "repaired" | "improved" | "already_equivalent" | "not_repaired" | "inconclusive"
     check_before: dict[str, Any]
     attempts: list[Attempt]
     check_after: dict[str, Any] | None
@@ -99,6 +101,12 @@ class RepairReport:
     strategy: str
     lenses: dict[str, Any] | None = None
     choice: dict[str, Any] | None = None  # options offered side by side and the one the policy took
+    stages: list[dict[str, Any]] = field(default_factory=list)  # which stages ran, and why one did not
+    job: dict[str, int] | None = None  # what the job context did: models resolved, loaded, exported
+
+    @property
+    def skipped_for_time(self) -> list[str]:
+        return [f"{s['stage']}: {s['note']}" for s in self.stages if s.get("note") and "budget" in s["note"]]
 
     @property
     def succeeded(self) -> bool:
@@ -121,6 +129,9 @@ class RepairReport:
             "device": self.device,
             "choice": self.choice,
             "lenses": self.lenses,
+            "stages": self.stages,
+            "skipped_for_time": self.skipped_for_time,
+            "job": self.job,
         }
 
 
@@ -160,7 +171,7 @@ def _fewer_flips(before: CheckReport, after: CheckReport, max_break_rate: float 
     fixed = len(set(before.flipped_samples) - set(after.flipped_samples))
     if len(after.flipped_samples) >= len(before.flipped_samples):
         return False, refusal, new_flips
-    if max_break_rate is not None and len(new_flips) > max_break_rate * max(after.pooled.n, 1):
+    if max_break_rate is not None and len(new_flips) > max_break_rate * max(after.distinct, 1):
         return False, f"fixed {fixed}, but broke {len(new_flips)} (more than {max_break_rate:.0%})", new_flips
     return True, f"fixed {fixed} of {len(before.flipped_samples)} flipped sample(s), broke {len(new_flips)}", new_flips
 
@@ -178,98 +189,99 @@ def _divergence_moved(before: dict[str, Any], after: dict[str, Any] | None) -> b
     )
 
 
-def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, out: Path, config: RepairConfig) -> RepairReport:
-    import onnx
+def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, out: Path, config: RepairConfig,
+               job: JobContext | None = None) -> RepairReport:
+    """Paths and a config in, a report out; every model lives in one `JobContext` for the whole job."""
+    with opened(job, registry) as ctx:
+        return repair_models(ctx, source_path, target_path, out, config)
 
-    from convrepair.localize.graph import GraphView
-    from convrepair.localize.ir import export_options, to_onnx_ir
 
+def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Path, config: RepairConfig) -> RepairReport:
     started = time.perf_counter()
     if config.strategy not in STRATEGIES:
         raise BadInput(f"unknown strategy '{config.strategy}' ({', '.join(STRATEGIES)})")
     if config.prefer not in PREFERENCES:
         raise BadInput(f"unknown preference '{config.prefer}' ({', '.join(PREFERENCES)})")
-    source_ref, target_ref = model_ref(source_path, registry), model_ref(target_path, registry)
+    source, target = job.model(source_path), job.model(target_path)
+    source_ref, target_ref, target_sidecar = source.ref, target.ref, target.sidecar
     if Path(out).resolve() in (source_ref.path.resolve(), target_ref.path.resolve()):
         raise BadInput("--out must not overwrite the source or the target", out)
-    source_sidecar, target_sidecar = read_sidecar(source_ref.path), read_sidecar(target_ref.path)
     base = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed)
-    with registry.load(source_ref, source_sidecar, device="cpu") as runner:
-        dataset = load_dataset(base, runner.inputs, source_sidecar)
+    dataset = job_dataset(job, source, base)
     order = np.random.default_rng(config.seed).permutation(len(dataset))
     search_idx, held_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
 
     def check(path: Path, subset, localize=None) -> CheckReport:
         cfg = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed,
                           subset=subset, localize=localize, atol=config.atol, rtol=config.rtol)
-        return run_check(registry, source_ref.path, path, cfg)
+        return check_models(job, source, job.model(path), cfg)
 
     before = check(target_ref.path, search_idx, localize=True)
     attempts: list[Attempt] = []
-    workdir = Path(tempfile.mkdtemp(prefix="convrepair-repair-"))
+    workdir = Path(tempfile.mkdtemp(prefix="convrepair-repair-", dir=job.workdir))
     final_path, final_check = target_ref.path, before
     choice = None
-    try:
-        source_ir_path = current_ir = None  # current_ir: the ONNX IR of final_path, when one was made
-        if before.discrepant and config.strategy in ("auto", "restore"):
-            if target_ref.format not in ("onnx", *CARRIERS):
-                attempts.append(Attempt("restore", False, f"restores are written to {', '.join(('onnx', *CARRIERS))} "
-                                                          f"targets; this target is {target_ref.format}"))
-            else:
-                sample = dataset.take(search_idx[:64])
-                source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, sample, workdir, export_options(target_sidecar)).path
-                source_view = GraphView(onnx.load(str(source_ir_path)))
-                # a .pt2 or Keras target is repaired on its ONNX IR (the graph localization named), then carried back
-                work_target = target_ref.path if target_ref.format == "onnx" else to_onnx_ir(
-                    registry, target_ref, target_sidecar, sample, workdir, export_options(target_sidecar)).path
-                final_path, final_check = _restore_loop(
-                    check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config, started,
-                )
-                if target_ref.format != "onnx":
-                    ir_final = final_path
-                    final_path, final_check = _carried_restores(check, search_idx, work_target, ir_final, final_check,
-                                                                target_ref, before, workdir, attempts)
-                    current_ir = work_target if final_path == target_ref.path else ir_final
-        # what is left is offered as options: the precision fallback (exact, slower) for rounding
-        # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
-        options: list[Option] = []
-        if final_check.discrepant and source_ir_path is not None and target_ref.format == "onnx" \
-                and _fault_type(final_check) == "precision":
-            fallback = _precision_fallback(registry, check, search_idx, final_path, final_check, source_ir_path,
-                                           target_sidecar, target_ref.path, workdir, attempts, config)
-            if fallback is not None:
-                options.append(fallback)
-        if final_check.discrepant and config.strategy in ("auto", "pso"):
-            patched = _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, final_path,
-                                   final_check, dataset, search_idx, workdir, attempts, config, source_ir_path, current_ir)
-            if patched[0] != final_path:
-                options.append(Option("pso_patch", *patched, attempts[-1]))
-        held_before = after = None
-        if not before.discrepant:
-            verdict = "already_equivalent"
+    options_ir = export_options(target_sidecar)
+    source_ir_path = current_ir = None  # current_ir: the ONNX IR of final_path, when one was made
+    if before.discrepant and config.strategy in ("auto", "restore"):
+        if target_ref.format not in ("onnx", *CARRIERS):
+            attempts.append(Attempt("restore", False, f"restores are written to {', '.join(('onnx', *CARRIERS))} "
+                                                      f"targets; this target is {target_ref.format}"))
         else:
-            held_before = check(target_ref.path, held_idx, localize=False)
-            held = {}  # held-out checks of the options, made once
-            chosen = options[0] if options else None
-            if len(options) > 1:
-                held = {option.kind: check(option.path, held_idx, localize=False) for option in options}
-                choice = _choose(options, held, held_before, target_ref.path, config.prefer)
-                chosen = next(option for option in options if option.kind == choice["chosen"])
-            if chosen is not None:
-                final_path, final_check = chosen.path, chosen.search_check
-                chosen.attempt.applied = True
-            after = held.get(chosen.kind) if chosen is not None and chosen.kind in held else (
-                check(final_path, held_idx, localize=False) if final_path != target_ref.path else None)
-            verdict = _verdict(held_before, after, config)
-        output = None
-        if verdict != "not_repaired":
-            output = _write_output(registry, final_path, out, target_ref, target_sidecar, attempts)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+            sample = dataset.take(search_idx[:64])
+            source_ir_path = job.onnx_ir(source, sample, options_ir).path
+            source_view = job.graph(source_ir_path)[1]
+            # a .pt2 or Keras target is repaired on its ONNX IR (the graph localization named), then carried back
+            work_target = target_ref.path if target_ref.format == "onnx" else job.onnx_ir(target, sample, options_ir).path
+            final_path, final_check = _restore_loop(
+                job, check, search_idx, work_target, before, source_view, target_sidecar, workdir, attempts, config,
+            )
+            if target_ref.format != "onnx":
+                ir_final = final_path
+                final_path, final_check = _carried_restores(check, search_idx, work_target, ir_final, final_check,
+                                                            target_ref, before, workdir, attempts)
+                current_ir = work_target if final_path == target_ref.path else ir_final
+    # what is left is offered as options: the precision fallback (exact, slower) for rounding
+    # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
+    options: list[Option] = []
+    if final_check.discrepant and target_ref.format == "onnx" and _fault_type(final_check) == "precision":
+        if source_ir_path is None:
+            source_ir_path = job.onnx_ir(source, dataset.take(search_idx[:64]), options_ir).path
+        fallback = _precision_fallback(job.registry, check, search_idx, final_path, final_check, source_ir_path,
+                                       target_sidecar, target_ref.path, workdir, attempts, config)
+        if fallback is not None:
+            options.append(fallback)
+    if final_check.discrepant and config.strategy in ("auto", "pso"):
+        patched = _pso_attempt(job, check, source, target, final_path, final_check, dataset, search_idx, workdir,
+                               attempts, config, source_ir_path, current_ir)
+        if patched[0] != final_path:
+            options.append(Option("pso_patch", *patched, attempts[-1]))
+    held_before = after = None
+    if not before.conclusive:
+        verdict = "inconclusive"
+    elif not before.discrepant:
+        verdict = "already_equivalent"
+    else:
+        held_before = check(target_ref.path, held_idx, localize=False)
+        held = {}  # held-out checks of the options, made once
+        chosen = options[0] if options else None
+        if len(options) > 1:
+            held = {option.kind: check(option.path, held_idx, localize=False) for option in options}
+            choice = _choose(options, held, held_before, target_ref.path, config.prefer)
+            chosen = next(option for option in options if option.kind == choice["chosen"])
+        if chosen is not None:
+            final_path, final_check = chosen.path, chosen.search_check
+            chosen.attempt.applied = True
+        after = held.get(chosen.kind) if chosen is not None and chosen.kind in held else (
+            check(final_path, held_idx, localize=False) if final_path != target_ref.path else None)
+        verdict = _verdict(held_before, after, config)
+    output = None
+    if verdict not in ("not_repaired", "inconclusive"):
+        output = _write_output(job.registry, final_path, out, target_ref, target_sidecar, attempts)
     models = [("source", source_ref.path), ("target", target_ref.path)]
     if output is not None and verdict in ("repaired", "improved"):
         models.append(("repaired", Path(output["path"])))
-    lenses = look_through(registry, models, dataset, held_idx, search_idx, config)
+    lenses = look_through(job.registry, models, dataset, held_idx, search_idx, config, job)
     return RepairReport(
         source={"path": str(source_ref.path), "format": source_ref.format, "sha256": source_ref.sha256},
         target={"path": str(target_ref.path), "format": target_ref.format, "sha256": target_ref.sha256},
@@ -285,16 +297,37 @@ def run_repair(registry: PluginRegistry, source_path: Path, target_path: Path, o
         strategy=config.strategy,
         lenses=lenses,
         choice=choice,
+        stages=_stages(before, attempts, config),
+        job={"models_resolved": job.counts["resolve"], "models_loaded": job.counts["load"], "onnx_exports": job.counts["export"]},
     )
 
 
-def look_through(registry, models: list[tuple[str, Path]], dataset, held_idx, search_idx, config: RepairConfig):
+def _stages(before: CheckReport, attempts: list[Attempt], config: RepairConfig) -> list[dict[str, Any]]:
+    """Which repair stages ran, which did not, and why: nothing is skipped for time but the
+    search, which `--budget-seconds` bounds (a search cut short by it says so)."""
+    kinds = [a.kind for a in attempts]
+    ran_restore = any(k.startswith(("restore", "insert")) or k == "carry_back" for k in kinds)
+    stages = [{"stage": "restore", "ran": ran_restore,
+               "note": None if ran_restore else ("the target is not discrepant" if not before.discrepant else
+                                                 "the fault is not one a restore puts back" if config.strategy != "pso" else
+                                                 "--strategy pso")}]
+    fallback = [a for a in attempts if a.kind == "precision_fallback"]
+    stages.append({"stage": "precision_fallback", "ran": bool(fallback), "note": None if fallback else "no precision fault left"})
+    search = [a for a in attempts if a.kind == "pso_patch"]
+    cut = next((a for a in search if (a.cost or {}).get("stopped_by_budget")), None)
+    stages.append({"stage": "search", "ran": bool(search),
+                   "note": (f"stopped by --budget-seconds {config.budget_seconds:g} after {cut.cost.get('iterations')} iterations"
+                            if cut else None if search else "nothing left to search for")})
+    return stages
+
+
+def look_through(registry, models: list[tuple[str, Path]], dataset, held_idx, search_idx, config: RepairConfig, job=None):
     """The reliability lenses on the held-out half (temperature fitted on the search half)."""
     if config.lenses is None:
         return None
     from convrepair.lenses import run_lenses_on_files
 
-    return run_lenses_on_files(registry, models, dataset, held_idx, config.lenses, fit_idx=search_idx).to_json()
+    return run_lenses_on_files(registry, models, dataset, held_idx, config.lenses, fit_idx=search_idx, job=job).to_json()
 
 
 def _inference_ms(path: Path, batch: int = 256, repeats: int = 25) -> float:
@@ -363,6 +396,21 @@ def patch_written_back(ir: Path, patched_ir: Path, target: Path, target_format: 
         return None
 
 
+def _check_own(check, candidate: Path, search_idx, localize: bool, attempts: list[Attempt], kind: str,
+               t0: float) -> CheckReport | None:
+    """Check a model this repair wrote. If it cannot even run, that is this repair's failure (an
+    attempt refused, saying why), never "bad input": the user gave us no such file."""
+    from convrepair.errors import ConvrepairError
+
+    try:
+        return check(candidate, search_idx, localize=localize)
+    except ConvrepairError as exc:
+        reason = exc.one_line().replace(str(candidate), candidate.name)
+        attempts.append(Attempt(kind, False, f"the model this attempt wrote does not run: {reason}",
+                                seconds=time.perf_counter() - t0))
+        return None
+
+
 def _fault_type(report: CheckReport) -> str | None:
     return ((report.localization or {}).get("fault") or {}).get("type")
 
@@ -403,53 +451,48 @@ def _verdict(held_before: CheckReport, after: CheckReport | None, config: Repair
         return "repaired"
     broken = set(after.flipped_samples) - set(held_before.flipped_samples)
     agree_before, agree_after = held_before.pooled.label_agreement or 0.0, after.pooled.label_agreement or 0.0
-    improved = agree_after > agree_before and len(broken) <= config.max_break_rate * max(after.pooled.n, 1)
+    improved = agree_after > agree_before and len(broken) <= config.max_break_rate * max(after.distinct, 1)
     return "improved" if improved and config.accept_improvement else "not_repaired"
 
 
-def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target_sidecar, current_path, current_check,
-                 dataset, search_idx, workdir, attempts, config, source_ir_path=None, current_ir=None):
+def _pso_attempt(job: JobContext, check, source, target, current_path, current_check, dataset, search_idx, workdir,
+                 attempts, config, source_ir_path=None, current_ir=None):
     """Search a small weight patch on the last dense layer (Arachne/NeuRecover) where labels flip."""
     import onnx
 
-    from convrepair.localize.graph import GraphView
-    from convrepair.localize.ir import export_options, to_onnx_ir
     from convrepair.repair.patch import last_dense_layer
     from convrepair.repair.pso import SearchConfig
     from convrepair.repair.restore import RestoreUnavailable
     from convrepair.repair.search import labels_of, search_patch
 
+    target_ref, target_sidecar = target.ref, target.sidecar
     if target_ref.format not in ("onnx", *CARRIERS):
         attempts.append(Attempt("pso_patch", False, f"patches are written to {', '.join(('onnx', *CARRIERS))} targets; "
                                                     f"this target is {target_ref.format}"))
         return current_path, current_check
     search = dataset.take(search_idx)
     t0 = time.perf_counter()
-    with registry.load(source_ref, source_sidecar, device="cpu") as source:
-        wanted = labels_of(source, search)
-    current_ref = model_ref(current_path, registry)
-    with registry.load(current_ref, read_sidecar(current_path), device="cpu") as target:
-        current = labels_of(target, search)
-        layouts = [spec.layout for spec in target.inputs]
-    if not (current != wanted).any():
+    wanted = labels_of(job.runner(source), search)
+    current = job.model(current_path)
+    current_labels = labels_of(job.runner(current), search)
+    layouts = [spec.layout for spec in job.runner(current).inputs]
+    if not (current_labels != wanted).any():
         attempts.append(Attempt("pso_patch", False, "no label flips on the search split: a patch search has nothing to fix"))
         return current_path, current_check
-    source_weight = None
+    first = search.take(np.arange(min(64, len(search))))
     try:
         if source_ir_path is None:  # not exported yet by the restore stage
-            source_ir_path = to_onnx_ir(registry, source_ref, source_sidecar, search.take(np.arange(min(64, len(search)))),
-                                        workdir, export_options(target_sidecar)).path
-        source_weight = last_dense_layer(GraphView(onnx.load(str(source_ir_path)))).weight
+            source_ir_path = job.onnx_ir(source, first, export_options(target_sidecar)).path
+        source_weight = last_dense_layer(job.graph(source_ir_path)[1]).weight
     except Exception:  # noqa: BLE001 - without the source's weights the search runs without history
         source_weight = None
     budget = SearchConfig(budget_seconds=config.budget_seconds, seed=config.seed, device=config.device)
     # a .pt2 or Keras target is patched on its ONNX IR (the restore stage's, when it made one),
     # then the patch is written into it
-    work = current_path if target_ref.format == "onnx" else current_ir or to_onnx_ir(
-        registry, current_ref, target_sidecar, search.take(np.arange(min(64, len(search)))), workdir,
-        export_options(target_sidecar)).path
+    work = current_path if target_ref.format == "onnx" else current_ir or job.onnx_ir(
+        current, first, export_options(target_sidecar)).path
     try:
-        model, patch, stats = search_patch(onnx.load(str(work)), source_weight, search, layouts, wanted, current,
+        model, patch, stats = search_patch(onnx.load(str(work)), source_weight, search, layouts, wanted, current_labels,
                                            budget, config.optimiser)
     except RestoreUnavailable as exc:
         attempts.append(Attempt("pso_patch", False, str(exc), seconds=time.perf_counter() - t0))
@@ -462,7 +505,9 @@ def _pso_attempt(registry, check, source_ref, source_sidecar, target_ref, target
             return current_path, current_check
     if target_sidecar is not None:
         write_sidecar(candidate, target_sidecar)
-    result = check(candidate, search_idx, localize=False)
+    result = _check_own(check, candidate, search_idx, False, attempts, "pso_patch", t0)
+    if result is None:
+        return current_path, current_check
     # the held-out check bounds what a patch may break; on the search split fewer flips is enough
     accepted, reason, broken = _fewer_flips(current_check, result, refusal="the patch does not reduce the flips")
     attempts.append(Attempt("pso_patch", accepted, reason, patch, result.pooled.label_agreement, _violations(result),
@@ -484,7 +529,7 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
     best: Option | None = None
     keep: list[str] = []
     inference_before = _inference_ms(current_path)
-    for layer in sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers]:
+    for layer in track(sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers], "precision fallback: layers kept in fp32"):
         keep.append(layer)
         candidate = workdir / f"fallback_{len(keep)}.onnx"
         t0 = time.perf_counter()
@@ -497,7 +542,9 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
             attempts.append(Attempt("precision_fallback", False, f"{type(exc).__name__}: {exception_text(exc, 200)}"))
             return best
         write_sidecar(candidate, target_sidecar)
-        result = check(candidate, search_idx, localize=False)
+        result = _check_own(check, candidate, search_idx, False, attempts, "precision_fallback", t0)
+        if result is None:
+            return best
         accepted, reason, new = _better(current_check, result)  # closer, with no new flips
         if not accepted:
             accepted, reason, new = _fewer_flips(current_check, result, config.max_break_rate)  # or fewer flips within the break rate
@@ -516,12 +563,14 @@ def _precision_fallback(registry, check, search_idx, current_path, current_check
     return best
 
 
-def _restore_loop(check, search_idx, target_path, before, source_view, target_sidecar, workdir, attempts, config, started):
+def _restore_loop(job, check, search_idx, target_path, before, source_view, target_sidecar, workdir, attempts, config):
+    """Restores one after the other, each checked and localized again. Never bounded by the
+    search budget: a localized restore-class fault is always put back."""
     import onnx
 
     current_path, current_check = target_path, before
-    for index in range(config.max_restores):
-        if not current_check.discrepant or time.perf_counter() - started > config.budget_seconds:
+    for index in track(range(config.max_restores), "restore attempts (at most)"):
+        if not current_check.discrepant:
             break
         loc = current_check.localization or {}
         fault = (loc.get("fault") or {}).get("type")
@@ -529,15 +578,21 @@ def _restore_loop(check, search_idx, target_path, before, source_view, target_si
             break  # rounding, not a wrong value: the precision stage offers fallback and patch side by side
         t0 = time.perf_counter()
         try:
-            model, patch = restore(onnx.load(str(current_path)), source_view, loc)
+            model, patch = restore(job.graph(current_path)[0], source_view, loc)
         except RestoreUnavailable as exc:
             attempts.append(Attempt(f"restore_{fault}", False, str(exc), seconds=time.perf_counter() - t0))
+            break
+        except (KeyError, ValueError, IndexError, StopIteration, TypeError) as exc:  # evidence a restorer cannot use
+            attempts.append(Attempt(f"restore_{fault}", False, f"the localized evidence does not say what to restore "
+                                    f"({type(exc).__name__}: {exception_text(exc, 120)})", seconds=time.perf_counter() - t0))
             break
         candidate = workdir / f"restore_{index}.onnx"
         onnx.save(model, str(candidate))
         if target_sidecar is not None:
             write_sidecar(candidate, target_sidecar)
-        result = check(candidate, search_idx, localize=True)
+        result = _check_own(check, candidate, search_idx, True, attempts, patch.kind, t0)
+        if result is None:
+            break
         accepted, reason, new = _better(current_check, result)
         if not accepted and result.discrepant and _divergence_moved(loc, result.localization):
             # Several faults: fixing the first can shuffle labels while a later fault dominates.
@@ -546,6 +601,7 @@ def _restore_loop(check, search_idx, target_path, before, source_view, target_si
         attempts.append(Attempt(patch.kind, accepted, reason, patch, result.pooled.label_agreement,
                                 _violations(result), new, time.perf_counter() - t0))
         if not accepted:
+            job.release(job.model(candidate))
             break
         attempts[-1].applied = True
         current_path, current_check = candidate, result

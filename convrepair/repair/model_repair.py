@@ -27,9 +27,12 @@ MAX_NEGATIVES = 200
 
 
 def _onnx_of(registry, ref, sidecar, dataset, workdir):
+    from convrepair.job import JobContext
     from convrepair.localize.ir import to_onnx_ir
 
-    return to_onnx_ir(registry, ref, sidecar, dataset.take(np.arange(min(64, len(dataset)))), workdir).path
+    with JobContext(registry) as job:  # the IR outlives the job: it is written into `workdir`
+        handle = job.model(ref.path, ref.format)
+        return to_onnx_ir(job, handle, dataset.take(np.arange(min(64, len(dataset)))), workdir).path
 
 
 def _rates(pred_before, pred_after, labels, negatives) -> dict[str, float]:

@@ -75,6 +75,33 @@ def digest(value: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(np.ascontiguousarray(value).tobytes()).hexdigest()[:16]
 
 
+def tensor_dtype(model, name: str) -> np.dtype:
+    """The element type of a tensor in the target graph, so what a repair inserts matches the
+    graph's precision (an fp32 constant in an fp16 graph is a model ONNX Runtime rejects)."""
+    import onnx
+
+    graph = model.graph
+    for value in (*graph.input, *graph.value_info, *graph.output):
+        if value.name == name and value.type.tensor_type.elem_type:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    for init in graph.initializer:
+        if init.name == name:
+            return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type))
+    for node in graph.node:
+        if name in node.output and node.op_type == "Cast":
+            to = next((a.i for a in node.attribute if a.name == "to"), 0)
+            if to:
+                return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        for value in inferred.graph.value_info:
+            if value.name == name and value.type.tensor_type.elem_type:
+                return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    except Exception:  # noqa: BLE001 - shape inference is a best effort; fp32 is the default
+        pass
+    return np.dtype(np.float32)
+
+
 def _node(model, name: str):
     for node in model.graph.node:
         if node.name == name:
@@ -130,7 +157,8 @@ def _add_lost_input(model, finding: dict[str, Any], value: np.ndarray) -> Patch:
         node.input[position] = name
     else:
         node.input.append(name)
-    value = value.reshape(finding["shape"]).astype(np.float32)
+    weight = node.input[1] if len(node.input) > 1 else ""
+    value = value.reshape(finding["shape"]).astype(tensor_dtype(model, weight) if weight else np.float32)
     model.graph.initializer.append(numpy_helper.from_array(value, name))
     return Patch(
         kind=f"restore_{finding['role']}",
@@ -202,8 +230,9 @@ def restore_input_pipeline(model, source: GraphView, localization: dict[str, Any
         detail = "reversed the channels back (BGR → RGB) before the first layer"
     elif "affine_fit" in evidence and evidence["affine_fit"]["residual"] < 1e-3:
         scale, offset = evidence["affine_fit"]["scale"], evidence["affine_fit"]["offset"]
-        graph.initializer.append(numpy_helper.from_array(np.array(1.0 / scale, np.float32), "convrepair_input_scale"))
-        graph.initializer.append(numpy_helper.from_array(np.array(-offset / scale, np.float32), "convrepair_input_offset"))
+        dtype = tensor_dtype(model, name)  # typed like the tensor it fixes: fp16 graphs stay valid
+        graph.initializer.append(numpy_helper.from_array(np.array(1.0 / scale, dtype), "convrepair_input_scale"))
+        graph.initializer.append(numpy_helper.from_array(np.array(-offset / scale, dtype), "convrepair_input_offset"))
         nodes += [
             helper.make_node("Mul", [name, "convrepair_input_scale"], [f"{fixed}_scaled"], name="convrepair_fix_scale"),
             helper.make_node("Add", [f"{fixed}_scaled", "convrepair_input_offset"], [fixed], name="convrepair_fix_offset"),
@@ -231,6 +260,8 @@ def restore_missing_node(model, source: GraphView, localization: dict[str, Any])
     missing = evidence.get("missing_in_target") or {}
     first = localization["first_divergent"]
     source_names = [n.name for n in source.nodes]
+    if first.get("source_layer") not in source_names:
+        raise RestoreUnavailable("the ops the target adds are not restored by removing them")
     end = source_names.index(first["source_layer"])
     # A whole layer the target lacks (left unaligned) is the likeliest loss; else the segment's missing op.
     unaligned = [n for n in source.nodes[: end + 1] if n.name in set(evidence.get("source_only", []))]
@@ -260,6 +291,8 @@ def restore_missing_node(model, source: GraphView, localization: dict[str, Any])
         if value is None:
             raise RestoreUnavailable(f"{lost.name} reads a non-constant input")
         copy_name = f"convrepair_{value_name}"
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(tensor_dtype(model, upstream))
         model.graph.initializer.append(numpy_helper.from_array(value, copy_name))
         extra_inputs.append(copy_name)
     for node in model.graph.node:

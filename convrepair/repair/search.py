@@ -87,6 +87,8 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
         "break_rate_search": broken,
         "iterations": result.iterations,
         "evaluations": result.evaluations,
+        "budget_seconds": config.budget_seconds,
+        "stopped_by_budget": bool(result.seconds > config.budget_seconds),
         "evaluations_per_second": result.evaluations / max(time.perf_counter() - started, 1e-9),
         "history": "weight difference to the source" if history is not None else "none (Pareto front)",
         "fitness": result.fitness,

@@ -1,0 +1,185 @@
+"""One job's models, opened once: resolved, hashed, loaded, exported to ONNX and run once each.
+
+Like a Polygraphy runner, a `JobContext` is opened once, passed forward through compare →
+localize → repair → lenses, and closed once. It owns, per model file: its `ModelRef` (resolved
+and hashed once), its sidecar, its runner, its ONNX IR (per export options) and the outputs it
+already computed on the job's data. It lives inside one process (a contained worker runs a whole
+`run_check`/`run_repair`); what leaves it are JSON-able reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from convrepair.model import ModelRef, model_ref
+from convrepair.report.progress import stage
+from convrepair.sidecar import Sidecar, read_sidecar
+
+if TYPE_CHECKING:
+    from convrepair.data import Dataset
+    from convrepair.localize.graph import GraphView
+    from convrepair.localize.ir import OnnxIR
+    from convrepair.model import Runner
+    from convrepair.plugins import PluginRegistry
+
+
+@dataclass
+class ModelHandle:
+    """One model file within a job: what it is, and what the job has already done with it."""
+
+    ref: ModelRef
+    sidecar: Sidecar | None
+    runner: Runner | None = None
+    irs: dict[str, OnnxIR] = field(default_factory=dict)  # by export options
+    outputs: dict[tuple, list[np.ndarray]] = field(default_factory=dict)  # by (data, indices)
+
+    @property
+    def precision(self) -> str:
+        return self.sidecar.precision if self.sidecar else "fp32"
+
+
+class JobContext:
+    """Opened once per job; `model(path)` gives the same `ModelHandle` every time it is asked."""
+
+    def __init__(self, registry: PluginRegistry, device: str = "cpu"):
+        self.registry = registry
+        self.device = device
+        self.models: dict[tuple, ModelHandle] = {}
+        self.datasets: dict[tuple, Dataset] = {}
+        self.graphs: dict[str, tuple[Any, GraphView]] = {}  # ONNX file → (ModelProto, GraphView)
+        self.cache: dict[tuple, Any] = {}  # small derived results (noise floors …) by key
+        self.workdir = Path(tempfile.mkdtemp(prefix="convrepair-job-"))
+        self.counts = {"resolve": 0, "load": 0, "export": 0}  # what the job did, for the benchmark
+
+    # --- models ---------------------------------------------------------------------------------
+
+    def model(self, path: str | Path, fmt: str | None = None) -> ModelHandle:
+        path = Path(path)
+        key = _file_key(path)
+        handle = self.models.get(key)
+        if handle is None:
+            self.counts["resolve"] += 1
+            ref = model_ref(path, self.registry, fmt)
+            handle = ModelHandle(ref, read_sidecar(ref.path))
+            self.models[key] = handle
+        return handle
+
+    def runner(self, handle: ModelHandle) -> Runner:
+        if handle.runner is None:
+            self.counts["load"] += 1
+            with stage(f"loading {handle.ref.path.name} ({handle.ref.format})"):
+                handle.runner = self.registry.load(handle.ref, handle.sidecar, device=self.device)
+        return handle.runner
+
+    def release(self, handle: ModelHandle) -> None:
+        """Close a model the job is done with (a rejected repair candidate), freeing its memory."""
+        if handle.runner is not None:
+            handle.runner.close()
+            handle.runner = None
+        handle.outputs.clear()
+        self.models = {k: v for k, v in self.models.items() if v is not handle}
+
+    def outputs(self, handle: ModelHandle, dataset: Dataset, indices: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
+        """The model's outputs on `dataset[indices]`, computed once per job (sources are asked often)."""
+        from convrepair.data import batches, feeds_for
+
+        key = (dataset.origin, id(dataset), _indices_key(indices))
+        if key not in handle.outputs:
+            runner = self.runner(handle)
+            subset = dataset.take(np.asarray(indices))
+            parts: list[list[np.ndarray]] = []
+            for start, stop in batches(len(subset), batch_size):
+                parts.append(list(runner.run(feeds_for(runner.inputs, subset, start, stop)).values()))
+            handle.outputs[key] = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        return handle.outputs[key]
+
+    def output_names(self, handle: ModelHandle) -> list[str]:
+        return [spec.name for spec in self.runner(handle).outputs]
+
+    # --- data -----------------------------------------------------------------------------------
+
+    def dataset(self, key: tuple, make) -> Dataset:
+        """The job's data, read once (`make()` builds it the first time it is asked for)."""
+        if key not in self.datasets:
+            self.datasets[key] = make()
+        return self.datasets[key]
+
+    # --- ONNX IR --------------------------------------------------------------------------------
+
+    def onnx_ir(self, handle: ModelHandle, samples: Dataset, options: dict | None = None) -> OnnxIR:
+        """The model as ONNX (itself when it is ONNX), exported once per job and export options."""
+        from convrepair.localize.ir import to_onnx_ir
+
+        key = repr(sorted((options or {}).items()))
+        if key not in handle.irs:
+            if handle.ref.format != "onnx":
+                self.counts["export"] += 1
+            handle.irs[key] = to_onnx_ir(self, handle, samples, self.workdir, options)
+        return handle.irs[key]
+
+    def graph(self, path: str | Path) -> tuple[Any, GraphView]:
+        """An ONNX file parsed once: (ModelProto, GraphView). Treat both as read-only."""
+        import onnx
+
+        from convrepair.localize.graph import GraphView
+
+        key = str(Path(path).resolve())
+        if key not in self.graphs:
+            proto = onnx.load(str(path))
+            self.graphs[key] = (proto, GraphView(proto))
+        return self.graphs[key]
+
+    def forget_graph(self, path: str | Path) -> None:
+        self.graphs.pop(str(Path(path).resolve()), None)
+
+    # --- lifetime -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for handle in self.models.values():
+            if handle.runner is not None:
+                try:
+                    handle.runner.close()
+                finally:
+                    handle.runner = None
+        self.models.clear()
+        self.datasets.clear()
+        self.graphs.clear()
+        self.cache.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> JobContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _file_key(path: Path) -> tuple:
+    """A model file's identity within a job: where it is and its stat (a rewritten file is new)."""
+    resolved = path.resolve()
+    try:
+        stat = resolved.stat()
+        return (str(resolved), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return (str(resolved),)
+
+
+def _indices_key(indices: np.ndarray) -> str:
+    array = np.ascontiguousarray(np.asarray(indices, dtype=np.int64))
+    return hashlib.sha1(array.tobytes()).hexdigest()
+
+
+def opened(job: JobContext | None, registry: PluginRegistry):
+    """`job` itself (the caller closes it), or a fresh context this call owns and closes."""
+    import contextlib
+
+    if job is not None:
+        return contextlib.nullcontext(job)
+    return JobContext(registry)

@@ -1,0 +1,195 @@
+"""How a check judges: which outputs are class scores, what noise fp32 may add, when it cannot tell.
+
+- Classifier or not is decided from the output's shape and meaning (probabilities, its name, the
+  sidecar's labels), never by "two dimensions" alone: an embedding has no top-1 label.
+- fp32 is judged against the source's own float noise: the source is run again on its inputs
+  nudged by one part in a million (`PERTURBATION`), and a conversion may add up to
+  `NOISE_FACTOR` times the relative error per sample that this causes, and lose at most
+  `SQNR_MARGIN_DB` of its SQNR. A deep network's legitimate reordering error scales with its own
+  sensitivity; a fixed atol does not. `--atol/--rtol` still enforce a user's numbers.
+- The guard: a source whose outputs do not depend on the data, or data outside the range the
+  model declares, makes any verdict vacuous: `inconclusive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from convrepair.compare import Comparison
+    from convrepair.data import Dataset
+    from convrepair.job import JobContext, ModelHandle
+    from convrepair.sidecar import Sidecar
+
+# Elementwise defaults by the target's precision (from its sidecar): reported for fp32, enforced
+# for reduced-precision outputs that are not class scores.
+DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
+PERTURBATION = 1e-6  # relative nudge of the inputs that measures the source's float sensitivity
+NOISE_FACTOR = 10.0  # a conversion may add this many times the source's own float noise per sample
+SQNR_MARGIN_DB = 20.0  # … and lose at most this much SQNR against it
+MIN_FLOOR = 1e-7  # relative noise no fp32 computation is below (about one ulp)
+FLOOR_SAMPLES = 64
+VARIATION_FLOOR = 1e-4  # source outputs varying less than this (std over RMS) do not depend on the data
+DOMINANT_CLASS = 0.99  # one class for this share of the samples: the data cannot tell models apart
+RANGE_SLACK = 0.01  # share of the declared input range the data may exceed it by
+NEIGHBOURS_MIN = 0.95  # nearest-neighbour agreement an embedding must keep in reduced precision
+_EMBEDDING_WORDS = ("embed", "hidden", "feature", "pool", "vector", "encod", "regress", "token")
+_CLASS_WORDS = ("logit", "prob", "class", "softmax", "score", "pred", "label")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    atol: float
+    rtol: float
+    enforced: bool  # elementwise tolerances decide (given by the user, or reduced-precision non-classifiers)
+    origin: str
+    noise_floor: dict[str, Any] | None = None  # fp32 by default: limits from the source's own float noise
+
+    def to_json(self) -> dict[str, Any]:
+        return {"atol": self.atol, "rtol": self.rtol, "enforced": self.enforced, "origin": self.origin,
+                "noise_floor": self.noise_floor}
+
+
+def default_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
+    base_atol, base_rtol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
+    if atol is not None or rtol is not None:
+        return Tolerance(atol if atol is not None else base_atol, rtol if rtol is not None else 0.0, True, "given")
+    return Tolerance(base_atol, base_rtol, precision == "fp32", f"default for {precision}")
+
+
+def classifier_of(output: np.ndarray, name: str, sidecar: Sidecar | None) -> bool:
+    """Are these class scores? Probabilities, a class-like name or the sidecar's labels say so; an
+    embedding-like name, a hidden-size width (a multiple of 64 from 128) or no second axis say not."""
+    from convrepair.lenses.scores import looks_like_probabilities
+
+    if output.ndim != 2 or output.shape[1] < 2:
+        return False
+    width = output.shape[1]
+    if sidecar is not None and sidecar.labels:
+        return len(sidecar.labels) == width
+    lowered = name.lower()
+    if any(word in lowered for word in _EMBEDDING_WORDS):
+        return False
+    if any(word in lowered for word in _CLASS_WORDS) or looks_like_probabilities(output):
+        return True
+    return not (width >= 128 and width % 64 == 0)
+
+
+def tolerance_for(job: JobContext, source: ModelHandle, dataset: Dataset, plan, config, classifier: bool,
+                  precision: str) -> Tolerance:
+    """The user's numbers when given; fp32: the source's noise floor; else the precision's defaults."""
+    base = default_tolerance(precision, config.atol, config.rtol)
+    if base.origin == "given":
+        return base
+    if precision == "fp32":
+        floor = noise_floor(job, source, dataset, plan[0][1], config.batch_size)
+        return Tolerance(base.atol, base.rtol, False, "the source's own float noise", floor)
+    return Tolerance(base.atol, base.rtol, not classifier, base.origin)
+
+
+def noise_floor(job: JobContext, source: ModelHandle, dataset: Dataset, indices: np.ndarray, batch_size: int) -> dict[str, Any]:
+    """Per output: how far the source's own outputs move when its float inputs move by one part in
+    a million (or, for integer inputs, when it runs in another batch size), as relative error per
+    sample (99th percentile) and SQNR; and the limits a conversion is held to. Cached per job."""
+    from convrepair.data import Dataset as Data
+    from convrepair.data import batches, feeds_for
+
+    key = ("noise_floor", id(source), id(dataset), indices.tobytes())
+    if key in job.cache:
+        return job.cache[key]
+    chosen = np.asarray(indices)
+    reference = [out[:FLOOR_SAMPLES] for out in job.outputs(source, dataset, chosen, batch_size)]
+    subset = dataset.take(chosen[:FLOOR_SAMPLES])
+    runner = job.runner(source)
+    floats = [np.issubdtype(x.dtype, np.floating) for x in subset.inputs]
+    if any(floats):
+        rng = np.random.default_rng(0)
+        nudged = [x * (1 + rng.uniform(-PERTURBATION, PERTURBATION, x.shape)).astype(x.dtype) if is_float else x
+                  for x, is_float in zip(subset.inputs, floats)]
+        subset, method = Data(nudged, None, subset.layouts, subset.origin), f"inputs × (1 ± {PERTURBATION:g})"
+        step = batch_size
+    else:
+        method, step = "batch size 1 against the full batch", 1
+    parts = [list(runner.run(feeds_for(runner.inputs, subset, a, b)).values()) for a, b in batches(len(subset), step)]
+    moved = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    outputs = []
+    for s, m in zip(reference, moved):
+        s64, m64 = s.astype(np.float64).reshape(len(s), -1), m.astype(np.float64).reshape(len(m), -1)
+        rel = np.linalg.norm(s64 - m64, axis=1) / np.maximum(np.linalg.norm(s64, axis=1), 1e-30)
+        floor = max(float(np.quantile(rel, 0.99)) if rel.size else 0.0, MIN_FLOOR)
+        noise = float(((s64 - m64) ** 2).sum())
+        sqnr = 10 * np.log10(max(float((s64**2).sum()), 1e-30) / noise) if noise > 0 else -20 * np.log10(MIN_FLOOR)
+        sqnr = min(sqnr, -20 * np.log10(MIN_FLOOR))
+        outputs.append({"rel_p99": floor, "limit": NOISE_FACTOR * floor, "sqnr_db": round(sqnr, 2),
+                        "sqnr_min_db": round(sqnr - SQNR_MARGIN_DB, 2)})
+    result = {"method": method, "samples": int(len(subset)), "factor": NOISE_FACTOR, "outputs": outputs}
+    job.cache[key] = result
+    return result
+
+
+def judge(pooled: Comparison, tolerance: Tolerance) -> list[str]:
+    """Why the target is discrepant ([] when it is not). Sets each output's `violations` in the
+    unit that was judged (samples over the noise-floor limit, or values outside tolerances)."""
+    reasons = []
+    if pooled.label_agreement is not None and pooled.flips:
+        reasons.append(f"{len(pooled.flips)} sample(s) change their top-1 label")
+    if tolerance.noise_floor is not None:
+        for out, floor in zip(pooled.outputs, tolerance.noise_floor["outputs"]):
+            errors = out.rel_errors if out.rel_errors is not None else np.zeros(0)
+            out.violations, out.elements, out.unit = int((errors > floor["limit"]).sum()), int(errors.size), "samples"
+            if out.violations:
+                reasons.append(
+                    f"output {out.index} ({out.source_name}): {out.violations} of {out.elements} samples differ by more than "
+                    f"{NOISE_FACTOR:g}× the source's own float noise (relative error up to {out.rel_error_max:.3g}, "
+                    f"limit {floor['limit']:.3g})")
+            if np.isfinite(out.sqnr_db) and out.sqnr_db < floor["sqnr_min_db"]:
+                reasons.append(
+                    f"output {out.index} ({out.source_name}): SQNR {out.sqnr_db:.1f} dB is more than {SQNR_MARGIN_DB:g} dB "
+                    f"below the source's own float noise ({floor['sqnr_db']:.1f} dB)")
+        return reasons
+    if tolerance.enforced or pooled.label_agreement is None:
+        for out in pooled.outputs:
+            if out.violations:
+                reasons.append(
+                    f"output {out.index} ({out.source_name}): {out.violations} of {out.elements} values outside "
+                    f"atol={tolerance.atol:g} + rtol={tolerance.rtol:g}·|source| (max |Δ| {out.max_abs:.3g})"
+                )
+    if pooled.label_agreement is None and tolerance.origin != "given":
+        for out in pooled.outputs:
+            agreement = out.neighbour_agreement
+            if agreement is not None and agreement < NEIGHBOURS_MIN:
+                reasons.append(f"output {out.index} ({out.source_name}): nearest neighbours agree for {agreement:.1%} "
+                               f"of the samples (below {NEIGHBOURS_MIN:.0%})")
+    return reasons
+
+
+def guard(pooled: Comparison, dataset: Dataset, sidecar: Sidecar | None, data_given: bool) -> list[str]:
+    """Reasons the comparison cannot conclude anything ([] when it can)."""
+    reasons = []
+    variations = [out.variation for out in pooled.outputs]
+    if pooled.n >= 2 and variations and all(v is not None and v < VARIATION_FLOOR for v in variations):
+        reasons.append(f"the source's outputs do not depend on the data (across {pooled.n} samples they vary by "
+                       f"{max(variations):.2g} of their size)")
+    if pooled.label_agreement is not None and pooled.n >= 20 and pooled.source_classes and not reasons:
+        label, count = max(pooled.source_classes.items(), key=lambda item: item[1])
+        share = count / pooled.n
+        truth = dataset.labels
+        truly_one_class = truth is not None and truth.size and np.unique(truth.reshape(len(truth), -1)[:, 0], return_counts=True)[1].max() >= DOMINANT_CLASS * len(truth)
+        if share >= DOMINANT_CLASS and not truly_one_class:
+            reasons.append(f"the source's outputs do not depend on the data: it gives class {label} to {share:.1%} "
+                           f"of {pooled.n} samples")
+    if data_given and sidecar is not None:
+        low, high = (float(v) for v in sidecar.preprocessing.input_range)
+        slack = RANGE_SLACK * max(high - low, 1e-12)
+        for x in dataset.inputs:
+            if not np.issubdtype(x.dtype, np.floating) or not x.size:
+                continue
+            finite = x[np.isfinite(x)]
+            if finite.size and (finite.min() < low - slack or finite.max() > high + slack):
+                reasons.append(f"the data lies outside the input range the source's sidecar records ([{low:g}, {high:g}]); "
+                               f"it spans [{float(finite.min()):.4g}, {float(finite.max()):.4g}]")
+                break
+    return reasons
