@@ -216,3 +216,19 @@ def test_pages_of_the_other_log_kinds_render():
                                    "disagreement_upper_bound": 0.26, "localization": None, "rounds": []}}
     page = visible_text(log_page(*_statement(equivalent)))
     assert "already_equivalent" in page and "100.00%" in page and "nothing to repair" in page and "b" * 64 in page
+
+
+def test_layer_names_are_wrapped_not_cut_and_the_model_comes_from_the_registry_path(tmp_path):
+    from convrepair.report.decision import model_and_version
+    from convrepair.report.svg import layer_divergence
+
+    fused = "sequential/conv2d/BiasAdd;sequential/conv2d/Conv2D;sequential/conv2d/BiasAdd/ReadVariableOp"
+    chart = layer_divergence([{"source_layer": fused, "target_layer": fused, "rel_l2": 7.75e-07, "status": "ok"},
+                              {"source_layer": "b", "target_layer": "b", "rel_l2": 0.31, "status": "diverged"}], 1e-3, "t")
+    text = " ".join(re.sub(r"<[^>]+>", " ", chart).split())
+    for part in fused.split(";"):
+        assert part in text.replace(" ", "") or part in text
+    assert "7.75e-07 (ok)" in text and "0.31 (diverged)" in text and "above 0.001" in text
+    log = tmp_path / "digits" / "3" / "convrepair" / "onnx-int8" / "repair.log.dsse.json"
+    assert model_and_version({}, log) == ("digits", "3")
+    assert model_and_version({"repair": {"source": {"path": "/m/torch_cnn.pt2"}}}, tmp_path / "x.dsse.json")[0] == "torch_cnn"

@@ -66,10 +66,11 @@ def fmt(value: float | None, spec: str = ".3g") -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def wrap_name(name: str, width: int = 34) -> str:
-    """A layer name on up to three lines (TFLite joins fused names with ';'), never cut silently."""
+def wrap_name(name: str, width: int = 40, most: int = 6) -> str:
+    """A layer name on as many lines as it takes (TFLite joins fused names with ';'); only a name
+    past `most` lines is shortened, marked, and the table under the chart has it whole."""
     lines = textwrap.wrap(name.replace(";", "; "), width, break_long_words=True, break_on_hyphens=False) or [name]
-    return "\n".join(lines[:3]) + (" …" if len(lines) > 3 else "")
+    return "\n".join(lines[:most]) + (" …" if len(lines) > most else "")
 
 
 @_draw
