@@ -105,17 +105,32 @@ def test_two_faults_are_repaired_one_after_the_other(fixtures_dir, converted, tm
 
 
 def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, converted, tmp_path):
-    report = _repair(fixtures_dir / "torch_cnn.pt2", converted["torch_int8"], tmp_path / "fixed.onnx",
-                     fixtures_dir / "digits_test_nchw.npz", atol=0.2, rtol=0.0)
+    """The property is constructed, not left to training: the tolerance is half the error int8
+    rounding actually causes on these data (so the target is discrepant), and the fallback may keep
+    every quantized layer in fp32 (so equivalence is reachable), one more at a time as needed."""
+    import onnx
+
+    from convrepair.check import CheckConfig, run_check
+
+    source, data = fixtures_dir / "torch_cnn.pt2", fixtures_dir / "digits_test_nchw.npz"
+    measured = run_check(default_registry(), source, converted["torch_int8"], CheckConfig(data=data, atol=1e9, localize=False))
+    rounding = measured.pooled.max_abs
+    assert rounding > 1e-3  # int8 rounding is visible on the outputs
+    atol = rounding / 2
+    layers = sum(n.op_type in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul")
+                 for n in onnx.load(str(converted["torch_int8"])).graph.node)
+    assert layers >= 2
+    report = _repair(source, converted["torch_int8"], tmp_path / "fixed.onnx", fixtures_dir / "digits_all_nchw.npz",
+                     atol=atol, rtol=0.0, max_fp32_layers=layers)
     assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
     fallback = [a for a in report.attempts if a.kind == "precision_fallback"]
     kept = fallback[-1].cost["layers_kept_fp32"]
     assert fallback[-1].accepted and fallback[-1].cost["inference_ms"] > 0 and fallback[-1].cost["inference_ms_before"] > 0
-    assert 1 <= len(kept) <= 3
-    # no label flips (the tolerance decides here): a PSO patch has nothing to fix, and says so
-    assert [a.reason for a in report.attempts if a.kind == "pso_patch"] == [
-        "no label flips on the search split: a patch search has nothing to fix"]
-    assert report.check_after["outputs"][0]["max_abs"] <= 0.2
+    assert 1 <= len(kept) <= layers
+    if not report.check_before["flips"]:  # the tolerance decides here: a PSO patch has nothing to fix, and says so
+        assert [a.reason for a in report.attempts if a.kind == "pso_patch"] == [
+            "no label flips on the search split: a patch search has nothing to fix"]
+    assert report.check_after["outputs"][0]["max_abs"] <= atol
 
 
 def test_already_equivalent_target_is_copied_unchanged(fixtures_dir, converted, tmp_path):
