@@ -123,3 +123,106 @@ def test_no_output_left_behind_when_conversion_fails(cli, tmp_path):
     result = cli("convert", path, "--to", "torch", "--out", tmp_path / "out.pt2")
     assert result.code == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["random.onnx"]
+
+
+# --- data (.npz) ----------------------------------------------------------------------------------
+
+def _digits(fixtures_dir, count=60):
+    import numpy as np
+
+    with np.load(fixtures_dir / "digits_test_nchw.npz") as archive:
+        return archive["x"][:count], archive["y"][:count]
+
+
+def _specs():
+    from convrepair.model import TensorSpec
+
+    return [TensorSpec("input", (None, 1, 8, 8), "float32", "NCHW")]
+
+
+@pytest.mark.parametrize(("arrays", "message"), [
+    ("nan", "NaN or Inf"), ("inf", "NaN or Inf"), ("strings", "not numbers"), ("complex", "not numbers"),
+    ("object", "not a readable .npz"), ("fractional_y", "fractional"), ("soft_y", "not one-hot"),
+    ("negative_y", "negative"), ("short_y", "labels for"),
+])
+def test_bad_data_is_one_clear_error(fixtures_dir, tmp_path, arrays, message):
+    import numpy as np
+
+    from convrepair.data import load_npz
+    from convrepair.errors import BadInput
+
+    x, y = _digits(fixtures_dir)
+    content = {"x": x, "y": y}
+    if arrays == "nan":
+        content["x"] = x.copy()
+        content["x"][3, 0, 2, 2] = np.nan
+    elif arrays == "inf":
+        content["x"] = np.full_like(x, np.inf)
+    elif arrays == "strings":
+        content["x"] = x.astype("U4")
+    elif arrays == "complex":
+        content["x"] = x.astype(np.complex64)
+    elif arrays == "object":
+        content["x"] = x.astype(object)
+    elif arrays == "fractional_y":
+        content["y"] = y + 0.5
+    elif arrays == "soft_y":
+        content["y"] = np.full((len(y), 10), 0.1, dtype=np.float32)
+    elif arrays == "negative_y":
+        content["y"] = y - 100
+    elif arrays == "short_y":
+        content["y"] = y[:5]
+    path = tmp_path / "bad.npz"
+    np.savez(path, **content)  # object arrays are pickled: the loader must refuse them, not unpickle
+    with pytest.raises(BadInput, match=message) as caught:
+        load_npz(path, _specs())
+    assert caught.value.path == path and "\n" not in caught.value.one_line()
+
+
+def test_one_hot_labels_become_classes(fixtures_dir, tmp_path):
+    import numpy as np
+
+    from convrepair.data import load_npz
+
+    x, y = _digits(fixtures_dir)
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(10, dtype=np.float32)[y])
+    assert np.array_equal(load_npz(tmp_path / "onehot.npz", _specs()).labels, y)
+
+
+def test_nan_data_is_refused_by_check(cli, fixtures_dir, tmp_path):
+    """All-NaN data once gave 'equivalent, 100%'."""
+    import numpy as np
+
+    x, y = _digits(fixtures_dir)
+    np.savez(tmp_path / "nan.npz", x=np.full_like(x, np.nan), y=y)
+    result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data", tmp_path / "nan.npz")
+    _assert_one_line_error(result, "nan.npz", "nan or inf")
+
+
+def test_object_array_data_is_exit_2_not_70(cli, fixtures_dir, tmp_path):
+    import numpy as np
+
+    x, y = _digits(fixtures_dir)
+    np.savez(tmp_path / "objects.npz", x=x.astype(object), y=y)
+    result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data", tmp_path / "objects.npz")
+    _assert_one_line_error(result, "objects.npz", "not a readable .npz")
+
+
+def test_one_hot_labels_are_accepted_by_check(cli, fixtures_dir, tmp_path):
+    """One-hot `y` once crashed with exit 70; it is read as its argmax, and accuracy is reported."""
+    import numpy as np
+
+    x, y = _digits(fixtures_dir, 200)
+    np.savez(tmp_path / "onehot.npz", x=x, y=np.eye(10, dtype=np.float32)[y])
+    result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data", tmp_path / "onehot.npz",
+                 "--rounds", "2", "--samples", "50", "--json", tmp_path / "r.json")
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["accuracy"]["source"] > 0.5
+
+
+def test_repair_without_data_is_refused_unless_synthetic(cli, fixtures_dir, tmp_path):
+    result = cli("repair", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--out", tmp_path / "fixed.pt")
+    assert result.code == 2 and "--synthetic" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())

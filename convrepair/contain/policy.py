@@ -41,7 +41,9 @@ def python_installation() -> list[Path]:
     entries = sys.path if sys.flags.safe_path else sys.path[1:]
     cwd = os.getcwd()
     places |= {entry for entry in entries if entry and entry != cwd and os.path.isdir(entry)}
-    for module in _plugin_packages():  # editable installs resolve outside site-packages
+    packages, metadata = _plugin_packages_and_metadata()
+    places |= metadata
+    for module in packages:  # editable installs resolve outside site-packages
         try:
             spec = importlib.util.find_spec(module)
         except (ImportError, ValueError):
@@ -52,14 +54,22 @@ def python_installation() -> list[Path]:
     return sorted(Path(p) for p in places if p)
 
 
-def _plugin_packages() -> set[str]:
-    """convrepair itself and the top-level package of every announced plugin."""
+def _plugin_packages_and_metadata() -> tuple[set[str], set[str]]:
+    """The top-level packages of convrepair and of every announced plugin, and the metadata
+    folders (dist-info, egg-info — wherever they lie on sys.path) the worker reads them from."""
     import importlib.metadata
 
     from convrepair.plugins import ENTRY_POINT_GROUP
 
     entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-    return {"convrepair", *(ep.value.split(":")[0].split(".")[0] for ep in entry_points)}
+    packages = {"convrepair", *(ep.value.split(":")[0].split(".")[0] for ep in entry_points)}
+    dists = [ep.dist for ep in entry_points]
+    try:
+        dists.append(importlib.metadata.distribution("convrepair"))
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    metadata = {os.path.abspath(path) for dist in dists if (path := getattr(dist, "_path", None)) is not None}
+    return packages, metadata
 
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
