@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from convrepair.cli.app import app
-from convrepair.cli.common import JsonOption, emit_json, human, parse_options
+from convrepair.cli.common import JsonOption, TrustCodeOption, emit_json, human, parse_options, say
 
 
 @app.command()
@@ -22,6 +22,7 @@ def convert(
     calibration: Annotated[Optional[Path], typer.Option(help=".npz of inputs for static int8 calibration.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz (x, optional y) to validate each output against the source.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,
+    trust_model_code: TrustCodeOption = False,
     json_out: JsonOption = None,
 ) -> None:
     """Convert SOURCE to one or more targets; multi-hop routes are found automatically.
@@ -30,6 +31,7 @@ def convert(
     """
     from convrepair import convert as engine
     from convrepair.plugins import default_registry
+    from convrepair.report.progress import ForwardingProgress, for_terminal, relay, track, using
     from convrepair.report.terminal import render_conversions
 
     if out is not None and len(to) != 1:
@@ -37,14 +39,46 @@ def convert(
     options = parse_options(option)
     if opset is not None:
         options["opset"] = str(opset)
-    registry = default_registry()
+    from convrepair.contain.staging import StagedOutputs
+    from convrepair.contain.worker import run_contained
+
+    if out is not None and out.resolve() == Path(source).resolve():
+        raise typer.BadParameter(f"{out}: output path is the source model itself; choose another --out")
     calib = engine.load_calibration(calibration) if calibration else None
-    results = [engine.convert(registry, source, target, out, options, calib, out_dir=out_dir, force=force) for target in to]
-    checks = [engine.validate(registry, result, data) for result in results] if data else None
+    with StagedOutputs() as staged:
+        # the worker writes into a hidden stage beside each output; we move what it wrote into place
+        staged_out = staged.place(out) if out is not None else None
+        staged_dir = staged.folder(out_dir if out_dir is not None else Path(source).absolute().parent) if out is None else None
+
+        def job(send) -> list[dict]:  # runs in the contained worker: every model is loaded there
+            registry = default_registry()
+            with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
+                results = [engine.convert(registry, source, target, staged_out, options, calib, out_dir=staged_dir)
+                           for target in track(to, f"converting {Path(source).name}")]
+                checks = [engine.validate(registry, result, data) for result in track(results, "validating on the data")] \
+                    if data else [None] * len(results)
+            return [r.to_json() | ({"validation": c.to_json()} if c else {}) for r, c in zip(results, checks)]
+
+        with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
+            conversions, containment = run_contained(job, reads=[source, data], writes=staged.writes(),
+                                                     on_message=relay(progress), trust_code=trust_model_code)
+        staged.publish(overwrite=force)
+    payload = {"schema": "convrepair.convert/v1", "conversions": staged.relocate(conversions),
+               "containment": containment.to_json()}
     if human(json_out):
-        render_conversions(results, checks)
-    payload = [r.to_json() | ({"validation": c.to_json()} if checks else {})
-               for r, c in zip(results, checks or [None] * len(results))]
-    emit_json(json_out, {"schema": "convrepair.convert/v1", "conversions": payload})
-    failed = checks is not None and any(not c.agrees for c in checks)
+        render_conversions(*_views(payload["conversions"]))
+        say(containment.summary(), json_out)
+    emit_json(json_out, payload)
+    failed = any(not c["validation"]["agrees"] for c in payload["conversions"] if "validation" in c)
     raise typer.Exit(1 if failed else 0)
+
+
+def _views(conversions: list[dict]) -> tuple[list, list | None]:
+    """The conversions' JSON as the attribute views the terminal table reads."""
+    from types import SimpleNamespace as View
+
+    results = [View(output=View(path=Path(c["output"]["path"]), format=c["output"]["format"]),
+                    source=View(format=c["source"]["format"]), route=c["route"], seconds=c["seconds"], sizes=c["sizes"])
+               for c in conversions]
+    checks = [View(**c["validation"]) for c in conversions if "validation" in c]
+    return results, checks if len(checks) == len(results) else None

@@ -14,6 +14,7 @@ from convrepair.cli.common import (
     LensesOption,
     PgdStepOption,
     PgdStepsOption,
+    TrustCodeOption,
     emit_json,
     human,
     say,
@@ -40,6 +41,8 @@ def repair(
     epsilons: EpsilonsOption = None,
     pgd_steps: PgdStepsOption = None,
     pgd_step: PgdStepOption = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="Without --data: repair against uniform random inputs, on purpose.")] = False,
+    trust_model_code: TrustCodeOption = False,
     json_out: JsonOption = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
@@ -54,6 +57,7 @@ def repair(
     from convrepair.ledger.log import now
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
+    from convrepair.report.progress import ForwardingProgress, for_terminal, relay, using
     from convrepair.report.terminal import render_repair
 
     if out is None:
@@ -73,22 +77,42 @@ def repair(
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
                           atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement,
                           prefer=prefer, lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
-    if target is None:
-        from convrepair.repair.model_repair import run_model_repair
-        from convrepair.report.terminal import render_model_repair
-
-        result = run_model_repair(default_registry(), source, previous, out, config)
-        emit_json(json_out, result)
-        if human(json_out):
-            render_model_repair(result)
-        sign(result)
-        raise typer.Exit(0 if result["verdict"] == "repaired" else 1)
-    if previous is not None:
+    if target is not None and previous is not None:
         raise typer.BadParameter("--previous repairs one MODEL; give it without a TARGET")
-    report = run_repair(default_registry(), source, target, out, config)
-    payload = report.to_json()
+    if data is None and not synthetic:
+        raise typer.BadParameter("repair needs --data (samples to repair on and prove the repair on held-out ones); "
+                                 "pass --synthetic to repair against uniform random inputs on purpose")
+    if data is not None and synthetic:
+        raise typer.BadParameter("give --data or --synthetic, not both")
+    from convrepair.contain.staging import StagedOutputs
+    from convrepair.contain.worker import run_contained
+
+    with StagedOutputs() as staged:
+        staged_out = staged.place(out)  # the worker writes here; we move it into place
+
+        def job(send) -> dict:  # runs in the contained worker: every model is loaded there
+            with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
+                if target is None:
+                    from convrepair.repair.model_repair import run_model_repair
+
+                    result = run_model_repair(default_registry(), source, previous, staged_out, config)
+                    return {"payload": result, "exit": 0 if result["verdict"] == "repaired" else 1}
+                report = run_repair(default_registry(), source, target, staged_out, config)
+                return {"payload": report.to_json(), "exit": 0 if report.succeeded else 1}
+
+        with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
+            result, containment = run_contained(job, reads=[source, target, previous, data], writes=staged.writes(),
+                                                on_message=relay(progress), trust_code=trust_model_code)
+        staged.publish()
+    payload = staged.relocate(result["payload"]) | {"containment": containment.to_json()}
     emit_json(json_out, payload)
     if human(json_out):
-        render_repair(payload)
+        if target is None:
+            from convrepair.report.terminal import render_model_repair
+
+            render_model_repair(payload)
+        else:
+            render_repair(payload)
+        say(containment.summary(), json_out)
     sign(payload)
-    raise typer.Exit(0 if report.succeeded else 1)
+    raise typer.Exit(result["exit"])
