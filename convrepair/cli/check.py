@@ -14,8 +14,10 @@ from convrepair.cli.common import (
     LensesOption,
     PgdStepOption,
     PgdStepsOption,
+    TrustCodeOption,
     emit_json,
     human,
+    say,
 )
 
 
@@ -36,6 +38,7 @@ def check(
     epsilons: EpsilonsOption = None,
     pgd_steps: PgdStepsOption = None,
     pgd_step: PgdStepOption = None,
+    trust_model_code: TrustCodeOption = False,
     json_out: JsonOption = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
@@ -45,17 +48,24 @@ def check(
     from convrepair.check import CheckConfig, run_check
     from convrepair.lenses import lens_config
     from convrepair.plugins import default_registry
-    from convrepair.report.terminal import render_check, round_progress
+    from convrepair.contain.worker import run_contained
+    from convrepair.report.progress import ForwardingProgress, for_terminal, relay, using
+    from convrepair.report.terminal import render_check
 
     config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize,
                          lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
-    if human(json_out):
-        with round_progress(rounds) as advance:
-            report = run_check(default_registry(), source, target, config, on_round=advance)
-    else:
-        report = run_check(default_registry(), source, target, config)
-    payload = report.to_json()
+
+    def job(send) -> dict:  # runs in the contained worker: every model is loaded there
+        with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
+            report = run_check(default_registry(), source, target, config)
+        return {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}  # inconclusive: 1
+
+    with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
+        result, containment = run_contained(job, reads=[source, target, data], on_message=relay(progress),
+                                            trust_code=trust_model_code)
+    payload = result["payload"] | {"containment": containment.to_json()}
     emit_json(json_out, payload)
     if human(json_out):
         render_check(payload)
-    raise typer.Exit(0 if report.verdict == "equivalent" else 1)  # discrepant or inconclusive: 1
+        say(containment.summary(), json_out)
+    raise typer.Exit(result["exit"])
