@@ -38,7 +38,7 @@ def daemon(
     lease_seconds: Annotated[float, typer.Option(help="Lease of a running job, renewed while it runs; a job whose lease ran out (its daemon died) is run again.")] = 30.0,
     executor: Annotated[ExecutorKind, typer.Option(metavar="{local,ray}", case_sensitive=False,
                                                    help="Where jobs run: worker processes on this machine, or tasks on a Ray cluster (pip install 'convrepair[ray]').")] = ExecutorKind.local,
-    ray_address: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Ray cluster to join (host:port of `ray start --head`; default: $RAY_ADDRESS, else a private local one).")] = None,
+    ray_address: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Ray cluster to join (host:port of `ray start --head`; default: $RAY_ADDRESS, else one `ray start` made on this machine, else a private one).")] = None,
     parse_grace_seconds: Annotated[Optional[float], typer.Option(help="How long an unchanged version that does not parse as a whole model is waited for before its job fails (default: 10 quiet periods).")] = None,
 ) -> None:
     """Watch REGISTRY and run convert → check → repair → sign for every new model version."""

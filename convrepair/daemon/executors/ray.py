@@ -82,10 +82,9 @@ class RayExecutor:
         self.memory_mb, self.job_timeout, self.num_cpus = memory_mb, job_timeout, num_cpus
         _reachable(address)
         handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        # no address: $RAY_ADDRESS, else a cluster `ray start` made on this machine, else a private one
         options = {"address": address, "namespace": "convrepair", "logging_level": logging.WARNING,
                    "log_to_driver": False, "configure_logging": False}
-        if address is None:  # no cluster named: a private one on this machine
-            options["include_dashboard"] = False
         try:
             ray.init(**options)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ValueError …
