@@ -39,6 +39,9 @@ def _to_svg(fig, alt: str) -> str:
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": None})
     text = buffer.getvalue()
     text = text[text.index("<svg"):]
+    # in HTML the parser knows SVG's namespaces: drop the declarations and the RDF metadata block
+    text = re.sub(r'\s+xmlns(:xlink)?="[^"]*"', "", text)
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
     # matplotlib numbers ids per figure (figure_1, patch_1, …): prefix them, and what points at them
     prefix = f"c{next(_ids)}-"
     text = re.sub(r'\bid="', f'id="{prefix}', text)
