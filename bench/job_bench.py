@@ -37,9 +37,9 @@ def counted_repair(source: Path, target: Path, out: Path, data: Path) -> tuple[C
         original = getattr(owner, name)
 
         def counted(*args, **kwargs):
-            first = next((a for a in args if isinstance(a, (str, Path))), None)
             ref = next((a for a in args if hasattr(a, "sha256")), None)
-            path = Path(first) if first is not None else (ref.path if ref is not None else None)
+            first = next((a for a in args if isinstance(a, Path) or (isinstance(a, str) and "/" in a)), None)
+            path = ref.path if ref is not None else (Path(first) if first is not None else None)
             role = "source" if path is not None and path.resolve() == source.resolve() else (
                 "target" if path is not None and path.resolve() == target.resolve() else "other")
             counts[f"{key}[{role}]"] += 1
@@ -71,6 +71,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--keep", type=Path)
     parser.add_argument("--no-cli", action="store_true")
+    parser.add_argument("--baseline", type=Path, help="a tree of an older convrepair (git archive) to measure alongside")
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--one", nargs=4, metavar=("SOURCE", "TARGET", "OUT", "DATA"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
@@ -96,15 +98,20 @@ def main() -> int:
         write_sidecar(target, read_sidecar(clean))
         cases.append((name, source, target, data))
     rows = []
+    trees = [("now", None)] + ([("baseline", args.baseline)] if args.baseline else [])
     for name, source, target, data in cases:
+      for _ in range(args.repeats):
+       for tree, root in trees:  # interleaved, so machine load hits both alike
         started = time.perf_counter()
+        env = dict(os.environ, PYTHONPATH=f"{root}:{ROOT / 'fixtures'}") if root else None
         proc = subprocess.Popen([sys.executable, __file__, "--one", str(source), str(target),
-                                 str(work / f"{name.replace(' ', '_')}_fixed.onnx"), str(data)], stdout=subprocess.PIPE)
+                                 str(work / f"{name.replace(' ', '_')}_fixed.onnx"), str(data)], stdout=subprocess.PIPE,
+                                env=env, cwd=root or None)
         out = proc.stdout.read()
         _, _, usage = os.wait4(proc.pid, 0)
-        row = {"case": name, **json.loads(out.decode().strip().splitlines()[-1]),
+        row = {"case": name, "tree": tree, **json.loads(out.decode().strip().splitlines()[-1]),
                "engine_seconds": round(time.perf_counter() - started, 2), "engine_peak_rss_mb": round(usage.ru_maxrss / 1024)}
-        if not args.no_cli:
+        if not args.no_cli and root is None:
             wall, rss, code = timed_cli("repair", str(source), str(target), "--out", str(work / "cli_fixed.onnx"),
                                         "--data", str(data), "-q")
             row |= {"cli_seconds": round(wall, 2), "cli_peak_rss_mb": round(rss), "cli_exit": code}
