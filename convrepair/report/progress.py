@@ -79,7 +79,10 @@ class RichProgress:
 
         self.display = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=24),
                                 MofNCompleteColumn(), TimeElapsedColumn(),
-                                console=console or Console(stderr=True), transient=True)
+                                console=console or Console(stderr=True), transient=True,
+                                # no stdout/stderr proxies: the contained worker is forked while this
+                                # runs, and a proxy's lock copied mid-write would hang the child
+                                redirect_stdout=False, redirect_stderr=False)
         self.depth = 0
 
     def __enter__(self) -> RichProgress:
