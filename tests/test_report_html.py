@@ -96,6 +96,7 @@ def expected_numbers(report: dict) -> list[str]:
     return numbers
 
 
+@pytest.mark.slow
 def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review):
     chromium = _need_chromium()
     page, shot = int8_review / "review.html", int8_review / "review.png"
@@ -126,6 +127,7 @@ def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review
         assert colours is not None and len(colours) > 200  # charts and text, not a blank sheet
 
 
+@pytest.mark.slow
 def test_review_page_is_one_self_contained_file(int8_review):
     page = (int8_review / "review.html").read_text()
     assert "<script" not in page.lower() and "<link" not in page.lower()
@@ -136,6 +138,7 @@ def test_review_page_is_one_self_contained_file(int8_review):
     assert page.count("<svg") >= 10 and "<text" in page  # chart text stays text
 
 
+@pytest.mark.slow
 def test_page_escapes_what_a_log_carries(int8_review):
     """A log's strings (file names, reasons) are data, never markup."""
     from convrepair.ledger.dsse import read_envelope, statement_of
@@ -150,6 +153,7 @@ def test_page_escapes_what_a_log_carries(int8_review):
     assert "<img src=x" not in page and html.escape("<img src=x onerror=alert(1)>") in page
 
 
+@pytest.mark.slow
 def test_review_index_lists_every_log_with_status_and_verdict(int8_review):
     result = run_cli("-q", "review", "--registry", int8_review, "--status", "all", "--html", int8_review / "index.html")
     assert result.code == 0, result.stderr
@@ -159,6 +163,7 @@ def test_review_index_lists_every_log_with_status_and_verdict(int8_review):
     assert "<script" not in page
 
 
+@pytest.mark.slow
 def test_the_terminal_report_of_the_same_repair_fits_80_columns(int8_review, monkeypatch):
     """Tables wrap or drop columns at 80 columns; no number is cut to `0.00…`."""
     import io

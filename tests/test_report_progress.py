@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import pytest
 from rich.console import Console
 from rich.table import Table
 
@@ -85,6 +86,7 @@ def _run_with_terminal_stderr(*args: str) -> tuple[int, str, str]:
     return proc.returncode, proc.stdout.decode(), b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_progress_on_a_terminal_and_never_with_json_to_stdout(fixtures_dir):
     model = fixtures_dir / "torch_cnn.pt2"
     data = fixtures_dir / "digits_test_nchw.npz"
