@@ -79,11 +79,15 @@ def register_model(mlflow_client, name: str, config: str | None, enabled: bool =
     mlflow_client.create_registered_model(name, tags=tags)
 
 
+def producer_experiment(mlflow_client) -> str:
+    """The experiment a model's producer logs its runs in (not convrepair's own)."""
+    experiment = mlflow_client.get_experiment_by_name("producer")
+    return experiment.experiment_id if experiment else mlflow_client.create_experiment("producer")
+
+
 def register_version(mlflow_client, name: str, files: dict[str, Path], tmp: Path, source_path: str = "model") -> str:
     """A producer's run with FILES as artifacts under `model/`, registered as a new version of NAME."""
-    experiment = mlflow_client.get_experiment_by_name("producer")
-    experiment_id = experiment.experiment_id if experiment else mlflow_client.create_experiment("producer")
-    run = mlflow_client.create_run(experiment_id)
+    run = mlflow_client.create_run(producer_experiment(mlflow_client))
     staging = tmp / f"upload-{run.info.run_id}"
     staging.mkdir(parents=True)
     for target, source in files.items():

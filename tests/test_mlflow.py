@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import pytest
 pytest.importorskip("mlflow")
 
 from conftest import run_cli  # noqa: E402
-from mlflow_server import ENV, artifact_paths, client, free_port, mlflow_server, register_model, register_version  # noqa: E402
+from mlflow_server import (  # noqa: E402
+    ENV, artifact_paths, client, free_port, mlflow_server, producer_experiment, register_model, register_version)
 
 from convrepair.fsutil import sha256_file  # noqa: E402
 
@@ -75,11 +77,14 @@ def processed(server, fixtures_dir, keys, tmp_path_factory):
     state = tmp / "state"
     result = _daemon_once(server, state, keys)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"uri": server, "client": mlflow, "versions": versions, "state": state, "tmp": tmp}
+    broken = {(j["model"], j["state"]) for j in _jobs(state)}
+    assert ("broken", "failed") in broken
+    mlflow.delete_registered_model_tag("broken", "convrepair.enabled")  # later daemons need not fail it again
+    return {"uri": server, "client": mlflow, "versions": versions, "state": state, "tmp": tmp, "broken": broken}
 
 
 def test_plugins_lists_the_mlflow_registry():
-    result = run_cli("plugins", "--json", "-")
+    result = run_cli("plugins", "--quick", "--json", "-")  # the mlflow row does not need frameworks imported
     assert result.code == 0, result.stderr
     record = next(p for p in json.loads(result.stdout) if p["plugin"] == "mlflow")
     assert record["registries"] == ["mlflow"] and record["status"] == "available"
@@ -140,9 +145,17 @@ def test_a_second_poll_does_not_redo_a_finished_version(processed, keys):
 
 
 def test_kill_9_mid_job_still_gives_exactly_one_signed_log(server, fixtures_dir, keys, tmp_path):
+    """Also: the config as an artifact (tag convrepair.toml_artifact), the data as an artifact URI."""
     mlflow = client(server)
-    register_model(mlflow, "crashy", CONFIG)
-    register_version(mlflow, "crashy", _files(fixtures_dir), tmp_path)
+    shared = mlflow.create_run(producer_experiment(mlflow)).info.run_id
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy2(fixtures_dir / "digits_test_nchw.npz", inputs / "digits.npz")
+    (inputs / "convrepair.toml").write_text(CONFIG.replace('"data.npz"', f'"runs:/{shared}/inputs/digits.npz"'))
+    mlflow.log_artifacts(shared, str(inputs), artifact_path="inputs")
+    mlflow.create_registered_model("crashy", tags={"convrepair.enabled": "true",
+                                                   "convrepair.toml_artifact": f"runs:/{shared}/inputs/convrepair.toml"})
+    register_version(mlflow, "crashy", {"model.pt2": fixtures_dir / "torch_cnn.pt2"}, tmp_path)
     state = tmp_path / "state"
     proc = subprocess.Popen([sys.executable, "-m", "convrepair", "daemon", f"{server}?poll_seconds=1", "--registry-kind", "mlflow",
                              "--state-dir", str(state), "--no-http", "--sign-key", str(keys / "service.key"), "--log-format", "json",

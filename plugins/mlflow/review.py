@@ -235,7 +235,7 @@ class PromotionFailed(BadInput):
 
 def _local_name(model: str) -> str:
     """The model's name as a folder (and a Triton model name) in the rebuilt ledger."""
-    from convrepair_plugins.mlflow.registry import _safe
+    from convrepair_plugins.mlflow.registry import folder_name
 
-    clean = _safe(model)
+    clean = folder_name(model)
     return clean if clean[:1].isalnum() else f"m{clean}"
