@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -94,17 +93,6 @@ def render_plugins(registry: PluginRegistry, deep: bool) -> None:
         provides = ", ".join(row["formats"] + [f"registry:{name}" for name in row.get("registries", [])])
         table.add_row(row["plugin"], status, provides, converters)
     show(table)
-
-
-@contextlib.contextmanager
-def round_progress(total: int):
-    """A transient progress bar over sampling rounds (on stderr, so stdout stays the report)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    err = Console(stderr=True)
-    with Progress(TextColumn("comparing"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as progress:
-        task = progress.add_task("rounds", total=total)
-        yield lambda done, _total: progress.update(task, completed=done)
 
 
 def short(name: str, width: int = 48) -> str:
