@@ -38,6 +38,11 @@ def free_port() -> int:
 
 
 def start_ray(temp: Path) -> tuple[subprocess.Popen, str]:
+    """A private head node with token authentication (a token of its own, in this process's environment)."""
+    import secrets
+
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN_PATH", None)
     port = free_port()
     log = temp / "ray-head.log"
     head = subprocess.Popen(

@@ -33,7 +33,17 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A private Ray head node for this module; `--block` keeps its processes in one group we end."""
+    """A private Ray head node for this module; `--block` keeps its processes in one group we end.
+
+    Token authentication on, with a token of its own in the environment the daemons inherit (a
+    ~/.ray/auth_token left by some earlier `ray.init()` would otherwise switch it on halfway)."""
+    import secrets
+
+    env = pytest.MonkeyPatch()
+    env.setenv("RAY_AUTH_MODE", "token")
+    env.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    env.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    env.delenv("RAY_ADDRESS", raising=False)
     temp = Path(tempfile.mkdtemp(prefix="cr-ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     log = temp / "head.log"
@@ -61,6 +71,7 @@ def ray_address():
             pass
         head.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
+        env.undo()
 
 
 @pytest.fixture(scope="module")
