@@ -174,6 +174,10 @@ def _child(task, args, reads, writes, scratch, message_w, output_w, containment,
                 reply = {"error": {"kind": "UnsafeModel", "message": "the sandbox stopped what the model did: "
                                    f"{type(exc).__name__}: {' '.join(last.split())[:300]}"}}
             else:
+                if os.environ.get("CONVREPAIR_DEBUG"):  # the worker's traceback, forwarded to the parent's stderr
+                    import traceback
+
+                    traceback.print_exc()
                 reply = {"error": {"kind": "bug", "message": f"{type(exc).__name__}: {exception_text(exc, 400)}"}}
         channel.write(json.dumps(reply, default=_json_default).encode() + b"\n")
         channel.close()
