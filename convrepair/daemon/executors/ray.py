@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from convrepair.daemon.executors import Dispatched, Lost, Where, bundle
+from convrepair.daemon.job import scratch_name
 from convrepair.daemon.worker import WorkerResult
 from convrepair.errors import BadInput, exception_text
 
@@ -136,7 +137,8 @@ class RayExecutor:
         dispatched.where = Where(out["host"], out["node"], out["pid"])
         if not out["ok"]:
             return WorkerResult(False, out["result"], out["error"], seconds, retry=out["retry"])
-        scratch = _final(handle["spec"]).parent / f".tmp-job{dispatched.job.id}-landing"
+        # an attempt's scratch name: the daemon clears what a crash left there when it claims the job again
+        scratch = _final(handle["spec"]).parent / scratch_name(dispatched.job.id, f"{dispatched.job.attempts}-landing")
         extra = {"executor": {"kind": self.name, "host": out["host"], "node": out["node"], "pid": out["pid"]}}
         try:
             bundle.land(out["results"], out["worker_root"], _final(handle["spec"]), scratch, extra)
