@@ -84,7 +84,7 @@ def default_output(registry: PluginRegistry, source: Path, route: list[Converter
 
 def convert(
     registry: PluginRegistry,
-    source_path: Path | ModelRef,
+    source_path: Path,
     target: str,
     out: Path | None = None,
     options: dict[str, Any] | None = None,
@@ -92,8 +92,7 @@ def convert(
     out_dir: Path | None = None,
     force: bool = True,
 ) -> ConversionResult:
-    # a ModelRef a job already resolved and hashed is taken as is
-    source = source_path if isinstance(source_path, ModelRef) else model_ref(source_path, registry)
+    source = model_ref(source_path, registry)
     source_sidecar = read_sidecar(source.path) or Sidecar()
     route = plan_route(registry, source.format, target)
     chosen_by_user = out is not None
@@ -158,13 +157,17 @@ def convert(
             out = out.with_suffix(registry.formats[current.format].suffix)  # converter fell back
         with atomic_output(out) as tmp:
             _move(current.path, tmp)
-        output = ModelRef(out, current.format, combined_digest(file_digests(out)), file_digests(out))
-        if calibration:
-            keep_calibration(out, calibration, steps)
-        current_sidecar.output = output.to_json()
-        if source_sidecar.source:  # a converted model converted again keeps the original source
-            current_sidecar.source = source_sidecar.source
-        side = write_sidecar(out, current_sidecar)
+        try:  # an output is kept only with its sidecar (and calibration): all or nothing
+            output = ModelRef(out, current.format, combined_digest(file_digests(out)), file_digests(out))
+            if calibration:
+                keep_calibration(out, calibration, steps)
+            current_sidecar.output = output.to_json()
+            if source_sidecar.source:  # a converted model converted again keeps the original source
+                current_sidecar.source = source_sidecar.source
+            side = write_sidecar(out, current_sidecar)
+        except BaseException:
+            _remove_output(out)
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -191,20 +194,13 @@ class Validation:
     flips: int
     source_accuracy: float | None
     target_accuracy: float | None
-    inconclusive: list[str] = field(default_factory=list)  # why the data cannot tell (judge.guard)
 
     @property
     def agrees(self) -> bool:
-        if self.inconclusive:
-            return False
         return self.label_agreement is None or self.label_agreement >= 1.0 or self.flips == 0
 
-    @property
-    def verdict(self) -> str:
-        return "inconclusive" if self.inconclusive else ("equivalent" if self.agrees else "discrepant")
-
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__ | {"agrees": self.agrees, "verdict": self.verdict}
+        return self.__dict__ | {"agrees": self.agrees}
 
 
 def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int = 256) -> Validation:
@@ -220,8 +216,6 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
     ) as target:
         dataset = load_npz(data, source.inputs)
         comparison = compare_on(source, target, dataset, np.arange(len(dataset)), batch_size=batch_size)
-    from convrepair.judge import guard
-
     n = comparison.n
     return Validation(
         data=str(data),
@@ -231,7 +225,6 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
         flips=len(comparison.flips),
         source_accuracy=comparison.source_correct / n if comparison.source_correct is not None else None,
         target_accuracy=comparison.target_correct / n if comparison.target_correct is not None else None,
-        inconclusive=guard(comparison, dataset, source_sidecar, True),
     )
 
 
@@ -281,6 +274,17 @@ def load_calibration(path: Path) -> dict:
             return {key: archive[key] for key in archive.files if key != "y"}
     except (OSError, ValueError) as exc:
         raise BadInput(f"is not a readable .npz calibration file: {exc}", path) from None
+
+
+def _remove_output(out: Path) -> None:
+    """Take back an output whose sidecar could not be written: no model without its provenance."""
+    from convrepair.sidecar import sidecar_path
+
+    for path in (out, sidecar_path(out), out.with_name(out.name + CALIBRATION_SUFFIX)):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _move(src: Path, dst: Path) -> None:
