@@ -84,7 +84,7 @@ def default_output(registry: PluginRegistry, source: Path, route: list[Converter
 
 def convert(
     registry: PluginRegistry,
-    source_path: Path,
+    source_path: Path | ModelRef,
     target: str,
     out: Path | None = None,
     options: dict[str, Any] | None = None,
@@ -92,7 +92,8 @@ def convert(
     out_dir: Path | None = None,
     force: bool = True,
 ) -> ConversionResult:
-    source = model_ref(source_path, registry)
+    # a ModelRef a job already resolved and hashed is taken as is
+    source = source_path if isinstance(source_path, ModelRef) else model_ref(source_path, registry)
     source_sidecar = read_sidecar(source.path) or Sidecar()
     route = plan_route(registry, source.format, target)
     chosen_by_user = out is not None
@@ -194,13 +195,20 @@ class Validation:
     flips: int
     source_accuracy: float | None
     target_accuracy: float | None
+    inconclusive: list[str] = field(default_factory=list)  # why the data cannot tell (judge.guard)
 
     @property
     def agrees(self) -> bool:
+        if self.inconclusive:
+            return False
         return self.label_agreement is None or self.label_agreement >= 1.0 or self.flips == 0
 
+    @property
+    def verdict(self) -> str:
+        return "inconclusive" if self.inconclusive else ("equivalent" if self.agrees else "discrepant")
+
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__ | {"agrees": self.agrees}
+        return self.__dict__ | {"agrees": self.agrees, "verdict": self.verdict}
 
 
 def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int = 256) -> Validation:
@@ -216,6 +224,8 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
     ) as target:
         dataset = load_npz(data, source.inputs)
         comparison = compare_on(source, target, dataset, np.arange(len(dataset)), batch_size=batch_size)
+    from convrepair.judge import guard
+
     n = comparison.n
     return Validation(
         data=str(data),
@@ -225,6 +235,7 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
         flips=len(comparison.flips),
         source_accuracy=comparison.source_correct / n if comparison.source_correct is not None else None,
         target_accuracy=comparison.target_correct / n if comparison.target_correct is not None else None,
+        inconclusive=guard(comparison, dataset, source_sidecar, True),
     )
 
 
