@@ -12,6 +12,10 @@ to the job's run under `approved/<target>/`, registers it as a new version of th
 (tagged `convrepair.promoted_from`, which the daemon never processes), downloads what MLflow now
 serves for that version and verifies it with `--require-approval`; only then does the alias
 (`approved` by default) move to it. A promotion that does not verify is deleted again.
+
+Two reviewers at once: a decision is written back only if the transparency checkpoint in MLflow
+is still the one it started from, else nothing is written (MLflow has no compare-and-swap, so a
+window of one upload remains; the checkpoint signature still exposes a fork to `verify`).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: s
     trusted = read_trust(trust)
     with tempfile.TemporaryDirectory(prefix="convrepair-review-") as tmp:
         remote = _rebuild(registry, uri, Path(tmp), trust)
+        seen = _remote_checkpoint(registry)
         if _promoted(registry, remote) and decision == "approved" and promote_alias:
             raise BadInput(f"{remote.where} was promoted already; a log gets one decision")
         plans = []
@@ -70,6 +75,9 @@ def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: s
             return plans[-1]
 
         record, _ = ledger_decide(remote.log, key, decision, text, trusted, plan if promote_alias else None)
+        if _remote_checkpoint(registry) != seen:  # nothing is written yet: the reviewer just runs it again
+            raise RegistryError(f"mlflow {registry.uri}: another decision was recorded while this one was made; "
+                                "nothing was written, run the command again")
         _upload_tlog(registry, Path(tmp) / TLOG)
         tags = {"convrepair.status": decision, "convrepair.decision": decision,
                 f"convrepair.{remote.target}.decision": decision, "convrepair.decision_entry": Path(record.path).name,
@@ -181,6 +189,21 @@ def _ledger_run(registry: MlflowRegistry, create: bool) -> str | None:
     run = server.call("creating the transparency log run", lambda: client.create_run(
         experiment_id, tags={"convrepair.ledger": "transparency"}, run_name=LEDGER_RUN))
     return run.info.run_id
+
+
+def _remote_checkpoint(registry: MlflowRegistry) -> str | None:
+    """The transparency log's checkpoint as MLflow holds it now (None: no decisions yet)."""
+    ledger = _ledger_run(registry, create=False)
+    if ledger is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = registry.server.download(f"runs:/{ledger}/{TLOG}/checkpoint", tmp, "reading the transparency checkpoint")
+        except RegistryError as exc:
+            if "not found" in str(exc) or "Failed to download" in str(exc):
+                return None
+            raise
+        return Path(path).read_text()
 
 
 def _upload_tlog(registry: MlflowRegistry, directory: Path) -> None:
