@@ -105,8 +105,10 @@ def test_every_new_version_gets_tags_artifacts_and_a_signed_log(processed, keys)
         assert any(f.startswith("onnx/repaired/") for f in files)
         log = Path(mlflow.download_artifacts(run_id, "onnx/repair.log.dsse.json", str(processed["tmp"])))
         assert sha256_file(log) == tags["convrepair.log_sha256"]
-        verified = _cli(uri, "verify", f"models:/digits/{version}", "--trust", keys / "trust.json")
+        verified = _cli(uri, "verify", f"models:/digits/{version}", "--trust", keys / "trust.json", "--json", "-")
         assert verified.returncode == 0, verified.stdout + verified.stderr
+        checks = {c["check"]: c for c in json.loads(verified.stdout)["checks"]}
+        assert checks["file ../../model.pt2"]["detail"] == "digest matches"  # the registered source is what was converted
     broken = jobs[("broken", "1")]
     assert broken["state"] == "failed" and "\n" not in broken["error"]
     assert "models:/broken/1" in broken["error"] and "not found" in broken["error"], broken["error"]

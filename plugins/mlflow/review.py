@@ -146,10 +146,22 @@ def _rebuild(registry: MlflowRegistry, uri: str, root: Path, trust: Path) -> Rem
     results = root / _local_name(model) / version / "convrepair"
     results.mkdir(parents=True)
     got = Path(server.download(f"runs:/{run_id}/{target}", str(results), f"downloading the results of {model} v{version}"))
+    _place_source(registry, model, version, results.parent)
     log = got / LOG
     if not log.is_file():
         raise BadInput(f"models:/{model}/{version}: its results hold no signed log (the daemon ran without --sign-key)")
     return RemoteLog(model, version, target, run_id, root, log)
+
+
+def _place_source(registry: MlflowRegistry, model: str, version: str, version_dir: Path) -> None:
+    """The registered version's own files where the log names its source (`../../model.<ext>`),
+    so verify checks that what the job converted is what the registry holds."""
+    client, server = registry.client, registry.server
+    source = server.call(f"resolving models:/{model}/{version}", lambda: client.get_model_version_download_uri(model, version))
+    got = Path(server.download(source, str(version_dir.parent / ".source"), f"downloading models:/{model}/{version}"))
+    for item in sorted(got.iterdir()) if got.is_dir() else [got]:
+        if not (version_dir / item.name).exists():
+            item.rename(version_dir / item.name)
 
 
 def _model_version(registry: MlflowRegistry, uri: str):
