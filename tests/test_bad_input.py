@@ -226,3 +226,11 @@ def test_repair_without_data_is_refused_unless_synthetic(cli, fixtures_dir, tmp_
     assert result.code == 2 and "--synthetic" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
+
+
+def test_pt2_archive_without_its_records_is_one_line(cli, tmp_path):
+    """torch.export.load logs a traceback before it fails on such an archive (found by the fuzz test)."""
+    path = tmp_path / "hollow.pt2"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/archive_format", b"")
+    _assert_one_line_error(cli("convert", path, "--to", "onnx"), "hollow.pt2", "not a loadable torch.export program")

@@ -54,16 +54,41 @@ def _weights_only_torch_load():
         torch._C._pickle_load_obj = original_obj
 
 
+@contextlib.contextmanager
+def _export_log_quiet():
+    """torch.export.load logs a whole traceback before it raises "check the warnings above" on a bad
+    archive: keep the logged errors (yielded) for our one line, print nothing."""
+    import logging
+
+    logged: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.exc_info and record.exc_info[1] is not None:
+                logged.append(exception_text(record.exc_info[1], 200))
+
+    logger = logging.getLogger("torch.export")
+    handlers, propagate = logger.handlers, logger.propagate
+    logger.handlers, logger.propagate = [_Keep()], False
+    try:
+        yield logged
+    finally:
+        logger.handlers, logger.propagate = handlers, propagate
+
+
 def load_exported_program(path: Path):
     import torch
 
+    logged: list[str] = []
     try:
-        with _weights_only_torch_load():
+        with _weights_only_torch_load(), _export_log_quiet() as logged:
             return torch.export.load(str(path))
     except UnsafeModel as exc:
         raise UnsafeModel(exc.message, path) from None
     except Exception as exc:  # noqa: BLE001
         text = exception_text(exc, 200)
+        if "warnings above" in text and logged:
+            text = logged[-1]
         if "weights_only" in text or "Unsupported global" in text:
             raise UnsafeModel(f"refusing to load: it needs unsafe unpickling ({text})", path) from None
         raise BadInput(f"is not a loadable torch.export program (.pt2): {text}", path) from None
