@@ -49,7 +49,9 @@ def start_ray(temp: Path) -> tuple[subprocess.Popen, str]:
         [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", f"--port={port}", f"--num-cpus={os.cpu_count()}",
          "--include-dashboard=false", "--node-ip-address=127.0.0.1", "--disable-usage-stats", f"--temp-dir={temp / 'ray'}",
          f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}", f"--memory={64 * 2**30}"],
-        stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        # its own process group (stopped as one) but this session: with the kernel's autogroup
+        # scheduling a session is one CPU share, and Ray's jobs must not get a share of their own
+        stdout=open(log, "w"), stderr=subprocess.STDOUT, process_group=0)
     deadline = time.monotonic() + 120
     while "Ray runtime started" not in log.read_text():
         if head.poll() is not None or time.monotonic() > deadline:
@@ -206,6 +208,10 @@ def main() -> None:
         values = sorted(values)
         return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
 
+    autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if autogroup.exists() and autogroup.read_text().strip() == "1" and args.ray_address:
+        print("note: autogroup scheduling is on and the Ray cluster runs in another session: on a busy machine its jobs "
+              "get a CPU share of their own")
     print(f"executor bench on {os.cpu_count()} CPU cores, {args.workers} jobs at a time, {args.rounds} rounds interleaved; "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
           f"(Ray: {'the cluster at ' + args.ray_address if args.ray_address else 'one local head node'})")
