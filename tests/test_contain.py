@@ -17,7 +17,7 @@ import pytest
 
 from convrepair.contain import probe
 
-pytestmark = pytest.mark.skipif(not probe().in_force, reason=f"no containment on this machine: {probe().reason}")
+needs_containment = pytest.mark.skipif(not probe().in_force, reason=f"no containment on this machine: {probe().reason}")
 
 # Runs in its own interpreter (which imports no framework before forking its workers). Each task
 # bypasses convrepair's loaders — and so the scanners — and runs the model's code directly.
@@ -74,6 +74,8 @@ def hostile(tmp_path, tmp_path_factory) -> dict[str, Path]:
     return hostile_models(tmp_path_factory) | {"job": tmp_path}
 
 
+@needs_containment
+@pytest.mark.slow
 def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile):
     victim = hostile["victim"]
     victim.write_text("original")
@@ -100,6 +102,7 @@ def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile):
     assert outcomes["scratch_and_model"] == {"ok": "weights", "in_force": True}
 
 
+@needs_containment
 def test_check_reports_the_containment_in_force(cli, fixtures_dir, tmp_path):
     result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data",
                  fixtures_dir / "digits_test_nchw.npz", "--rounds", "1", "--json", tmp_path / "r.json")

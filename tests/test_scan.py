@@ -77,6 +77,7 @@ def _one_line_refusal(result, name: str, op: str) -> None:
     assert name in lines[0] and op in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_torchscript_that_writes_a_file_is_refused_by_check_and_the_file_is_untouched(cli, writers, fixtures_dir):
     victim = writers["victim"]
     victim.write_text("original")
@@ -85,21 +86,11 @@ def test_torchscript_that_writes_a_file_is_refused_by_check_and_the_file_is_unto
     assert victim.read_text() == "original"
 
 
+@pytest.mark.slow
 def test_savedmodel_that_writes_a_file_is_refused_by_check_and_nothing_is_written(cli, writers, fixtures_dir):
     result = cli("check", writers["savedmodel"], writers["savedmodel"], "--data", fixtures_dir / "digits_test_nchw.npz")
     _one_line_refusal(result, "writer.savedmodel", "WriteFile")
     assert not writers["created"].exists()
-
-
-def test_the_fixture_models_pass_the_scans(fixtures_dir):
-    """The clean TorchScript and SavedModel fixtures hold no refused op (no false alarm)."""
-    from convrepair_plugins.tensorflow.quiet import import_tensorflow
-    from convrepair_plugins.tensorflow.scan import scan_savedmodel
-    from convrepair_plugins.torch.scan import scan_archive
-
-    scan_archive(fixtures_dir / "torch_cnn.pt")
-    import_tensorflow()
-    scan_savedmodel(fixtures_dir / "keras_cnn.savedmodel")
 
 
 @pytest.mark.parametrize(("kind", "refused"), [
