@@ -5,8 +5,10 @@
 - fp32 is judged against the source's own float noise: the source is run again on its inputs
   nudged by one part in a million (`PERTURBATION`), and a conversion may add up to
   `NOISE_FACTOR` times the relative error per sample that this causes, and lose at most
-  `SQNR_MARGIN_DB` of its SQNR. A deep network's legitimate reordering error scales with its own
-  sensitivity; a fixed atol does not. `--atol/--rtol` still enforce a user's numbers.
+  `SQNR_MARGIN_DB` of its SQNR (never held tighter than `MIN_LIMIT`: integer inputs cannot be
+  nudged, and 1e-5 relative is float noise for any fp32 network). A deep network's legitimate
+  reordering error scales with its own sensitivity; a fixed atol does not. `--atol/--rtol` still
+  enforce a user's numbers.
 - The guard: a source whose outputs do not depend on the data, or data outside the range the
   model declares, makes any verdict vacuous: `inconclusive`.
 """
@@ -31,6 +33,7 @@ PERTURBATION = 1e-6  # relative nudge of the inputs that measures the source's f
 NOISE_FACTOR = 10.0  # a conversion may add this many times the source's own float noise per sample
 SQNR_MARGIN_DB = 20.0  # … and lose at most this much SQNR against it
 MIN_FLOOR = 1e-7  # relative noise no fp32 computation is below (about one ulp)
+MIN_LIMIT = 1e-5  # a conversion within this relative error per sample (≈ 100 dB SQNR) is always fp32-equivalent
 FLOOR_SAMPLES = 64
 VARIATION_FLOOR = 1e-4  # source outputs varying less than this (std over RMS) do not depend on the data
 DOMINANT_CLASS = 0.99  # one class for this share of the samples: the data cannot tell models apart
@@ -123,8 +126,8 @@ def noise_floor(job: JobContext, source: ModelHandle, dataset: Dataset, indices:
         noise = float(((s64 - m64) ** 2).sum())
         sqnr = 10 * np.log10(max(float((s64**2).sum()), 1e-30) / noise) if noise > 0 else -20 * np.log10(MIN_FLOOR)
         sqnr = min(sqnr, -20 * np.log10(MIN_FLOOR))
-        outputs.append({"rel_p99": floor, "limit": NOISE_FACTOR * floor, "sqnr_db": round(sqnr, 2),
-                        "sqnr_min_db": round(sqnr - SQNR_MARGIN_DB, 2)})
+        outputs.append({"rel_p99": floor, "limit": max(NOISE_FACTOR * floor, MIN_LIMIT), "sqnr_db": round(float(sqnr), 2),
+                        "sqnr_min_db": round(float(min(sqnr - SQNR_MARGIN_DB, -20 * np.log10(MIN_LIMIT))), 2)})
     result = {"method": method, "samples": int(len(subset)), "factor": NOISE_FACTOR, "outputs": outputs}
     job.cache[key] = result
     return result

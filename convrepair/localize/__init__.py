@@ -150,7 +150,7 @@ def localize(
                           f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
         first = None
         if discrepant and (fault is None or fault.type == "unknown"):
-            first, fault = _from_static_diff(static, alignment.pairs, rows, source_view, target_view, precision) or (None, fault)
+            first, fault = _from_static_diff(static, alignment.pairs, rows) or (None, fault)
         return Localization(first, fault, rows, ir_info, counts, None, unaligned, static)
     index = first_index if first_index is not None else 0
     pair = alignment.pairs[index]
@@ -160,7 +160,7 @@ def localize(
     context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
     fault = explain(context)
     if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
-        found = _from_static_diff(static, alignment.pairs, rows, source_view, target_view, precision)
+        found = _from_static_diff(static, alignment.pairs, rows)
         if found is not None:
             return Localization(found[0], found[1], rows, ir_info, counts, shadow, unaligned, static)
     first = {
@@ -283,10 +283,9 @@ def _output_pairs(source_view: GraphView, target_view: GraphView, pairs) -> list
     return extra
 
 
-def _from_static_diff(static, pairs, rows, source_view, target_view, precision):
-    """(first_divergent, Fault) from the static diff when the walk named no layer, or a whole-graph
-    op-count difference; None when neither says anything. The verdict is never `unknown` while a
-    parameter, attribute or op differs."""
+def _from_static_diff(static, pairs, rows):
+    """(first_divergent, Fault) from the static diff when the walk named no layer; None when it
+    names nothing. The verdict is never `unknown` while a parameter or attribute differs."""
     if static:
         worst = static[0]
         index = next((i for i, (s, t) in enumerate(pairs) if t.node.name == worst["target_layer"]), None)
@@ -298,23 +297,7 @@ def _from_static_diff(static, pairs, rows, source_view, target_view, precision):
         fault = Fault(worst["type"], worst["detail"] + " (named by the static diff: no layer crossed the divergence threshold)",
                       worst.get("evidence", {}))
         return first, fault
-    if precision != "fp32":
-        return None
-    from collections import Counter
-
-    from convrepair.localize.graph import PRECISION_OPS
-
-    def ops(view):
-        return Counter(n.op for n in view.nodes if n.op not in PRECISION_OPS and n.op != "Identity")
-
-    missing, added = dict(ops(source_view) - ops(target_view)), dict(ops(target_view) - ops(source_view))
-    if not missing and not added:
-        return None
-    lost = [n for n in source_view.nodes if n.op in missing]
-    where = lost[0].name if lost else next(n.name for n in target_view.nodes if n.op in added)
-    first = {"source_layer": where if lost else None, "target_layer": None if lost else where, "kind": None, "metric": None}
-    return first, Fault("graph_structure", f"ops differ between the graphs: missing {missing or '{}'}, added {added or '{}'}",
-                        {"missing_in_target": missing, "added_in_target": added})
+    return None  # (different op counts alone prove nothing: exporters write GAP as ReduceMean and so on)
 
 
 def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds, agreement: float = 1e-4) -> dict[str, Any]:

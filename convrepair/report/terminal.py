@@ -54,6 +54,9 @@ def render_conversions(results: list[ConversionResult], checks: list[Validation]
             row += [f"[{style}]{agreement}[/]", f"{check.max_abs:.2e}"]
         table.add_row(*row)
     show(table)
+    for result, check in zip(results, checks or []):
+        for reason in getattr(check, "inconclusive", None) or []:
+            console.print(f"[bold yellow]inconclusive[/] ({escape(result.output.path.name)}): {escape(reason)}")
 
 
 def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
