@@ -1,6 +1,7 @@
 """The zoo benchmark: cost of check / localize / repair / convert on real models, and the fault matrix.
 
-    python bench/zoo_bench.py [--size ci|full] [--only mobilenetv2,resnet18,minilm] [--json bench-zoo.json]
+    python bench/zoo_bench.py [--size ci|full] [--only mobilenetv2,resnet18,minilm] [--faults all|none|weights,...]
+    python bench/zoo_bench.py --tables run1.json run2.json     # print the tables of earlier runs, merged
 
 Every measured command runs as its own subprocess (the real CLI); its wall time and peak RSS
 (ru_maxrss from wait4, which covers the contained worker it forks) are taken in this one run and
@@ -218,7 +219,8 @@ def print_tables(cost: list[dict], matrix: list[dict], size: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["ci", "full"], default="ci")
-    parser.add_argument("--only", default="resnet18,mobilenetv2,minilm")
+    parser.add_argument("--only", default=",".join(["resnet18", "mobilenetv2", "minilm", "resnet50", "densenet121", "inceptionv3"]),
+                        help="comma-separated zoo models (default: all six)")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo folder (default fixtures/out/zoo[-full])")
     parser.add_argument("--faults", default="all", help="comma-separated fault classes, 'all' or 'none'")
     parser.add_argument("--json", type=Path, default=ROOT / "fixtures" / "out" / "zoo-bench.json")
