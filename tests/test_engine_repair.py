@@ -104,3 +104,18 @@ def test_one_repair_resolves_hashes_loads_and_exports_the_source_once(fixtures_d
     assert report.verdict == "repaired", [a.to_json() for a in report.attempts]
     assert counts == {"resolve": 1, "load": 1, "export": 1}
     assert report.to_json()["job"]["onnx_exports"] == 1
+
+
+def test_an_inconclusive_repair_writes_nothing_and_its_report_can_be_signed(tmp_path):
+    """A source that ignores its input: nothing to repair or prove; the report (as the daemon signs
+    it) is valid for the ledger's schema."""
+    from test_engine_judgement import _images, deep_cnn
+
+    from convrepair.ledger.log import build_log, now, validate_log
+
+    source = deep_cnn(tmp_path / "dead.onnx", zero_weights=True)
+    report = run_repair(default_registry(), source, source, tmp_path / "fixed.onnx",
+                        RepairConfig(data=_images(tmp_path / "x.npz"), rounds=2, samples=50)).to_json()
+    assert report["verdict"] == "inconclusive" and report["output"] is None and not (tmp_path / "fixed.onnx").exists()
+    assert "do not depend on the data" in report["check_before"]["inconclusive_reasons"][0]
+    validate_log(build_log(report, tmp_path / "repair.log.dsse.json", now(), now()))
