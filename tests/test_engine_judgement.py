@@ -222,3 +222,15 @@ def test_rounds_do_not_overlap_while_the_data_allows_and_the_bound_counts_distin
 
     assert report["disagreement_upper_bound"] == pytest.approx(binomtest(flips, 300).proportion_ci(method="exact").high, abs=1e-9)
     assert report["disagreement_upper_bound"] >= flips / 300  # the bound never sits below the observed rate
+
+
+def test_convert_validation_of_a_dead_model_is_inconclusive(tmp_path):
+    """`convert --data` judges its outputs with the same guard as check."""
+    from convrepair.convert import convert, validate
+
+    source = deep_cnn(tmp_path / "dead.onnx", zero_weights=True)
+    registry = default_registry()
+    result = convert(registry, source, "onnx-fp16", out_dir=tmp_path / "fp16")
+    validation = validate(registry, result, _images(tmp_path / "x.npz"))
+    assert validation.verdict == "inconclusive" and validation.agrees is False
+    assert "do not depend on the data" in validation.to_json()["inconclusive"][0]

@@ -147,7 +147,9 @@ def localize(
                           {"precision": precision, "threshold_rel_l2": threshold})
         elif discrepant:
             fault = Fault("unknown", "the outputs differ but no aligned layer diverges beyond rel_l2 "
-                          f"{threshold} on the localization samples", {"threshold_rel_l2": threshold})
+                          f"{threshold} on the localization samples and no parameter or attribute differs: "
+                          "what remains looks like float rounding (is the tolerance tighter than the model's own "
+                          "float noise?)", {"threshold_rel_l2": threshold})
         first = None
         if discrepant and (fault is None or fault.type == "unknown"):
             first, fault = _from_static_diff(static, alignment.pairs, rows) or (None, fault)
