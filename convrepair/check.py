@@ -250,8 +250,13 @@ def check_models(
     if config.localize or (config.localize is None and report.discrepant):
         from convrepair.localize import localize
 
-        result = localize(job, source, target, dataset, pooled.flips, bool(reasons), config.seed)
-        report.localization = result.to_json()
+        try:
+            report.localization = localize(job, source, target, dataset, pooled.flips, bool(reasons), config.seed).to_json()
+        except BadInput as exc:  # no layer-wise view of these models (a golden file has no graph): the verdict stands
+            report.localization = {"first_divergent": None, "layers": [], "shadow": None, "ir": None, "samples": None,
+                                   "unaligned": {}, "static_diff": [],
+                                   "fault": {"type": "unknown", "detail": f"localization unavailable: {exc.one_line()}",
+                                             "evidence": {}}}
     if config.lenses:
         report.lenses = _lenses(job, source, target, dataset, plan, config)
     report.seconds = time.perf_counter() - started

@@ -116,8 +116,14 @@ def noise_floor(job: JobContext, source: ModelHandle, dataset: Dataset, indices:
         step = batch_size
     else:
         method, step = "batch size 1 against the full batch", 1
-    parts = [list(runner.run(feeds_for(runner.inputs, subset, a, b)).values()) for a, b in batches(len(subset), step)]
-    moved = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    try:
+        parts = [list(runner.run(feeds_for(runner.inputs, subset, a, b)).values()) for a, b in batches(len(subset), step)]
+        moved = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+    except Exception as exc:  # noqa: BLE001 - a source that only replays recorded outputs (a golden file) cannot be nudged
+        from convrepair.errors import ConvrepairError, exception_text
+
+        why = exc.one_line() if isinstance(exc, ConvrepairError) else exception_text(exc, 120)
+        method, moved = f"none (the source cannot run on other inputs: {why}); the fp32 floor applies", reference
     outputs = []
     for s, m in zip(reference, moved):
         s64, m64 = s.astype(np.float64).reshape(len(s), -1), m.astype(np.float64).reshape(len(m), -1)
