@@ -24,7 +24,9 @@ def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {key: value for key, value in vars(record).items() if key not in _STANDARD and key != "event"}
+    # a leading underscore is a library's private stamp on every record (Ray adds `_ray_timestamp_ns`)
+    return {key: value for key, value in vars(record).items()
+            if key not in _STANDARD and key != "event" and not key.startswith("_")}
 
 
 def _time(record: logging.LogRecord) -> str:
