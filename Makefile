@@ -7,7 +7,8 @@ FIXTURES := fixtures/out
 FIXTURE_STAMP := $(FIXTURES)/.built
 # torch first and pinned: pip would otherwise pull a multi-GB CUDA build (see README).
 TORCH  := torch==2.13.0
-PYTEST_ARGS ?=
+# Two workers, one test file each at a time: many end-to-end tests wait on servers and daemons.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 
 .PHONY: demo test install fixtures clean bench bench-zoo
 
@@ -37,6 +38,7 @@ test: $(FIXTURE_STAMP)
 bench: $(FIXTURE_STAMP)
 	$(BIN)/python bench/check_bench.py --fixtures $(FIXTURES)
 	$(BIN)/python bench/pso_bench.py --fixtures $(FIXTURES)
+	$(BIN)/python bench/executor_bench.py --fixtures $(FIXTURES)
 
 # The model zoo (bench/zoo): cost ratios and the fault matrix; ZOO_ARGS="--size full" for full sizes.
 bench-zoo: $(STAMP)

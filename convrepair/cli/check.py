@@ -24,7 +24,7 @@ from convrepair.cli.common import (
 @app.command()
 def check(
     source: Annotated[Path, typer.Argument(metavar="SOURCE", help="The source model (the reference behaviour).")],
-    target: Annotated[Path, typer.Argument(metavar="TARGET", help="The converted model to prove.")],
+    target: Annotated[Optional[Path], typer.Argument(metavar="TARGET", help="The converted model to prove.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y; default: uniform inputs.")] = None,
     rounds: Annotated[int, typer.Option(help="Sampling rounds.")] = 5,
     samples: Annotated[int, typer.Option(help="Distinct samples per round.")] = 100,
@@ -38,32 +38,61 @@ def check(
     epsilons: EpsilonsOption = None,
     pgd_steps: PgdStepsOption = None,
     pgd_step: PgdStepOption = None,
+    save_inputs: Annotated[Optional[Path], typer.Option(help="Also write the inputs compared on as an .npz (--data format).")] = None,
+    save_outputs: Annotated[Optional[Path], typer.Option(help="Also write SOURCE's outputs on them: a golden file to check against elsewhere.")] = None,
+    load_inputs: Annotated[Optional[Path], typer.Option(help="Inputs saved by --save-inputs (the same as --data).")] = None,
+    load_outputs: Annotated[Optional[Path], typer.Option(help="A golden file from --save-outputs in SOURCE's place: give only TARGET; needs only TARGET's framework.")] = None,
     trust_model_code: TrustCodeOption = False,
     json_out: JsonOption = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
 
+    SOURCE may be a golden file (`--save-outputs`): then the inputs it holds are the default data.
     Exit 0 equivalent, 1 discrepant or inconclusive, 2 bad input.
     """
     from convrepair.check import CheckConfig, run_check
     from convrepair.lenses import lens_config
     from convrepair.plugins import default_registry
-    from convrepair.contain.worker import run_contained
     from convrepair.report.progress import ForwardingProgress, for_terminal, relay, using
     from convrepair.report.terminal import render_check
 
+    if load_inputs is not None:
+        if data is not None and data != load_inputs:
+            raise typer.BadParameter("give --data or --load-inputs, not both")
+        data = load_inputs
+    if load_outputs is not None:
+        if target is not None:
+            raise typer.BadParameter("--load-outputs stands in for SOURCE: give only TARGET")
+        source, target = load_outputs, source
+    if target is None:
+        raise typer.BadParameter("TARGET is required: check SOURCE TARGET")
+    registry = default_registry()
+    if data is None and registry.detect_format(source) == "golden":
+        data = source  # a golden file holds the inputs its outputs belong to
     config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize,
                          lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
+    from convrepair.contain.staging import StagedOutputs
+    from convrepair.contain.worker import run_contained
 
-    def job(send) -> dict:  # runs in the contained worker: every model is loaded there
-        with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
-            report = run_check(default_registry(), source, target, config)
-        return {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}  # inconclusive: 1
+    with StagedOutputs() as staged:
+        inputs_to = staged.place(save_inputs) if save_inputs is not None else None
+        outputs_to = staged.place(save_outputs) if save_outputs is not None else None
 
-    with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
-        result, containment = run_contained(job, reads=[source, target, data], on_message=relay(progress),
-                                            trust_code=trust_model_code)
-    payload = result["payload"] | {"containment": containment.to_json()}
+        def job(send) -> dict:  # runs in the contained worker: every model is loaded there
+            if inputs_to is not None or outputs_to is not None:
+                from convrepair.golden import save_reference
+
+                save_reference(registry, source, config, inputs_to, outputs_to)
+            with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
+                report = run_check(registry, source, target, config)
+            return {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}
+
+        with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
+            result, containment = run_contained(job, reads=[source, target, data], writes=staged.writes(),
+                                                on_message=relay(progress),
+                                                trust_code=trust_model_code)
+        staged.publish()
+    payload = staged.relocate(result["payload"]) | {"containment": containment.to_json()}
     emit_json(json_out, payload)
     if human(json_out):
         render_check(payload)
