@@ -103,13 +103,14 @@ def exporter_alone(source: str, out: str) -> None:
         torch.onnx.export(program, example, dynamo=True, opset_version=18).save(out)
 
 
-def cost_rows(name: str, entry: dict, zoo: Path, work: Path) -> tuple[list[dict], dict[str, Path]]:
-    """Per route: check, check --localize, peak RSS, as ratios to plain inference; plus convert."""
+def cost_rows(name: str, entry: dict, zoo: Path, work: Path, convert_only: bool = False) -> tuple[list[dict], dict[str, Path]]:
+    """Per route: check, check --localize, peak RSS, as ratios to plain inference; plus convert.
+    With `convert_only`, only the ONNX conversion the fault matrix needs."""
     model = ZOO[name]
     source, data = zoo / entry["model"], zoo / entry["data"]
     n = str(entry.get("samples") or 1000)
     rows, converted = [], {}
-    for route in [*model.fp32_routes, *model.lossy_routes]:
+    for route in ["onnx"] if convert_only else [*model.fp32_routes, *model.lossy_routes]:
         base = converted.get("onnx") if route.startswith("onnx-") or route == "torch" else source
         out_dir = work / route
         conv = measure(cli("convert", base, "--to", route, "--out-dir", out_dir, "--force", "--json", work / f"c-{route}.json"),
@@ -119,6 +120,8 @@ def cost_rows(name: str, entry: dict, zoo: Path, work: Path) -> tuple[list[dict]
             continue
         target = Path(conv.json["conversions"][0]["output"]["path"])
         converted[route] = target
+        if convert_only:
+            return [], converted
         plain = measure([PY, __file__, "--infer", source, target, data])
         check = measure(cli("check", source, target, "--data", data, "--rounds", "1", "--samples", n, "--no-localize",
                             "--json", work / "k.json"), work / "k.json")
@@ -226,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "fixtures" / "out" / "zoo-bench.json")
     parser.add_argument("--holdout-check", action="store_true",
                         help="also check every repaired model on the zoo's holdout file (one more run per fault)")
+    parser.add_argument("--no-cost", action="store_true", help="fault matrix only (convert to ONNX, no cost rows)")
     parser.add_argument("--tables", nargs="+", type=Path, help="print the tables of earlier runs' JSON files (merged)")
     parser.add_argument("--infer", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             work = Path(scratch) / name
             work.mkdir()
             entry = index[name] | {"samples": ZOO[name].sizes[args.size].samples}
-            rows, converted = cost_rows(name, entry, zoo, work)
+            rows, converted = cost_rows(name, entry, zoo, work, args.no_cost)
             cost += rows
             for fault in faults:
                 if "onnx" not in converted:
