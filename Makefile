@@ -8,7 +8,7 @@ FIXTURE_STAMP := $(FIXTURES)/.built
 # torch first and pinned: pip would otherwise pull a multi-GB CUDA build (see README).
 TORCH  := torch==2.13.0
 # Two workers, one test file each at a time: many end-to-end tests wait on servers and daemons.
-PYTEST_ARGS ?= -n 2 --dist loadfile
+PYTEST_ARGS ?= -n 2 --dist loadfile --durations=25
 
 .PHONY: demo test install fixtures clean bench bench-zoo
 
