@@ -40,6 +40,9 @@ def test_check_json_stdout_is_only_json(fixtures_dir):
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)  # nothing but the document on stdout
     assert report["schema"] == "convrepair.check/v1" and report["verdict"] == "equivalent"
+    out = report["outputs"][0]  # Polygraphy-style statistics: percentiles and the minimum passing tolerance
+    assert out["min_passing_tolerance"] == {"atol": out["max_abs"], "rtol": out["max_rel"]}
+    assert set(out["rel_error_percentiles"]) == {"mean", "median", "p90", "p99"}
 
 
 def test_plugins_bare_json_flag_still_means_stdout():
