@@ -49,6 +49,8 @@ class CheckConfig:
     batch_size: int = 256
     subset: np.ndarray | None = None  # restrict sampling to these data indices (repair's splits)
     lenses: LensConfig | None = None  # reliability lenses to run on the sampled data
+    output_atol: dict[str, float] = field(default_factory=dict)  # per source output name (--atol NAME:VALUE)
+    output_rtol: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -219,7 +221,8 @@ def check_models(
         if classifier is None:
             classifier = classifier_of(s_out[0], names[0][0], source.sidecar or target.sidecar)
             tolerance = tolerance_for(job, source, dataset, plan, config, classifier, target.precision)
-        acc = Accumulator(names[0], names[1], config.top_k, tolerance.atol, tolerance.rtol, classifier)
+        acc = Accumulator(names[0], names[1], config.top_k, tolerance.atol, tolerance.rtol, classifier,
+                          per_output=tolerance.per_output)
         labels = dataset.labels[indices] if dataset.labels is not None else None
         acc.add(s_out, t_out, indices, labels)
         comparison = acc.result()

@@ -118,10 +118,12 @@ class Accumulator:
     """Streams batches of paired outputs; `result()` gives the pooled `Comparison`."""
 
     def __init__(self, source_names: list[str], target_names: list[str], top_k: int = 1, atol: float = np.inf, rtol: float = 0.0,
-                 classifier: bool | None = None):
+                 classifier: bool | None = None, per_output: dict[str, tuple[float, float]] | None = None):
         self.source_names, self.target_names, self.top_k = source_names, target_names, top_k
         self.declared_classifier = classifier
         self.atol, self.rtol = atol, rtol
+        # each output's (atol, rtol): the per-output numbers where given, else the common ones
+        self.limits = [(per_output or {}).get(name, (atol, rtol)) for name in source_names]
         k = len(source_names)
         self.violations = np.zeros(k, dtype=np.int64)
         self.elements = np.zeros(k, dtype=np.int64)
@@ -160,7 +162,8 @@ class Accumulator:
             self.cos_min[i] = min(self.cos_min[i], float(cos.min(initial=1.0)))
             self.signal[i] += float((s64**2).sum())
             self.noise[i] += float((diff**2).sum())
-            self.violations[i] += int((diff > self.atol + self.rtol * np.abs(s64)).sum())
+            atol, rtol = self.limits[i]
+            self.violations[i] += int((diff > atol + rtol * np.abs(s64)).sum())
             self.elements[i] += diff.size
             self.rel_errors[i].append(np.linalg.norm(s64 - t64, axis=1) / np.maximum(np.linalg.norm(s64, axis=1), 1e-30))
             self.sums[i] = s64.sum(axis=0) + (0 if self.sums[i] is None else self.sums[i])

@@ -50,10 +50,16 @@ class Tolerance:
     enforced: bool  # elementwise tolerances decide (given by the user, or reduced-precision non-classifiers)
     origin: str
     noise_floor: dict[str, Any] | None = None  # fp32 by default: limits from the source's own float noise
+    per_output: dict[str, tuple[float, float]] | None = None  # --atol NAME:A / --rtol NAME:R, by source output name
+
+    def for_output(self, name: str) -> tuple[float, float]:
+        """(atol, rtol) that output `name` is held to."""
+        return (self.per_output or {}).get(name, (self.atol, self.rtol))
 
     def to_json(self) -> dict[str, Any]:
         return {"atol": self.atol, "rtol": self.rtol, "enforced": self.enforced, "origin": self.origin,
-                "noise_floor": self.noise_floor}
+                "noise_floor": self.noise_floor,
+                "per_output": {name: {"atol": a, "rtol": r} for name, (a, r) in (self.per_output or {}).items()} or None}
 
 
 def default_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
@@ -85,12 +91,25 @@ def tolerance_for(job: JobContext, source: ModelHandle, dataset: Dataset, plan, 
                   precision: str) -> Tolerance:
     """The user's numbers when given; fp32: the source's noise floor; else the precision's defaults."""
     base = default_tolerance(precision, config.atol, config.rtol)
+    if config.output_atol or config.output_rtol:
+        return _per_output(base, job.output_names(source), config.output_atol, config.output_rtol)
     if base.origin == "given":
         return base
     if precision == "fp32":
         floor = noise_floor(job, source, dataset, plan[0][1], config.batch_size)
         return Tolerance(base.atol, base.rtol, False, "the source's own float noise", floor)
     return Tolerance(base.atol, base.rtol, not classifier, base.origin)
+
+
+def _per_output(base: Tolerance, names: list[str], atols: dict[str, float], rtols: dict[str, float]) -> Tolerance:
+    """The user's numbers per output name (Polygraphy's `--atol out0:1e-3`); unnamed outputs keep `base`."""
+    from convrepair.errors import BadInput
+
+    unknown = sorted((set(atols) | set(rtols)) - set(names))
+    if unknown:
+        raise BadInput(f"--atol/--rtol name output(s) {unknown} the source does not have; its outputs are {names}")
+    per_output = {name: (atols.get(name, base.atol), rtols.get(name, base.rtol)) for name in set(atols) | set(rtols)}
+    return Tolerance(base.atol, base.rtol, True, "given per output", per_output=per_output)
 
 
 def noise_floor(job: JobContext, source: ModelHandle, dataset: Dataset, indices: np.ndarray, batch_size: int) -> dict[str, Any]:
@@ -162,9 +181,10 @@ def judge(pooled: Comparison, tolerance: Tolerance) -> list[str]:
     if tolerance.enforced or pooled.label_agreement is None:
         for out in pooled.outputs:
             if out.violations:
+                atol, rtol = tolerance.for_output(out.source_name)
                 reasons.append(
                     f"output {out.index} ({out.source_name}): {out.violations} of {out.elements} values outside "
-                    f"atol={tolerance.atol:g} + rtol={tolerance.rtol:g}·|source| (max |Δ| {out.max_abs:.3g})"
+                    f"atol={atol:g} + rtol={rtol:g}·|source| (max |Δ| {out.max_abs:.3g})"
                 )
     if pooled.label_agreement is None and tolerance.origin != "given":
         for out in pooled.outputs:

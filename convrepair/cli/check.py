@@ -18,6 +18,7 @@ from convrepair.cli.common import (
     emit_json,
     human,
     say,
+    tolerance_values,
 )
 
 
@@ -29,8 +30,8 @@ def check(
     rounds: Annotated[int, typer.Option(help="Sampling rounds.")] = 5,
     samples: Annotated[int, typer.Option(help="Distinct samples per round.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the sampling rounds.")] = 0,
-    atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance (default by the target's precision).")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance.")] = None,
+    atol: Annotated[Optional[list[str]], typer.Option(metavar="[OUTPUT:]A", help="Absolute tolerance (default: by the target's precision); OUTPUT:A for one output by its name (repeatable).")] = None,
+    rtol: Annotated[Optional[list[str]], typer.Option(metavar="[OUTPUT:]R", help="Relative tolerance; OUTPUT:R for one output (repeatable).")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="k of the top-k agreement.")] = 1,
     localize: Annotated[Optional[bool], typer.Option("--localize/--no-localize", metavar="",
                                                      help="Layer-wise localization (default: when discrepant).")] = None,
@@ -69,7 +70,10 @@ def check(
     registry = default_registry()
     if data is None and registry.detect_format(source) == "golden":
         data = source  # a golden file holds the inputs its outputs belong to
-    config = CheckConfig(data, rounds, samples, seed, atol, rtol, top_k, localize,
+    common_atol, output_atol = tolerance_values(atol or [], "--atol")
+    common_rtol, output_rtol = tolerance_values(rtol or [], "--rtol")
+    config = CheckConfig(data, rounds, samples, seed, common_atol, common_rtol, top_k, localize,
+                         output_atol=output_atol, output_rtol=output_rtol,
                          lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
     from convrepair.contain.staging import StagedOutputs
     from convrepair.contain.worker import run_contained

@@ -52,6 +52,25 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def tolerance_values(values: list[str], flag: str) -> tuple[float | None, dict[str, float]]:
+    """`--atol 1e-4 --atol logits:1e-3` → (1e-4, {"logits": 1e-3}): a common value and per-output ones."""
+    common: float | None = None
+    per_output: dict[str, float] = {}
+    for value in values:
+        name, sep, number = value.rpartition(":")
+        try:
+            parsed = float(number)
+        except ValueError:
+            raise typer.BadParameter(f"{flag} expects a number or OUTPUT:NUMBER, got {value!r}") from None
+        if parsed < 0 or parsed != parsed:
+            raise typer.BadParameter(f"{flag} must be a non-negative number, got {value!r}")
+        if sep:
+            per_output[name] = parsed
+        else:
+            common = parsed
+    return common, per_output
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
     """A bare `--json` (at the end, or before another option) means `--json -`, as it did once."""
     out: list[str] = []
