@@ -36,3 +36,21 @@ def test_per_output_atol_decides_and_names_its_numbers(cli, work):
     assert unknown.code == 2 and "nope" in unknown.stderr and name in unknown.stderr
     bad = cli("check", shifted, model, "--atol", f"{name}:lots")
     assert bad.code == 2 and "--atol" in bad.stderr
+
+
+def test_layer_rows_carry_error_percentiles_and_the_minimum_passing_tolerance(cli, work):
+    from convrepair.localize.tensors import direct_diff
+
+    s = np.arange(24, dtype=np.float32).reshape(4, 6) + 1
+    diff = direct_diff(s, s * np.float32(1.01)).to_json()
+    assert diff["min_passing_tolerance"] == {"atol": diff["max_abs"], "rtol": diff["max_rel"]}
+    assert abs(diff["rel_error_percentiles"]["median"] - 0.01) < 1e-6
+
+    model = work / "torch_cnn.pt2"
+    result = cli("check", model, model, "--data", work / "digits_test_nchw.npz", "--rounds", "1", "--samples", "40",
+                 "--localize", "--json", "-")
+    assert result.code == 0, result.stderr
+    layers = json.loads(result.stdout)["localization"]["layers"]
+    compared = [row for row in layers if row.get("rel_error_percentiles")]
+    assert compared and all(set(row["rel_error_percentiles"]) == {"mean", "median", "p90", "p99"} for row in compared)
+    assert all("min_passing_tolerance" in row for row in compared)

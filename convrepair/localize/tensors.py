@@ -19,6 +19,7 @@ class TensorDiff:
     cosine: float
     rel_l2: float  # ||s - t|| / ||s||: the divergence measure the walk thresholds
     permutation: tuple[int, ...] | None  # applied to the source to match the target's layout
+    rel_error_percentiles: dict[str, float] | None = None  # per-sample ||s_i - t_i|| / ||s_i||
 
     def to_json(self) -> dict:
         return {
@@ -27,7 +28,20 @@ class TensorDiff:
             "cosine": self.cosine,
             "rel_l2": self.rel_l2,
             "permutation": list(self.permutation) if self.permutation else None,
+            "rel_error_percentiles": self.rel_error_percentiles,
+            # as Polygraphy's "minimum required tolerance": either alone would pass every value
+            "min_passing_tolerance": {"atol": self.max_abs, "rtol": self.max_rel},
         }
+
+
+def _sample_percentiles(s: np.ndarray, t: np.ndarray) -> dict[str, float] | None:
+    """Mean, median, p90, p99 of the per-sample relative error (axis 0 is the sample axis)."""
+    if s.ndim == 0 or not len(s):
+        return None
+    s2, t2 = s.astype(np.float64).reshape(len(s), -1), t.astype(np.float64).reshape(len(t), -1)
+    rel = np.linalg.norm(s2 - t2, axis=1) / np.maximum(np.linalg.norm(s2, axis=1), 1e-12)
+    return {"mean": float(rel.mean()), "median": float(np.median(rel)),
+            "p90": float(np.quantile(rel, 0.9)), "p99": float(np.quantile(rel, 0.99))}
 
 
 def direct_diff(s: np.ndarray, t: np.ndarray) -> TensorDiff:
@@ -41,6 +55,7 @@ def direct_diff(s: np.ndarray, t: np.ndarray) -> TensorDiff:
         cosine=cosine,
         rel_l2=float(np.linalg.norm(s64 - t64) / max(norm_s, 1e-12)),
         permutation=None,
+        rel_error_percentiles=_sample_percentiles(s, t) if s.shape == t.shape else None,
     )
 
 
