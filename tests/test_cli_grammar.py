@@ -10,7 +10,7 @@ from conftest import run_cli
 
 # every command that produces a result a pipeline may want to read
 JSON_COMMANDS = [["convert"], ["check"], ["repair"], ["keys", "init"], ["approve"], ["reject"], ["verify"],
-                 ["review"], ["show"], ["status"], ["plugins"]]
+                 ["review"], ["show"], ["status"], ["plugins"], ["daemon"], ["config", "validate"]]
 
 
 @pytest.mark.parametrize("command", JSON_COMMANDS, ids=lambda c: " ".join(c))
@@ -66,3 +66,13 @@ def test_convert_refuses_to_overwrite_without_force(tmp_path, fixtures_dir):
     forced = run_cli("convert", fixtures_dir / "torch_cnn.pt2", "--to", "onnx", "--out", out, "--force")
     assert forced.code == 0, forced.stderr
     assert out.read_bytes()[:8] != b"precious"
+
+
+def test_daemon_once_json_lists_the_jobs_and_needs_once(tmp_path):
+    registry = tmp_path / "registry"
+    registry.mkdir()
+    result = run_cli("daemon", registry, "--state-dir", tmp_path / "state", "--once", "--no-http", "--json", "-")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout) == []  # an empty registry: no jobs, and nothing else on stdout
+    refused = run_cli("daemon", registry, "--state-dir", tmp_path / "state2", "--no-http", "--json", "-")
+    assert refused.code == 2 and "--once" in refused.stderr

@@ -40,10 +40,13 @@ def daemon(
                                                    help="Where jobs run: worker processes on this machine, or tasks on a Ray cluster (pip install 'convrepair[ray]').")] = ExecutorKind.local,
     ray_address: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Ray cluster to join (host:port of `ray start --head`; default: $RAY_ADDRESS, else one `ray start` made on this machine, else a private one).")] = None,
     parse_grace_seconds: Annotated[Optional[float], typer.Option(help="How long an unchanged version that does not parse as a whole model is waited for before its job fails (default: 10 quiet periods).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="With --once: the queue's jobs afterwards as JSON to PATH ('-': stdout; the log stays on stderr).")] = None,
 ) -> None:
     """Watch REGISTRY and run convert → check → repair → sign for every new model version."""
     import signal
 
+    if json_out is not None and not once:
+        raise typer.BadParameter("--json needs --once (a running daemon reports through its log and /metrics)")
     from convrepair.daemon import logs
     from convrepair.daemon.service import Daemon, DaemonConfig
 
@@ -63,7 +66,23 @@ def daemon(
     service = Daemon(config)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
-    raise typer.Exit(service.run())
+    code = service.run()
+    if json_out is not None:
+        emit_json(json_out, _jobs(state_dir))
+    raise typer.Exit(code)
+
+
+def _jobs(state_dir: Path) -> list[dict]:
+    """Every job of the queue as a dict (what `status --json` prints)."""
+    from dataclasses import asdict
+
+    from convrepair.daemon.queue import JobQueue
+
+    queue = JobQueue(state_dir / "queue.sqlite")
+    try:
+        return [asdict(job) for job in queue.jobs()]
+    finally:
+        queue.close()
 
 
 @app.command()
@@ -72,16 +91,11 @@ def status(
     json_out: JsonOption = None,
 ) -> None:
     """The daemon's job queue."""
-    from dataclasses import asdict
-
-    from convrepair.daemon.queue import JobQueue
     from convrepair.report.terminal import render_status
 
     if not (state_dir / "queue.sqlite").exists():
         raise typer.BadParameter(f"{state_dir}: no queue here (has the daemon run with this --state-dir?)")
-    queue = JobQueue(state_dir / "queue.sqlite")
-    jobs = [asdict(job) for job in queue.jobs()]
-    queue.close()
+    jobs = _jobs(state_dir)
     emit_json(json_out, jobs)
     if human(json_out):
         render_status(jobs)
