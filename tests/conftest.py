@@ -60,6 +60,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> CliRes
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def log_events(log: Path) -> list[dict]:
+    """The JSON events of a daemon's `--log-format json` log (other lines, e.g. a library's, skipped)."""
+    import json
+
+    out = []
+    for line in log.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import log_events, run_cli
 
 CONFIG = 'targets = ["onnx"]\ndata = "data.npz"\nlenses = "none"\n[repair]\npolicy = "restore"\n'
 
@@ -37,20 +37,10 @@ def _start(registry: Path, state: Path, log: Path, *extra: str) -> subprocess.Po
                                  "--log-format", "json", *extra], stdout=out, stderr=subprocess.STDOUT, text=True)
 
 
-def _events(log: Path) -> list[dict]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
 def _wait_event(proc: subprocess.Popen, log: Path, name: str, timeout: float = 120) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [e for e in _events(log) if e.get("event") == name]
+        found = [e for e in log_events(log) if e.get("event") == name]
         if found:
             return found[-1]
         assert proc.poll() is None, f"daemon exited {proc.returncode}: {log.read_text()[-2000:]}"
@@ -106,7 +96,7 @@ def test_one_daemon_per_state_dir_and_a_paused_copy_is_one_clean_job_under_final
             time.sleep(4.5)
             handle.write(data[len(data) // 2 :])
         _wait_event(first, log, "started")
-        assert [e for e in _events(log) if e.get("event") == "waiting"], "the half-written model was not waited for"
+        assert [e for e in log_events(log) if e.get("event") == "waiting"], "the half-written model was not waited for"
 
         second = run_cli("daemon", registry, "--state-dir", state, "--no-http", timeout=30)  # mid-job, same state dir
         assert second.code == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
@@ -177,7 +167,7 @@ def test_an_idle_daemon_is_idle_with_inotify_and_with_poll(fixtures_dir, tmp_pat
         shutil.copy(fixtures_dir / "torch_cnn.pt2", broken / "2" / "model.pt2")
         for mode, proc in daemons.items():
             deadline = time.monotonic() + 30
-            while len([e for e in _events(tmp_path / f"{mode}.log") if e.get("event") == "failed"]) < 2:
+            while len([e for e in log_events(tmp_path / f"{mode}.log") if e.get("event") == "failed"]) < 2:
                 assert time.monotonic() < deadline, f"{mode}: the new version was not seen"
                 time.sleep(0.2)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import log_events, run_cli
 
 pytest.importorskip("ray", reason="the Ray executor's extra is not installed (pip install 'convrepair[ray]')")
 pytestmark = pytest.mark.slow
@@ -98,16 +98,6 @@ def _daemon(registry: Path, state: Path, address: str, log: Path, *extra: str) -
          "--ray-address", address, "--quiet-seconds", "0", "--no-http", "--log-format", "json", *extra],
         stdout=open(log, "a"), stderr=subprocess.STDOUT, text=True,
     )
-
-
-def _events(log: Path) -> list[dict]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def _wait_for(log: Path, proc: subprocess.Popen | None, done, what: str, timeout: float = 90):
@@ -194,11 +184,11 @@ def test_ray_worker_killed_mid_job_is_requeued_after_its_lease_and_finishes_once
     try:
         ray_worker, job_process = _wait_for(log, proc, _job_under_ray_worker, "a job running in a Ray worker")
         os.kill(ray_worker, signal.SIGKILL)
-        lost = _wait_for(log, proc, lambda: [e for e in _events(log) if e.get("event") == "lost"], "the lost event")
+        lost = _wait_for(log, proc, lambda: [e for e in log_events(log) if e.get("event") == "lost"], "the lost event")
         assert "WorkerCrashedError" in lost[0]["error"] or "died" in lost[0]["error"], lost
         _wait_for(log, proc, lambda: not Path(f"/proc/{job_process}").exists(), "the job process to die with its worker", 10)
-        _wait_for(log, proc, lambda: [e for e in _events(log) if e.get("event") == "requeued"], "the requeue after the lease")
-        _wait_for(log, proc, lambda: [e for e in _events(log) if e.get("event") == "done"], "the job to finish")
+        _wait_for(log, proc, lambda: [e for e in log_events(log) if e.get("event") == "requeued"], "the requeue after the lease")
+        _wait_for(log, proc, lambda: [e for e in log_events(log) if e.get("event") == "done"], "the job to finish")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
     finally:
