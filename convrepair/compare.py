@@ -72,14 +72,14 @@ class OutputStats:
             "rel_error_p99": float(np.quantile(self.rel_errors, 0.99)) if self.rel_errors is not None and self.rel_errors.size else None,
             "source_variation": self.variation,
             "neighbour_agreement": self.neighbour_agreement,
-            "rel_error_percentiles": _percentiles(self.rel_errors),
+            "rel_error_percentiles": error_percentiles(self.rel_errors),
             # as Polygraphy's "minimum required tolerance": either alone would pass every value
             "min_passing_tolerance": {"atol": self.max_abs, "rtol": self.max_rel},
         }
 
 
-def _percentiles(values: np.ndarray | None) -> dict[str, float] | None:
-    """Mean, median, p90 and p99 of the per-sample relative errors."""
+def error_percentiles(values: np.ndarray | None) -> dict[str, float] | None:
+    """Mean, median, p90 and p99 of per-sample relative errors (outputs here, layers in localize)."""
     if values is None or not values.size:
         return None
     return {"mean": float(values.mean()), "median": float(np.median(values)),

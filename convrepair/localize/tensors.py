@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convrepair.compare import error_percentiles
+
 
 @dataclass
 class TensorDiff:
@@ -35,13 +37,11 @@ class TensorDiff:
 
 
 def _sample_percentiles(s: np.ndarray, t: np.ndarray) -> dict[str, float] | None:
-    """Mean, median, p90, p99 of the per-sample relative error (axis 0 is the sample axis)."""
+    """Percentiles of the per-sample relative error ||s_i - t_i|| / ||s_i|| (axis 0 is the sample axis)."""
     if s.ndim == 0 or not len(s):
         return None
     s2, t2 = s.astype(np.float64).reshape(len(s), -1), t.astype(np.float64).reshape(len(t), -1)
-    rel = np.linalg.norm(s2 - t2, axis=1) / np.maximum(np.linalg.norm(s2, axis=1), 1e-12)
-    return {"mean": float(rel.mean()), "median": float(np.median(rel)),
-            "p90": float(np.quantile(rel, 0.9)), "p99": float(np.quantile(rel, 0.99))}
+    return error_percentiles(np.linalg.norm(s2 - t2, axis=1) / np.maximum(np.linalg.norm(s2, axis=1), 1e-12))
 
 
 def direct_diff(s: np.ndarray, t: np.ndarray) -> TensorDiff:
