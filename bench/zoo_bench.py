@@ -179,7 +179,9 @@ def repair_run(source: Path, onnx: Path, fault: str, data: Path, holdout: Path, 
     return {
         "fault": fault, "applies": True, "node": node, "expected_type": expected,
         "detected": before.get("verdict") == "discrepant",
-        "localized": first.get("target_layer") == node or (node.startswith("injected") and fault_json.get("type") == expected),
+        # the layer, or the op the explanation blames (a bias Add inside a segment, a lost Relu of the source)
+        "localized": node in (first.get("target_layer"), first.get("node"))
+                     or (node.startswith("injected") and fault_json.get("type") == expected),
         "typed": fault_json.get("type") == expected, "type": fault_json.get("type"),
         "located_at": first.get("target_layer"), "verdict": report.get("verdict"),
         "repaired": report.get("verdict") == "repaired" and held_out == "equivalent", "held_out": held_out,

@@ -15,11 +15,11 @@ import numpy as np
 
 from convrepair.data import Dataset, feeds_for
 from convrepair.localize.align import align
-from convrepair.localize.capture import capture, run_segment
+from convrepair.localize.capture import capture, run_segment, sweep
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView
 from convrepair.localize.ir import export_options
-from convrepair.localize.tensors import TensorDiff, compare_tensors, direct_diff, layout_permutations
+from convrepair.localize.tensors import RunningDiff, TensorDiff, compare_tensors, direct_diff, layout_permutations
 from convrepair.model import TensorSpec
 from convrepair.report.progress import track
 
@@ -32,7 +32,7 @@ DIVERGENCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
 # (an fp16 graph pads and casts its input: ×1 ± 1e-7 is rounding, not preprocessing).
 INPUT_AGREEMENT = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 2e-3, "int8": 2e-2}
 MAX_SAMPLES = 64  # flipped samples used, and as many agreeing ones
-CHUNK = 8
+SWEEP_BATCH = 8  # samples whose activations (every layer of both models) are held at once
 
 
 @dataclass
@@ -129,7 +129,7 @@ def localize(
     }
     input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
                                            INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]))
-    rows, first_index = _walk(alignment.pairs, s_model, t_model, s_feeds, t_feeds, threshold)
+    rows, first_index = _walk(alignment.pairs, source_view, s_model, t_model, s_feeds, t_feeds, threshold)
     if first_index is None and discrepant:
         first_index = _first_jump(rows)
     # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
@@ -159,7 +159,8 @@ def localize(
     end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
     shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
     rows[index].status = "diverged"
-    context = FaultContext(source_view, target_view, pair, input_evidence, precision, unaligned)
+    context = FaultContext(source_view, target_view, _since_previous(alignment.pairs, index, source_view, target_view),
+                           input_evidence, precision, _unaligned_between(alignment, index))
     fault = explain(context)
     if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
         found = _from_static_diff(static, alignment.pairs, rows)
@@ -169,9 +170,36 @@ def localize(
         "source_layer": pair[0].node.name,
         "target_layer": pair[1].node.name,
         "kind": pair[0].kind,
+        "node": fault.node or pair[1].node.name,  # the op at fault, where the explanation names one
         "metric": rows[index].diff.to_json() if rows[index].diff else None,
     }
     return Localization(first, fault, rows, ir_info, counts, shadow, unaligned, static)
+
+
+def _since_previous(pairs, index: int, source_view: GraphView, target_view: GraphView):
+    """The pair with segments widened to every node since the previous *aligned* checkpoint: a
+    layer the target dropped (a Relu, a Softmax) sits in that gap, unaligned, and is what differs."""
+    from dataclasses import replace
+
+    widened = []
+    for side, view in enumerate((source_view, target_view)):
+        layer = pairs[index][side]
+        start = pairs[index - 1][side].node.index if index else -1
+        nodes = [n for n in view.nodes if start < n.index <= layer.node.index]
+        widened.append(replace(layer, segment=nodes + [n for n in layer.segment if n.index > layer.node.index]))
+    return widened[0], widened[1]
+
+
+def _unaligned_between(alignment, index: int) -> dict[str, list[str]]:
+    """The layers left without a partner between the previous aligned pair and this one."""
+    out = {}
+    for key, layers, side in (("source_only", alignment.source_only, 0), ("target_only", alignment.target_only, 1)):
+        end = alignment.pairs[index][side].node.index
+        start = alignment.pairs[index - 1][side].node.index if index else -1
+        names = [layer.node.name for layer in layers if start < layer.node.index <= end]
+        if names:
+            out[key] = names
+    return out
 
 
 def _prefer_shared_names(pairs, target_view: GraphView) -> None:
@@ -186,19 +214,24 @@ def _prefer_shared_names(pairs, target_view: GraphView) -> None:
             target_layer.tensor = source_layer.tensor
 
 
-def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
-    """Compare aligned outputs a chunk at a time; memory holds one chunk of activations.
+def _walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
+    """Compare every aligned output in one pass over the samples, SWEEP_BATCH samples at a time:
+    memory holds one batch of activations, and each model runs once.
 
-    A checkpoint that diverges while the very next one agrees again is a fusion boundary (the
-    target computes that layer together with the next, e.g. TFLite folds BatchNorm into Conv),
-    not a fault: it is marked "fused" and the walk goes on.
+    A checkpoint that diverges while the next one that depends on it agrees again is a fusion
+    boundary (the target computes that layer together with the next, e.g. TFLite folds BatchNorm
+    into Conv), not a fault: it is marked "fused" and the walk goes on.
     """
-    diffs: list[TensorDiff | None] = []
-    for start in track(range(0, len(pairs), CHUNK), f"localizing {len(pairs)} layers, {CHUNK} at a time"):
-        chunk = pairs[start : start + CHUNK]
-        s_values = capture(s_model, [s.tensor for s, _ in chunk], s_feeds)
-        t_values = capture(t_model, [t.tensor for _, t in chunk], t_feeds)
-        diffs += [compare_tensors(s_values[s.tensor], t_values[t.tensor]) for s, t in chunk]
+    running = [RunningDiff() for _ in pairs]
+    s_names = list(dict.fromkeys(s.tensor for s, _ in pairs))
+    t_names = list(dict.fromkeys(t.tensor for _, t in pairs))
+    total = len(next(iter(s_feeds.values()))) if s_feeds else 0
+    batches = zip(sweep(s_model, s_names, s_feeds, SWEEP_BATCH), sweep(t_model, t_names, t_feeds, SWEEP_BATCH))
+    for s_values, t_values in track(batches, f"localizing {len(pairs)} layers on {total} samples",
+                                    total=-(-total // SWEEP_BATCH)):
+        for diff, (s, t) in zip(running, pairs):
+            diff.add(s_values[s.tensor], t_values[t.tensor])
+    diffs = [diff.result() for diff in running]
     # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
     diverged = [d is None or d.rel_l2 > threshold for d in diffs]
     rows: list[LayerRow] = []
@@ -206,7 +239,7 @@ def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[La
     for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
         if not diverged[i]:
             status = "ok"
-        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1]:
+        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1] and _feeds_next(view, pairs, i):
             status = "fused"
         elif first is None:
             status, first = "diverged", i
@@ -214,6 +247,14 @@ def _walk(pairs, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[La
             status = "carried" if diff is not None else "incomparable"
         rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
     return rows, first
+
+
+def _feeds_next(view: GraphView, pairs, index: int) -> bool:
+    """Does the next checkpoint depend on this one (a folded BatchNorm on its Conv)? Only then can
+    agreeing again there mean fusion; a sibling that agrees (the K projection beside a faulty Q)
+    says nothing about this layer."""
+    (source_layer, _), (next_source, _) = pairs[index], pairs[index + 1]
+    return view.reaches(source_layer.tensor, next_source.node)
 
 
 def _first_jump(rows: list[LayerRow], factor: float = 10.0, floor: float = 1e-6) -> int | None:
@@ -295,9 +336,10 @@ def _from_static_diff(static, pairs, rows):
             rows[index].status = "diverged"
         kind = pairs[index][0].kind if index is not None else None
         metric = rows[index].diff.to_json() if index is not None and rows[index].diff else None
-        first = {"source_layer": worst["source_layer"], "target_layer": worst["target_layer"], "kind": kind, "metric": metric}
+        first = {"source_layer": worst["source_layer"], "target_layer": worst["target_layer"], "kind": kind,
+                 "node": worst.get("node") or worst["target_layer"], "metric": metric}
         fault = Fault(worst["type"], worst["detail"] + " (named by the static diff: no layer crossed the divergence threshold)",
-                      worst.get("evidence", {}))
+                      worst.get("evidence", {}), worst.get("node"))
         return first, fault
     return None  # (different op counts alone prove nothing: exporters write GAP as ReduceMean and so on)
 

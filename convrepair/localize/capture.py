@@ -1,7 +1,9 @@
-"""Activation capture for ONNX: intermediate tensors become extra graph outputs, a chunk at a time.
+"""Activation capture for ONNX: intermediate tensors become extra graph outputs.
 
 Marking every tensor of a large model at once costs memory in proportion to the whole network
-(MobileNetV2 at 96×96, 64 images: 825 MB). We ask for a few tensors per session run instead.
+(MobileNetV2 at 96×96, 64 images: 825 MB), so `sweep` runs every tensor at once over a few
+samples at a time (one session, one pass over the data), and `capture` asks for a few tensors
+of the whole batch when only those are needed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,18 @@ def _session(model, outputs: list[str]):
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors as named
     return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def sweep(model, names: list[str], feeds: dict[str, np.ndarray], batch: int):
+    """Every tensor of `names` for `batch` samples at a time: one session, one pass over the samples.
+    Yields {name: float32 value} per batch of samples (axis 0 of every feed)."""
+    session = _session(model, names)
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    total = len(next(iter(feeds.values()))) if feeds else 0
+    for start in range(0, total, batch):
+        part = {k: v[start : start + batch] for k, v in feeds.items()}
+        yield {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, session.run(names, part))}
 
 
 def capture(model, names: list[str], feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[str, np.ndarray]:

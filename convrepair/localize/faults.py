@@ -31,9 +31,12 @@ class Fault:
     type: str
     detail: str
     evidence: dict[str, Any] = field(default_factory=dict)
+    # The op at fault, finer than the checkpoint layer (a bias Add between two layers): the target's
+    # node, or for an op the target lost, the source's. None when no single op is to blame.
+    node: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": self.type, "detail": self.detail, "evidence": _jsonable(self.evidence)}
+        return {"type": self.type, "detail": self.detail, "node": self.node, "evidence": _jsonable(self.evidence)}
 
 
 @dataclass
@@ -207,12 +210,14 @@ def parameters(ctx: FaultContext) -> Fault | None:
     worst = max(findings, key=lambda f: f["max_abs_diff"] / max(f["tolerance"], 1e-12))
     if worst.get("lost"):
         return Fault("biases", f"the target's {worst['target_node']} has no bias where the source's {worst['source_node']} "
-                               f"adds one (up to {worst['max_abs_diff']:.3g}): the bias was lost", {"differences": findings})
+                               f"adds one (up to {worst['max_abs_diff']:.3g}): the bias was lost", {"differences": findings},
+                     worst["target_node"])
     what = "zeroed" if worst["zeroed"] else f"differ by up to {worst['max_abs_diff']:.3g}"
     return Fault(
         worst["role"],
         f"{worst['role']} '{worst['tensor']}' of {worst['target_node']} {what} from the source's {worst['source_node']}",
         {"differences": findings},
+        worst["target_node"],
     )
 
 
@@ -244,13 +249,19 @@ def _clip_bounds(view: GraphView, node: Node) -> dict[str, float | None]:
 @fault_check(30)
 def hyperparameters(ctx: FaultContext) -> Fault | None:
     source_layer, target_layer = ctx.pair
-    if source_layer.kind == target_layer.kind == "act" and source_layer.node.op != target_layer.node.op:
-        return Fault(
-            "hyperparameter",
-            f"activation kind differs: source {source_layer.node.op} ({source_layer.node.name}) vs "
-            f"target {target_layer.node.op} ({target_layer.node.name})",
-            {"attribute": "activation", "source": source_layer.node.op, "target": target_layer.node.op},
-        )
+    # Activations paired in order within the segment (GELU's Erf sits inside the next layer's segment)
+    s_acts = [n for n in _core(source_layer.segment) if n.kind == "act"]
+    t_acts = [n for n in _core(target_layer.segment) if n.kind == "act"]
+    if len(s_acts) == len(t_acts):
+        for s_act, t_act in zip(s_acts, t_acts):
+            if s_act.op != t_act.op:
+                return Fault(
+                    "hyperparameter",
+                    f"activation kind differs: source {s_act.op} ({s_act.name}) vs target {t_act.op} ({t_act.name})",
+                    {"attribute": "activation", "source": s_act.op, "target": t_act.op,
+                     "source_node": s_act.name, "target_node": t_act.name},
+                    t_act.name,
+                )
     diffs = []
     for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
         s_attrs, t_attrs = dict(s_node.attributes), dict(t_node.attributes)
@@ -273,6 +284,7 @@ def hyperparameters(ctx: FaultContext) -> Fault | None:
         "hyperparameter",
         f"{first['op']} '{first['node']}' attribute {first['attribute']}: source {first['source']} vs target {first['target']}",
         {"differences": diffs},
+        first["node"],
     )
 
 
@@ -291,10 +303,13 @@ def structure(ctx: FaultContext) -> Fault | None:
     missing, added = dict(s_ops - t_ops), dict(t_ops - s_ops)
     if not missing and not added:
         return None
+    lost = ctx.unaligned.get("source_only", [])
+    lead = f"the source's {', '.join(lost)} has no counterpart in the target; " if lost else ""
     return Fault(
         "graph_structure",
-        f"ops differ in the segment ending at {target_layer.node.name}: missing {missing or '{}'}, added {added or '{}'}",
+        f"{lead}ops differ in the segment ending at {target_layer.node.name}: missing {missing or '{}'}, added {added or '{}'}",
         {"missing_in_target": missing, "added_in_target": added, **ctx.unaligned},
+        lost[-1] if lost else None,
     )
 
 

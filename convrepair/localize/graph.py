@@ -113,6 +113,20 @@ class GraphView:
                 last.tensor = final.outputs[0]
         return layers
 
+    def reaches(self, tensor: str, node: Node) -> bool:
+        """Does `node` depend on `tensor`? (Walks consumers forward, never past `node` in graph order.)"""
+        frontier, seen = [tensor], {tensor}
+        while frontier:
+            for consumer in self.consumers.get(frontier.pop(), []):
+                if consumer is node:
+                    return True
+                if consumer.index < node.index:
+                    for out in consumer.outputs:
+                        if out not in seen:
+                            seen.add(out)
+                            frontier.append(out)
+        return False
+
     def float_origin(self, tensor: str) -> str:
         """The float tensor behind a chain of Cast/Quantize/Dequantize ops."""
         producer = self.producer.get(tensor)

@@ -84,3 +84,51 @@ def compare_tensors(source: np.ndarray, target: np.ndarray) -> TensorDiff | None
         if best is None or diff.rel_l2 < best.rel_l2:
             best = diff
     return best
+
+
+class RunningDiff:
+    """A TensorDiff built a batch of samples at a time, so a walk over every layer never holds more
+    than one batch of activations. The axis order is chosen on the first batch (as compare_tensors
+    would) and kept; the sums give exactly the metrics of the whole tensor."""
+
+    def __init__(self) -> None:
+        self.permutation: tuple[int, ...] | None = None
+        self.comparable = True
+        self.started = False
+        self.max_abs = self.max_rel = 0.0
+        self.sums = np.zeros(4)  # Σ(s−t)², Σs², Σt², Σs·t
+        self.per_sample: list[np.ndarray] = []
+
+    def add(self, source: np.ndarray, target: np.ndarray) -> None:
+        if not self.comparable:
+            return
+        if not self.started:
+            self.started = True
+            first = compare_tensors(source, target)
+            if first is None:
+                self.comparable = False
+                return
+            self.permutation = first.permutation
+        if self.permutation is not None:
+            source = np.transpose(source, self.permutation)
+        if source.shape != target.shape:  # a later batch that no longer lines up
+            self.comparable = False
+            return
+        s, t = source.astype(np.float64), target.astype(np.float64)
+        delta = np.abs(s - t)
+        self.max_abs = max(self.max_abs, float(delta.max(initial=0.0)))
+        self.max_rel = max(self.max_rel, float((delta / np.maximum(np.abs(s), 1e-6)).max(initial=0.0)))
+        self.sums += [float((delta**2).sum()), float((s**2).sum()), float((t**2).sum()), float((s * t).sum())]
+        if s.ndim and len(s):
+            s2, d2 = s.reshape(len(s), -1), (s - t).reshape(len(s), -1)
+            self.per_sample.append(np.linalg.norm(d2, axis=1) / np.maximum(np.linalg.norm(s2, axis=1), 1e-12))
+
+    def result(self) -> TensorDiff | None:
+        if not (self.comparable and self.started):
+            return None
+        d2, s2, t2, st = self.sums
+        norm_s, norm_t = np.sqrt(s2), np.sqrt(t2)
+        cosine = float(st / (norm_s * norm_t)) if norm_s > 0 and norm_t > 0 else float(norm_s == norm_t)
+        errors = np.concatenate(self.per_sample) if self.per_sample else None
+        return TensorDiff(self.max_abs, self.max_rel, cosine, float(np.sqrt(d2) / max(norm_s, 1e-12)), self.permutation,
+                          error_percentiles(errors))

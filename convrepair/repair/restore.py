@@ -179,12 +179,13 @@ def restore_hyperparameter(model, source: GraphView, localization: dict[str, Any
     evidence = localization["fault"]["evidence"]
     first = localization["first_divergent"]
     if evidence.get("attribute") == "activation":
-        source_node = next(n for n in source.nodes if n.name == first["source_layer"])
-        target = _node(model, first["target_layer"])
+        source_node = next(n for n in source.nodes if n.name == evidence.get("source_node", first["source_layer"]))
+        target = _node(model, evidence.get("target_node", first["target_layer"]))
         before = target.op_type
-        if len(source_node.inputs) > 1:
-            raise RestoreUnavailable(f"restoring a {source_node.op} with parameter inputs is not implemented")
+        extra = _copied_constants(model, source, source_node, tensor_dtype(model, target.input[0]))
         target.op_type = source_node.op
+        del target.input[1:]
+        target.input.extend(extra)
         del target.attribute[:]
         target.attribute.extend(helper.make_attribute(k, v) for k, v in source_node.attributes.items())
         return Patch("restore_activation", target.name, 0, f"activation {before} → {source_node.op} as in the source",
@@ -251,10 +252,32 @@ def restore_input_pipeline(model, source: GraphView, localization: dict[str, Any
     return Patch("insert_input_fix", name, 0, detail)
 
 
+def _copied_constants(model, source: GraphView, node, dtype) -> list[str]:
+    """The source node's parameter inputs after its first (a Clip's bounds), copied into the target
+    as initializers typed like the tensor they act on; an empty name (an omitted input) stays."""
+    from onnx import numpy_helper
+
+    names = []
+    for value_name in node.inputs[1:]:
+        if not value_name:
+            names.append("")
+            continue
+        value = source.constant(value_name)
+        if value is None:
+            raise RestoreUnavailable(f"{node.name} reads a non-constant input")
+        copy_name = f"convrepair_{value_name}"
+        if np.issubdtype(value.dtype, np.floating):
+            value = value.astype(dtype)
+        if copy_name not in {i.name for i in model.graph.initializer}:
+            model.graph.initializer.append(numpy_helper.from_array(value, copy_name))
+        names.append(copy_name)
+    return names
+
+
 @restorer("graph_structure")
 def restore_missing_node(model, source: GraphView, localization: dict[str, Any]) -> Patch:
     """Re-insert one single-input op (an activation, a Pad …) that the target's segment lost."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     evidence = localization["fault"]["evidence"]
     missing = evidence.get("missing_in_target") or {}
@@ -285,16 +308,7 @@ def restore_missing_node(model, source: GraphView, localization: dict[str, Any])
     else:
         raise RestoreUnavailable(f"cannot find where {lost.name} was fed from in the target")
     new_output = f"{upstream}__convrepair_{op.lower()}"
-    extra_inputs = []
-    for value_name in lost.inputs[1:]:
-        value = source.constant(value_name)
-        if value is None:
-            raise RestoreUnavailable(f"{lost.name} reads a non-constant input")
-        copy_name = f"convrepair_{value_name}"
-        if np.issubdtype(value.dtype, np.floating):
-            value = value.astype(tensor_dtype(model, upstream))
-        model.graph.initializer.append(numpy_helper.from_array(value, copy_name))
-        extra_inputs.append(copy_name)
+    extra_inputs = _copied_constants(model, source, lost, tensor_dtype(model, upstream))
     for node in model.graph.node:
         for i, value in enumerate(node.input):
             if value == upstream:
@@ -303,5 +317,5 @@ def restore_missing_node(model, source: GraphView, localization: dict[str, Any])
                             **lost.attributes)
     position = next((i for i, n in enumerate(model.graph.node) if new_output in n.input), len(model.graph.node))
     model.graph.node.insert(position, node)
-    return Patch("insert_missing_node", node.name, sum(int(np.prod(source.constant(v).shape)) for v in lost.inputs[1:]),
+    return Patch("insert_missing_node", node.name, sum(int(source.constant(v).size) for v in lost.inputs[1:] if v),
                  f"re-inserted the source's {op} ({lost.name}) after {upstream}")

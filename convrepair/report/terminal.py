@@ -169,6 +169,8 @@ def render_localization(loc: dict[str, Any]) -> None:
         return
     first = loc.get("first_divergent")
     where = f" at [bold]{short(first['target_layer'])}[/] (source {short(first['source_layer'])})" if first else ""
+    if first and first.get("node") and first["node"] != first["target_layer"]:
+        where += f", op [bold]{short(first['node'])}[/]"
     console.print(f"fault: [bold red]{fault['type']}[/]{where}\n  {fault['detail']}")
     shadow = loc.get("shadow")
     if shadow and shadow.get("confirmed") is not None:
