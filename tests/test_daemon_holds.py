@@ -198,17 +198,16 @@ def test_queue_requeues_only_expired_leases_and_spends_no_ids_on_known_content(t
 def test_worker_results_say_which_failures_may_go_differently(tmp_path):
     from convrepair.daemon import worker
 
-    spec = tmp_path / "spec.json"
     code = "import sys, json; print(json.dumps({'status': 'failed', 'error': 'x.onnx: does not parse', 'retry': False})); sys.exit(3)"
     parse = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parse.wait()
-    failed = worker.collect(parse, spec, time.monotonic(), 60)
+    failed = worker.collect(parse, time.monotonic(), 60)
     assert not failed.ok and failed.retry is False and "does not parse" in failed.error
     killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, start_new_session=True)
     killed.kill()
     killed.wait()
-    lost = worker.collect(killed, spec, time.monotonic(), 60)
+    lost = worker.collect(killed, time.monotonic(), 60)
     assert not lost.ok and lost.retry is True and "signal 9" in lost.error
 
 

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     from convrepair.errors import ConvrepairError, exception_text
 
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
+    spec = json.loads(sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text())  # the daemon sends it on stdin
     try:
         result = run_job(spec)
     except ConvrepairError as exc:  # the model, data or config: the same again next time

@@ -8,10 +8,8 @@ import resource
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 
@@ -47,29 +45,33 @@ def _die_with_parent() -> None:
         pass
 
 
-def start(spec: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, Path]:
-    handle = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, prefix="convrepair-job-")
-    json.dump(spec, handle)
-    handle.close()
+# What a job process must not inherit: the cluster's credentials are the daemon's, not a model's.
+WITHHELD_ENV = ("RAY_AUTH_TOKEN",)
+
+
+def start(spec: dict[str, Any], memory_mb: int) -> subprocess.Popen:
+    """The job process, its spec on stdin: no file to leave behind when the daemon is killed."""
+    env = {k: v for k, v in os.environ.items() if k not in WITHHELD_ENV}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "convrepair.daemon.job", handle.name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "convrepair.daemon.job", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         preexec_fn=_prepare_child(memory_mb),
     )
-    return proc, Path(handle.name)
+    proc.stdin.write(json.dumps(spec))  # small (paths and options): fits the pipe, the child reads it first
+    proc.stdin.close()
+    proc.stdin = None  # communicate() must not flush a closed pipe
+    return proc
 
 
-def collect(proc: subprocess.Popen, spec_file: Path, started: float, timeout: float) -> WorkerResult | None:
+def collect(proc: subprocess.Popen, started: float, timeout: float) -> WorkerResult | None:
     """None while running; the result once it ended (or was killed for its timeout)."""
     if proc.poll() is None:
         if time.monotonic() - started <= timeout:
             return None
         os.killpg(proc.pid, 9)
         proc.wait()
-        spec_file.unlink(missing_ok=True)
         return WorkerResult(False, None, f"timed out after {timeout:.0f} s", time.monotonic() - started, retry=True)
     out, err = proc.communicate()
-    spec_file.unlink(missing_ok=True)
     seconds = time.monotonic() - started
     last = out.strip().splitlines()[-1] if out.strip() else ""
     try:

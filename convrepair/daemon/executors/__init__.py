@@ -37,7 +37,7 @@ class Where:
 class Dispatched:
     job: Job
     started: float  # time.monotonic() at submission
-    handle: Any  # the executor's own (a Popen and its spec file; a Ray ObjectRef …)
+    handle: Any  # the executor's own (a Popen; a Ray ObjectRef …)
     where: Where = field(default_factory=Where)
 
 

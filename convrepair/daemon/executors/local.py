@@ -21,21 +21,19 @@ class LocalExecutor:
         self.host = socket.gethostname()
 
     def submit(self, job, spec: dict[str, Any]) -> Dispatched:
-        proc, spec_file = worker.start(spec, self.memory_mb)
-        return Dispatched(job, time.monotonic(), (proc, spec_file), Where(self.host, None, proc.pid))
+        proc = worker.start(spec, self.memory_mb)
+        return Dispatched(job, time.monotonic(), proc, Where(self.host, None, proc.pid))
 
     def poll(self, dispatched: Dispatched):
-        proc, spec_file = dispatched.handle
-        return worker.collect(proc, spec_file, dispatched.started, self.job_timeout)
+        return worker.collect(dispatched.handle, dispatched.started, self.job_timeout)
 
     def kill(self, dispatched: Dispatched) -> None:
-        proc, spec_file = dispatched.handle
+        proc = dispatched.handle
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         proc.wait()
-        spec_file.unlink(missing_ok=True)
 
     def close(self) -> None:
         pass

@@ -50,9 +50,9 @@ def run_on_node(inputs: bytes, spec: dict[str, Any], memory_mb: int, timeout: fl
         local = dict(spec, version_dir=str(bundle.mirrored(root, spec["version_dir"])),
                      model_file=str(bundle.mirrored(root, spec["model_file"])), sign_key=None)
         local.pop("scratch", None)
-        proc, spec_file = worker.start(local, memory_mb)
+        proc = worker.start(local, memory_mb)
         started = time.monotonic()
-        while (result := worker.collect(proc, spec_file, started, timeout)) is None:
+        while (result := worker.collect(proc, started, timeout)) is None:
             time.sleep(0.2)
         final = Path(local["version_dir"]) / "convrepair" / spec["target"]
         results = bundle.pack_dir(final) if result.ok and final.is_dir() else None
