@@ -15,13 +15,13 @@ import numpy as np
 
 from convrepair.data import Dataset, feeds_for
 from convrepair.localize.align import align
-from convrepair.localize.capture import capture, run_segment, sweep
+from convrepair.localize.capture import capture
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView
 from convrepair.localize.ir import export_options
-from convrepair.localize.tensors import RunningDiff, TensorDiff, compare_tensors, direct_diff, layout_permutations
+from convrepair.localize.tensors import direct_diff, layout_permutations
+from convrepair.localize.walk import LayerRow, first_jump, shadow_run, walk
 from convrepair.model import TensorSpec
-from convrepair.report.progress import track
 
 if TYPE_CHECKING:
     from convrepair.job import JobContext, ModelHandle
@@ -32,21 +32,6 @@ DIVERGENCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 0.1}
 # (an fp16 graph pads and casts its input: ×1 ± 1e-7 is rounding, not preprocessing).
 INPUT_AGREEMENT = {"fp32": 1e-4, "bf16": 1e-2, "fp16": 2e-3, "int8": 2e-2}
 MAX_SAMPLES = 64  # flipped samples used, and as many agreeing ones
-SWEEP_BATCH = 8  # samples whose activations (every layer of both models) are held at once
-
-
-@dataclass
-class LayerRow:
-    source_layer: str
-    target_layer: str
-    kind: str
-    diff: TensorDiff | None
-    status: str  # "ok" | "diverged" | "carried" | "fused" | "incomparable"
-
-    def to_json(self) -> dict[str, Any]:
-        out = {"source_layer": self.source_layer, "target_layer": self.target_layer, "kind": self.kind, "status": self.status}
-        metrics = self.diff.to_json() if self.diff else {"max_abs": None, "max_rel": None, "cosine": None, "rel_l2": None}
-        return out | metrics
 
 
 @dataclass
@@ -129,9 +114,9 @@ def localize(
     }
     input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
                                            INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]))
-    rows, first_index = _walk(alignment.pairs, source_view, s_model, t_model, s_feeds, t_feeds, threshold)
+    rows, first_index = walk(alignment.pairs, source_view, s_model, t_model, s_feeds, t_feeds, threshold)
     if first_index is None and discrepant:
-        first_index = _first_jump(rows)
+        first_index = first_jump(rows)
     # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
     comparable = [pair for pair, row in zip(alignment.pairs, rows) if row.status != "fused"]
     static = static_diff(source_view, target_view, comparable, precision)
@@ -157,7 +142,7 @@ def localize(
     index = first_index if first_index is not None else 0
     pair = alignment.pairs[index]
     end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
-    shadow = _shadow(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
+    shadow = shadow_run(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
     rows[index].status = "diverged"
     context = FaultContext(source_view, target_view, _since_previous(alignment.pairs, index, source_view, target_view),
                            input_evidence, precision, _unaligned_between(alignment, index))
@@ -212,96 +197,6 @@ def _prefer_shared_names(pairs, target_view: GraphView) -> None:
     for source_layer, target_layer in pairs:
         if source_layer.tensor != target_layer.tensor and source_layer.tensor in target_view.producer:
             target_layer.tensor = source_layer.tensor
-
-
-def _walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
-    """Compare every aligned output in one pass over the samples, SWEEP_BATCH samples at a time:
-    memory holds one batch of activations, and each model runs once.
-
-    A checkpoint that diverges while the next one that depends on it agrees again is a fusion
-    boundary (the target computes that layer together with the next, e.g. TFLite folds BatchNorm
-    into Conv), not a fault: it is marked "fused" and the walk goes on.
-    """
-    running = [RunningDiff() for _ in pairs]
-    s_names = list(dict.fromkeys(s.tensor for s, _ in pairs))
-    t_names = list(dict.fromkeys(t.tensor for _, t in pairs))
-    total = len(next(iter(s_feeds.values()))) if s_feeds else 0
-    batches = zip(sweep(s_model, s_names, s_feeds, SWEEP_BATCH), sweep(t_model, t_names, t_feeds, SWEEP_BATCH))
-    for s_values, t_values in track(batches, f"localizing {len(pairs)} layers on {total} samples",
-                                    total=-(-total // SWEEP_BATCH)):
-        for diff, (s, t) in zip(running, pairs):
-            diff.add(s_values[s.tensor], t_values[t.tensor])
-    diffs = [diff.result() for diff in running]
-    # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
-    diverged = [d is None or d.rel_l2 > threshold for d in diffs]
-    rows: list[LayerRow] = []
-    first: int | None = None
-    for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
-        if not diverged[i]:
-            status = "ok"
-        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1] and _feeds_next(view, pairs, i):
-            status = "fused"
-        elif first is None:
-            status, first = "diverged", i
-        else:
-            status = "carried" if diff is not None else "incomparable"
-        rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
-    return rows, first
-
-
-def _feeds_next(view: GraphView, pairs, index: int) -> bool:
-    """Does the next checkpoint depend on this one (a folded BatchNorm on its Conv)? Only then can
-    agreeing again there mean fusion; a sibling that agrees (the K projection beside a faulty Q)
-    says nothing about this layer."""
-    (source_layer, _), (next_source, _) = pairs[index], pairs[index + 1]
-    return view.reaches(source_layer.tensor, next_source.node)
-
-
-def _first_jump(rows: list[LayerRow], factor: float = 10.0, floor: float = 1e-6) -> int | None:
-    """Below the divergence threshold, the layer where the error first jumps: rel_l2 more than
-    `factor` times anything before it. Small faults (GELU erf → tanh) and rounding start there."""
-    worst = floor
-    for index, row in enumerate(rows):
-        if row.diff is None or row.status == "fused":
-            continue
-        if row.diff.rel_l2 > factor * worst:
-            row.status = "diverged"
-            for later in rows[index + 1 :]:
-                if later.diff is not None and later.status == "ok" and later.diff.rel_l2 > worst:
-                    later.status = "carried"
-            return index
-        worst = max(worst, row.diff.rel_l2)
-    return None
-
-
-def _shadow(pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end: float | None) -> dict[str, Any] | None:
-    """Feed the target's segment the source's input to it; a fault diverges even so.
-
-    Confirmed when the segment alone accounts for at least half of the divergence seen end to end
-    at that layer; a layer that only carries an earlier error agrees in isolation.
-    """
-    if index == 0:
-        return {"confirmed": None, "reason": "first layer: its input is the model input (see the input check)"}
-    s_prev, t_prev = pairs[index - 1]
-    s_layer, t_layer = pairs[index]
-    values = capture(s_model, [s_prev.tensor, s_layer.tensor], s_feeds)
-    t_shape_probe = capture(t_model, [t_prev.tensor], t_feeds)[t_prev.tensor]
-    s_input = values[s_prev.tensor]
-    if s_input.shape != t_shape_probe.shape:
-        moved = compare_tensors(s_input, t_shape_probe)
-        if moved is None or moved.permutation is None:
-            return {"confirmed": None, "reason": "cannot map the source's input onto the target's layout"}
-        s_input = np.transpose(s_input, moved.permutation)
-    isolated = run_segment(t_model, t_prev.tensor, t_layer.tensor, s_input)
-    if isolated is None:
-        return {"confirmed": None, "reason": "the target segment depends on more than its input (not extractable)"}
-    diff = compare_tensors(values[s_layer.tensor], isolated)
-    if diff is None:
-        return {"confirmed": None, "reason": "isolated output not comparable"}
-    reference = end_to_end if end_to_end is not None else 0.0
-    confirmed = diff.rel_l2 > 1e-6 and diff.rel_l2 >= 0.5 * reference
-    return {"confirmed": confirmed, "metric": diff.to_json(), "end_to_end_rel_l2": end_to_end,
-            "input_from": s_prev.node.name, "segment": f"{t_prev.node.name} → {t_layer.node.name}"}
 
 
 def _output_pairs(source_view: GraphView, target_view: GraphView, pairs) -> list:

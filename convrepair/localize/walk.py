@@ -1,0 +1,122 @@
+"""The layer walk: every aligned checkpoint of both models compared in one pass over the samples,
+the first divergent layer picked (fusion boundaries and small first jumps told apart), and the
+shadow run that confirms it in isolation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from convrepair.localize.capture import capture, run_segment, sweep
+from convrepair.localize.graph import GraphView
+from convrepair.localize.tensors import RunningDiff, TensorDiff, compare_tensors
+from convrepair.report.progress import track
+
+SWEEP_BATCH = 8  # samples whose activations (every layer of both models) are held at once
+
+
+@dataclass
+class LayerRow:
+    source_layer: str
+    target_layer: str
+    kind: str
+    diff: TensorDiff | None
+    status: str  # "ok" | "diverged" | "carried" | "fused" | "incomparable"
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"source_layer": self.source_layer, "target_layer": self.target_layer, "kind": self.kind, "status": self.status}
+        metrics = self.diff.to_json() if self.diff else {"max_abs": None, "max_rel": None, "cosine": None, "rel_l2": None}
+        return out | metrics
+
+
+
+def walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) -> tuple[list[LayerRow], int | None]:
+    """Compare every aligned output in one pass over the samples, SWEEP_BATCH samples at a time:
+    memory holds one batch of activations, and each model runs once.
+
+    A checkpoint that diverges while the next one that depends on it agrees again is a fusion
+    boundary (the target computes that layer together with the next, e.g. TFLite folds BatchNorm
+    into Conv), not a fault: it is marked "fused" and the walk goes on.
+    """
+    running = [RunningDiff() for _ in pairs]
+    s_names = list(dict.fromkeys(s.tensor for s, _ in pairs))
+    t_names = list(dict.fromkeys(t.tensor for _, t in pairs))
+    total = len(next(iter(s_feeds.values()))) if s_feeds else 0
+    batches = zip(sweep(s_model, s_names, s_feeds, SWEEP_BATCH), sweep(t_model, t_names, t_feeds, SWEEP_BATCH))
+    for s_values, t_values in track(batches, f"localizing {len(pairs)} layers on {total} samples",
+                                    total=-(-total // SWEEP_BATCH)):
+        for diff, (s, t) in zip(running, pairs):
+            diff.add(s_values[s.tensor], t_values[t.tensor])
+    diffs = [diff.result() for diff in running]
+    # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
+    diverged = [d is None or d.rel_l2 > threshold for d in diffs]
+    rows: list[LayerRow] = []
+    first: int | None = None
+    for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
+        if not diverged[i]:
+            status = "ok"
+        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1] and _feeds_next(view, pairs, i):
+            status = "fused"
+        elif first is None:
+            status, first = "diverged", i
+        else:
+            status = "carried" if diff is not None else "incomparable"
+        rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
+    return rows, first
+
+
+def _feeds_next(view: GraphView, pairs, index: int) -> bool:
+    """Does the next checkpoint depend on this one (a folded BatchNorm on its Conv)? Only then can
+    agreeing again there mean fusion; a sibling that agrees (the K projection beside a faulty Q)
+    says nothing about this layer."""
+    (source_layer, _), (next_source, _) = pairs[index], pairs[index + 1]
+    return view.reaches(source_layer.tensor, next_source.node)
+
+
+def first_jump(rows: list[LayerRow], factor: float = 10.0, floor: float = 1e-6) -> int | None:
+    """Below the divergence threshold, the layer where the error first jumps: rel_l2 more than
+    `factor` times anything before it. Small faults (GELU erf → tanh) and rounding start there."""
+    worst = floor
+    for index, row in enumerate(rows):
+        if row.diff is None or row.status == "fused":
+            continue
+        if row.diff.rel_l2 > factor * worst:
+            row.status = "diverged"
+            for later in rows[index + 1 :]:
+                if later.diff is not None and later.status == "ok" and later.diff.rel_l2 > worst:
+                    later.status = "carried"
+            return index
+        worst = max(worst, row.diff.rel_l2)
+    return None
+
+
+def shadow_run(pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end: float | None) -> dict[str, Any] | None:
+    """Feed the target's segment the source's input to it; a fault diverges even so.
+
+    Confirmed when the segment alone accounts for at least half of the divergence seen end to end
+    at that layer; a layer that only carries an earlier error agrees in isolation.
+    """
+    if index == 0:
+        return {"confirmed": None, "reason": "first layer: its input is the model input (see the input check)"}
+    s_prev, t_prev = pairs[index - 1]
+    s_layer, t_layer = pairs[index]
+    values = capture(s_model, [s_prev.tensor, s_layer.tensor], s_feeds)
+    t_shape_probe = capture(t_model, [t_prev.tensor], t_feeds)[t_prev.tensor]
+    s_input = values[s_prev.tensor]
+    if s_input.shape != t_shape_probe.shape:
+        moved = compare_tensors(s_input, t_shape_probe)
+        if moved is None or moved.permutation is None:
+            return {"confirmed": None, "reason": "cannot map the source's input onto the target's layout"}
+        s_input = np.transpose(s_input, moved.permutation)
+    isolated = run_segment(t_model, t_prev.tensor, t_layer.tensor, s_input)
+    if isolated is None:
+        return {"confirmed": None, "reason": "the target segment depends on more than its input (not extractable)"}
+    diff = compare_tensors(values[s_layer.tensor], isolated)
+    if diff is None:
+        return {"confirmed": None, "reason": "isolated output not comparable"}
+    reference = end_to_end if end_to_end is not None else 0.0
+    confirmed = diff.rel_l2 > 1e-6 and diff.rel_l2 >= 0.5 * reference
+    return {"confirmed": confirmed, "metric": diff.to_json(), "end_to_end_rel_l2": end_to_end,
+            "input_from": s_prev.node.name, "segment": f"{t_prev.node.name} → {t_layer.node.name}"}
