@@ -19,7 +19,9 @@ from convrepair.data import load_npz
 from convrepair.errors import BadInput
 from convrepair.model import model_ref
 from convrepair.plugins import PluginRegistry
-from convrepair.repair import SCHEMA, Attempt, RepairConfig, _write_output, look_through, patch_written_back
+from convrepair.repair import _write_output, look_through
+from convrepair.repair.outcome import SCHEMA, Attempt, RepairConfig
+from convrepair.repair.stages import patch_written_back
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import read_sidecar
 
