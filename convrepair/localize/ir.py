@@ -30,10 +30,13 @@ class OnnxIR:
 
 
 def export_options(sidecar: Sidecar | None) -> dict:
-    """Options of the last step that wrote ONNX, so the other model is exported the same way."""
+    """Options of the last step that wrote ONNX, so the other model is exported the same way; with
+    the exporter that step ended up using (a default that fell back from TorchScript to dynamo
+    need not fail again on the source)."""
     for step in reversed(sidecar.steps if sidecar else []):
         if step.output_format == "onnx" and step.source_format != "onnx":
-            return dict(step.options)
+            chosen = {"exporter": step.details["exporter"]} if "exporter" in (step.details or {}) else {}
+            return chosen | dict(step.options)
     return {}
 
 
