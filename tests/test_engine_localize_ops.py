@@ -19,6 +19,7 @@ IMAGES = np.random.default_rng(5).uniform(0, 1, (256, 3, 8, 8)).astype(np.float3
 W1, W2 = RNG.normal(0, 0.5, (6, 3, 3, 3)), RNG.normal(0, 0.3, (6, 6, 3, 3))
 WQ, WK = RNG.normal(0, 0.5, (6, 6)), RNG.normal(0, 0.5, (6, 6))
 FC = RNG.normal(0, 0.5, (3, 6))
+WA, WB = RNG.normal(0, 0.3, (3, 6, 3, 3)), RNG.normal(0, 0.3, (3, 6, 3, 3))  # two 3-channel branches
 
 
 def _model(path, body: list, inits: dict, like=None, standardise=True):
@@ -166,3 +167,29 @@ def test_a_walk_a_batch_at_a_time_gives_the_whole_tensors_metrics():
     for key in ("max_abs", "max_rel", "cosine", "rel_l2"):
         assert np.isclose(getattr(part, key), getattr(whole, key), rtol=1e-9), key
     assert part.rel_error_percentiles == whole.rel_error_percentiles
+
+
+def _inception(path, drop_relu=False, like=None):
+    """Two branches joined by a Concat, the branch with the Relu first in graph order: when the target
+    loses that Relu, the checkpoints between it and the Concat (the other branch) still agree."""
+    body = [helper.make_node("Conv", ["image", "w1"], ["c1"], name="conv1", pads=[1] * 4),
+            helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+            helper.make_node("Conv", ["r1", "wb"], ["cb"], name="conv_b", pads=[1] * 4)]
+    body += [] if drop_relu else [helper.make_node("Relu", ["cb"], ["rb"], name="relu_b")]
+    body += [helper.make_node("Conv", ["r1", "wa"], ["ca"], name="conv_a", pads=[1] * 4),
+             helper.make_node("Relu", ["ca"], ["ra"], name="relu_a"),
+             helper.make_node("Concat", ["ra", "cb" if drop_relu else "rb"], ["joined"], name="concat", axis=1),
+             *_pool("joined")]
+    return _model(path, body, {"w1": W1, "wb": WB, "wa": WA}, like)
+
+
+
+def test_a_relu_lost_in_a_branch_before_a_concat_is_named_and_put_back(tmp_path):
+    """The explanation looks at everything the divergent layer depends on back to agreeing
+    checkpoints, not only at the nodes since the previous one in graph order (InceptionV3)."""
+    source = _inception(tmp_path / "source.onnx")
+    target = _inception(tmp_path / "target.onnx", drop_relu=True, like=source)
+    loc = _check(source, target).localization
+    assert loc["fault"]["type"] == "graph_structure" and loc["fault"]["node"] == "relu_b", loc["fault"]
+    repaired, expected, _ = _restored_outputs(source, target, loc)
+    np.testing.assert_allclose(repaired, expected, rtol=1e-5, atol=1e-5)

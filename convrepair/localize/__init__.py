@@ -144,8 +144,8 @@ def localize(
     end_to_end = rows[index].diff.rel_l2 if rows[index].diff else None
     shadow = shadow_run(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
     rows[index].status = "diverged"
-    context = FaultContext(source_view, target_view, _since_previous(alignment.pairs, index, source_view, target_view),
-                           input_evidence, precision, _unaligned_between(alignment, index))
+    explained = _explained_pair(alignment.pairs, rows, index, (source_view, target_view))
+    context = FaultContext(source_view, target_view, explained, input_evidence, precision, _unaligned_in(alignment, explained))
     fault = explain(context)
     if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
         found = _from_static_diff(static, alignment.pairs, rows)
@@ -161,27 +161,27 @@ def localize(
     return Localization(first, fault, rows, ir_info, counts, shadow, unaligned, static)
 
 
-def _since_previous(pairs, index: int, source_view: GraphView, target_view: GraphView):
-    """The pair with segments widened to every node since the previous *aligned* checkpoint: a
-    layer the target dropped (a Relu, a Softmax) sits in that gap, unaligned, and is what differs."""
+def _explained_pair(pairs, rows, index: int, views: tuple[GraphView, GraphView]):
+    """The divergent pair with each segment widened to everything its layer depends on back to
+    checkpoints that agree: a layer the target lost (a Relu, a Softmax; unaligned) or an op in
+    another branch that feeds a Concat sits in that cone and is what differs."""
     from dataclasses import replace
 
     widened = []
-    for side, view in enumerate((source_view, target_view)):
+    for side, view in enumerate(views):
+        agreeing = {pair[side].tensor for pair, row in zip(pairs, rows) if row.status in ("ok", "fused")}
         layer = pairs[index][side]
-        start = pairs[index - 1][side].node.index if index else -1
-        nodes = [n for n in view.nodes if start < n.index <= layer.node.index]
-        widened.append(replace(layer, segment=nodes + [n for n in layer.segment if n.index > layer.node.index]))
+        trailing = [n for n in layer.segment if n.index > layer.node.index]  # a bias Add after the last layer
+        widened.append(replace(layer, segment=view.cone(layer.node, agreeing) + trailing))
     return widened[0], widened[1]
 
 
-def _unaligned_between(alignment, index: int) -> dict[str, list[str]]:
-    """The layers left without a partner between the previous aligned pair and this one."""
+def _unaligned_in(alignment, pair) -> dict[str, list[str]]:
+    """The layers left without a partner inside the explained pair's segments."""
     out = {}
     for key, layers, side in (("source_only", alignment.source_only, 0), ("target_only", alignment.target_only, 1)):
-        end = alignment.pairs[index][side].node.index
-        start = alignment.pairs[index - 1][side].node.index if index else -1
-        names = [layer.node.name for layer in layers if start < layer.node.index <= end]
+        inside = {node.index for node in pair[side].segment}
+        names = [layer.node.name for layer in layers if layer.node.index in inside]
         if names:
             out[key] = names
     return out

@@ -113,6 +113,18 @@ class GraphView:
                 last.tensor = final.outputs[0]
         return layers
 
+    def cone(self, node: Node, stops: set[str]) -> list[Node]:
+        """The nodes `node` depends on, back to the `stops` tensors (checkpoints that agree) or the
+        graph's inputs and constants, in graph order, `node` included."""
+        seen, frontier = {node.index: node}, [node]
+        while frontier:
+            for name in frontier.pop().inputs:
+                producer = self.producer.get(name) if name and name not in stops else None
+                if producer is not None and producer.index not in seen:
+                    seen[producer.index] = producer
+                    frontier.append(producer)
+        return [seen[i] for i in sorted(seen)]
+
     def reaches(self, tensor: str, node: Node) -> bool:
         """Does `node` depend on `tensor`? (Walks consumers forward, never past `node` in graph order.)"""
         frontier, seen = [tensor], {tensor}
