@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -148,19 +147,13 @@ def cost_rows(name: str, entry: dict, zoo: Path, work: Path, convert_only: bool 
 
 def repair_run(source: Path, onnx: Path, fault: str, data: Path, holdout: Path, work: Path) -> dict:
     """Inject one fault class into the fp32 ONNX, repair it, judge the repair on held-out samples."""
-    import onnx as onnx_lib
+    from faults import inject_zoo_fault
 
-    from faults import ZOO_FAULTS
-
-    injector, expected = ZOO_FAULTS[fault]
-    model = onnx_lib.load(str(onnx))
+    faulty = work / f"faulty-{fault}.onnx"
     try:
-        node = injector(model)
+        node, expected = inject_zoo_fault(onnx, faulty, fault)
     except (KeyError, IndexError, StopIteration) as exc:
         return {"fault": fault, "applies": False, "why": str(exc)[:80]}
-    faulty = work / f"faulty-{fault}.onnx"
-    onnx_lib.save(model, str(faulty))
-    shutil.copy(onnx.with_name(onnx.name + ".convrepair.json"), faulty.with_name(faulty.name + ".convrepair.json"))
     repaired = work / f"repaired-{fault}.onnx"
     repaired.unlink(missing_ok=True)
     run = measure(cli("repair", source, faulty, "--out", repaired, "--data", data, "--budget-seconds", "60",

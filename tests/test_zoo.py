@@ -165,24 +165,14 @@ def test_an_injected_fault_is_localized_typed_and_repaired(zoo, converted, name,
     does): caught, localized to the injected op, typed right, repaired to `equivalent` on the
     repair's held-out half. (MobileNetV2's zeroed bias is not here: it moves the outputs less than
     the clean conversion does, see the README's fault matrix.)"""
-    import shutil
-
-    import onnx
-
-    sys.path.insert(0, str(ROOT / "fixtures"))
-    from faults import ZOO_FAULTS
+    from faults import inject_zoo_fault
 
     from convrepair.plugins import default_registry
     from convrepair.repair import RepairConfig, run_repair
 
     folder, index = zoo
-    clean = converted[(name, "onnx")]
-    model = onnx.load(str(clean))
-    injector, expected = ZOO_FAULTS[fault]
-    node = injector(model)
     faulty = tmp_path / "faulty.onnx"
-    onnx.save(model, str(faulty))
-    shutil.copy(clean.with_name(clean.name + ".convrepair.json"), faulty.with_name(faulty.name + ".convrepair.json"))
+    node, expected = inject_zoo_fault(converted[(name, "onnx")], faulty, fault)
     config = RepairConfig(data=folder / index[name]["data"], budget_seconds=60)
     report = run_repair(default_registry(), folder / index[name]["model"], faulty, tmp_path / "repaired.onnx", config).to_json()
     before = report["check_before"]
