@@ -36,27 +36,9 @@ class TensorDiff:
         }
 
 
-def _sample_percentiles(s: np.ndarray, t: np.ndarray) -> dict[str, float] | None:
-    """Percentiles of the per-sample relative error ||s_i - t_i|| / ||s_i|| (axis 0 is the sample axis)."""
-    if s.ndim == 0 or not len(s):
-        return None
-    s2, t2 = s.astype(np.float64).reshape(len(s), -1), t.astype(np.float64).reshape(len(t), -1)
-    return error_percentiles(np.linalg.norm(s2 - t2, axis=1) / np.maximum(np.linalg.norm(s2, axis=1), 1e-12))
-
-
 def direct_diff(s: np.ndarray, t: np.ndarray) -> TensorDiff:
-    s64, t64 = s.astype(np.float64).ravel(), t.astype(np.float64).ravel()
-    delta = np.abs(s64 - t64)
-    norm_s, norm_t = np.linalg.norm(s64), np.linalg.norm(t64)
-    cosine = float(s64 @ t64 / (norm_s * norm_t)) if norm_s > 0 and norm_t > 0 else float(norm_s == norm_t)
-    return TensorDiff(
-        max_abs=float(delta.max(initial=0.0)),
-        max_rel=float((delta / np.maximum(np.abs(s64), 1e-6)).max(initial=0.0)),
-        cosine=cosine,
-        rel_l2=float(np.linalg.norm(s64 - t64) / max(norm_s, 1e-12)),
-        permutation=None,
-        rel_error_percentiles=_sample_percentiles(s, t) if s.shape == t.shape else None,
-    )
+    """Two tensors of the same shape compared as they are (one batch of a RunningDiff)."""
+    return RunningDiff.aligned(s, t).result()
 
 
 def layout_permutations(source_shape: tuple, target_shape: tuple) -> list[tuple[int, ...]]:
@@ -114,6 +96,17 @@ class RunningDiff:
         if source.shape != target.shape:  # a later batch that no longer lines up
             self.comparable = False
             return
+        self._accumulate(source, target)
+
+    @classmethod
+    def aligned(cls, source: np.ndarray, target: np.ndarray) -> RunningDiff:
+        """One batch whose axes already line up (no axis order to find)."""
+        diff = cls()
+        diff.started = True
+        diff._accumulate(source, target)
+        return diff
+
+    def _accumulate(self, source: np.ndarray, target: np.ndarray) -> None:
         s, t = source.astype(np.float64), target.astype(np.float64)
         delta = np.abs(s - t)
         self.max_abs = max(self.max_abs, float(delta.max(initial=0.0)))
