@@ -76,3 +76,26 @@ def test_daemon_once_json_lists_the_jobs_and_needs_once(tmp_path):
     assert json.loads(result.stdout) == []  # an empty registry: no jobs, and nothing else on stdout
     refused = run_cli("daemon", registry, "--state-dir", tmp_path / "state2", "--no-http", "--json", "-")
     assert refused.code == 2 and "--once" in refused.stderr
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quiet"])
+def test_global_flags_are_accepted_after_the_subcommand(tmp_path, flag):
+    # the README says every command takes -q/-v; `check … -q` was "No such option"
+    result = run_cli("keys", "init", "--name", "k", "--dir", tmp_path, flag)
+    assert result.code == 0 and result.stdout == "", result.stderr
+    assert (tmp_path / "k.key").exists()
+
+
+def test_hoisting_moves_only_root_flags_and_nothing_after_a_double_dash():
+    from convrepair.cli.common import hoist_global_flags
+
+    assert hoist_global_flags(["check", "a", "b", "-vv", "--json", "-", "-q"]) == ["-vv", "-q", "check", "a", "b", "--json", "-"]
+    assert hoist_global_flags(["convert", "-O", "k=v", "--", "-q"]) == ["convert", "-O", "k=v", "--", "-q"]
+
+
+def test_debug_never_changes_the_exit_status(tmp_path):
+    missing = tmp_path / "missing.onnx"
+    plain = run_cli("check", missing, missing)
+    debug = run_cli("check", missing, missing, "--debug")
+    assert plain.code == debug.code == 2
+    assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr

@@ -28,8 +28,7 @@ def main() -> None:
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except ConvrepairError as exc:
-        if state["debug"]:
-            raise
+        _traceback_if_debug()
         print(f"convrepair: error: {exc.one_line()}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except (typer.BadParameter, typer.Abort) as exc:
@@ -39,10 +38,17 @@ def main() -> None:
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):
             exc.show()
             sys.exit(EXIT_BAD_INPUT)
-        if state["debug"]:
-            raise
+        _traceback_if_debug()
         print(f"convrepair: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
         sys.exit(EXIT_INTERNAL)
+
+
+def _traceback_if_debug() -> None:
+    """`--debug` adds the traceback of the exception being handled; it never changes the exit status."""
+    if state["debug"]:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
 
 
 __all__ = ["app", "main"]

@@ -71,8 +71,32 @@ def tolerance_values(values: list[str], flag: str) -> tuple[float | None, dict[s
     return common, per_output
 
 
+#: The root options every command takes; accepted before or after the subcommand.
+GLOBAL_FLAGS = ("--debug", "--quiet", "-q", "--verbose", "-v")
+
+
+def hoist_global_flags(argv: list[str]) -> list[str]:
+    """`convrepair check A B -q` means `convrepair -q check A B`: the root's flags (`--debug`, `-q`,
+    `-v`, `-vv`) are moved in front of the subcommand, wherever they were written. Nothing after a
+    `--` moves, and an option's value is never taken for a flag (no option of ours takes a value
+    that starts with `-q`/`-v`)."""
+    hoisted: list[str] = []
+    rest: list[str] = []
+    for index, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[index:])
+            break
+        if arg in GLOBAL_FLAGS or (len(arg) > 2 and arg[0] == "-" and arg[1] != "-" and set(arg[1:]) <= {"v", "q"}):
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+    return hoisted + rest
+
+
 def normalize_argv(argv: list[str]) -> list[str]:
-    """A bare `--json` (at the end, or before another option) means `--json -`, as it did once."""
+    """The one grammar: root flags anywhere (`hoist_global_flags`); a bare `--json` (at the end, or
+    before another option) means `--json -`, as it did once."""
+    argv = hoist_global_flags(argv)
     out: list[str] = []
     for index, arg in enumerate(argv):
         out.append(arg)
