@@ -52,8 +52,10 @@ def plan_route(registry: PluginRegistry, source_format: str, target: str) -> lis
         for conv in registry.converters.values()
         if registry.plugin(conv.plugin).unavailable_reason() is None
     ]
-    if target not in {conv.target for conv in registry.converters.values()}:
-        raise BadInput(f"unknown conversion target '{target}'; known: {', '.join(registry.targets())}")
+    writable = sorted({conv.target for conv in registry.converters.values()})
+    if target not in writable:
+        what = f"'{target}' is a model format no converter writes" if target in registry.formats else f"unknown conversion target '{target}'"
+        raise BadInput(f"{what}; conversion targets: {', '.join(writable)}")
     queue: deque[tuple[str, list[ConverterSpec]]] = deque([(source_format, [])])
     seen = {source_format}
     while queue:

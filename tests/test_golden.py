@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 
+from conftest import run_cli
 from convrepair.golden import MARKER, OUTPUT_PREFIX
 
 
@@ -48,3 +49,12 @@ def test_golden_file_refuses_inputs_it_has_no_outputs_for(cli, work):
                "--save-outputs", golden).code == 0
     result = cli("check", golden, source, "--data", work / "digits_test_nchw.npz", "--rounds", "1", "--samples", "200")
     assert result.code == 2 and "golden.npz" in result.stderr and "no outputs for these inputs" in result.stderr
+
+
+def test_convert_to_a_format_no_converter_writes_does_not_contradict_itself(fixtures_dir, tmp_path):
+    # was: "unknown conversion target 'golden'; known: golden, …"
+    result = run_cli("convert", fixtures_dir / "torch_cnn.pt2", "--to", "golden", "--out", tmp_path / "g.npz")
+    assert result.code == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "'golden' is a model format no converter writes" in line
+    assert "golden" not in line.split("conversion targets:")[1]
