@@ -1,12 +1,11 @@
 """`convrepair check`: sampled comparison of a source and a converted model, then localization.
 
 Like FetaFix, the models are compared on R seeded rounds of N samples, not one batch; rounds do
-not overlap while the data allows. Classifiers are judged by label agreement; fp32 outputs by the
-source's own float noise (`noise`), or by the user's --atol/--rtol; other outputs by tolerances,
-cosine and nearest-neighbour agreement. A check whose source does not depend on the data, or whose
-data lies outside the range the model declares, is `inconclusive` (`guard`). The result is one
-`CheckReport`, serialisable as `convrepair.check/v1`. Models come from a `JobContext`, so a job
-resolves, loads and runs each model once.
+not overlap while the data allows. Both models run once over the samples every round draws
+(`evidence.gather`); the one judge (`judge`) decides from those tensors alone (`judge_evidence`),
+so a parent process can judge what a contained worker handed back. Differences found make the
+check `discrepant`; without any, a source that ignores the data or data outside the declared
+range make it `inconclusive`. The result is one `CheckReport`, serialisable as `convrepair.check/v1`.
 """
 
 from __future__ import annotations
@@ -20,14 +19,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convrepair.compare import Accumulator, Comparison, check_output_counts, clopper_pearson, pool
+from convrepair.compare import Accumulator, Comparison, clopper_pearson, pool
 from convrepair.data import Dataset, load_npz, random_inputs
 from convrepair.errors import BadInput
 from convrepair.job import JobContext, ModelHandle, opened
-from convrepair.judge import Tolerance, classifier_of, default_tolerance, guard, judge, tolerance_for  # noqa: F401 - re-exported
+from convrepair.evidence import Evidence, distinct, gather
+from convrepair.judge import (  # noqa: F401 - re-exported
+    DataFacts,
+    Tolerance,
+    batch_dependence,
+    classifier_of,
+    default_tolerance,
+    guard,
+    judge,
+    needs_floor,
+    noise_floor,
+    tolerance_for,
+    verdict,
+)
 from convrepair.model import ModelRef
 from convrepair.plugins import PluginRegistry
-from convrepair.report.progress import track
+from convrepair.report.progress import stage
 from convrepair.sidecar import Sidecar
 
 if TYPE_CHECKING:
@@ -92,8 +104,11 @@ class CheckReport:
     localization: dict[str, Any] | None = None
     flipped_samples: list[int] = field(default_factory=list)
     lenses: dict[str, Any] | None = None
-    inconclusive: list[str] = field(default_factory=list)  # why the check cannot conclude (the guard)
+    inconclusive: list[str] = field(default_factory=list)  # the guard's reasons (beside the evidence when discrepant)
     classifier: bool = True
+    batch_dependent: dict[str, Any] = field(default_factory=lambda: batch_dependence([], None, False))
+    evidence: dict[str, str] = field(default_factory=dict)  # evidence file → sha256, when judged across processes
+    provenance: dict[str, list[str]] | None = None  # which fields the parent computed, which the worker reported
 
     @property
     def discrepant(self) -> bool:
@@ -140,6 +155,10 @@ class CheckReport:
             "seconds": round(self.seconds, 3),
             "localization": self.localization,
             "lenses": self.lenses,
+            "batch_dependent": self.batch_dependent,
+            "guard": {"reasons": self.inconclusive, "outranked_by_evidence": bool(self.inconclusive and self.reasons)},
+            "evidence": self.evidence or None,
+            "provenance": self.provenance,
         }
 
 
@@ -200,9 +219,9 @@ def check_models(
     config: CheckConfig,
     on_round: Callable[[int, int], None] | None = None,
 ) -> CheckReport:
+    """Run both models (through `job`), judge the tensors with the one judge, localize when asked."""
     started = time.perf_counter()
-    if config.rounds < 1 or config.samples < 1 or config.top_k < 1:
-        raise BadInput("--rounds, --samples and --top-k must be at least 1")
+    validate_config(config)
     source_runner, target_runner = job.runner(source), job.runner(target)
     if len(source_runner.inputs) != len(target_runner.inputs):
         raise BadInput(
@@ -210,51 +229,67 @@ def check_models(
         )
     dataset = job_dataset(job, source, config)
     plan = sampling_plan(len(dataset), config.rounds, config.samples, config.seed)
-    classifier = None
+    with stage(f"running both models on {len(distinct(plan))} samples"):
+        evidence = gather(job, source, target, dataset, distinct(plan), config.batch_size,
+                          needs_floor(config, target.precision))
+    report = judge_evidence(evidence, plan, DataFacts.of(dataset, config.data is not None), config,
+                            (source.ref, source.sidecar), (target.ref, target.sidecar), on_round)
+    diagnose(job, source, target, dataset, plan, config, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def validate_config(config: CheckConfig) -> None:
+    if config.rounds < 1 or config.samples < 1 or config.top_k < 1:
+        raise BadInput("--rounds, --samples and --top-k must be at least 1")
+
+
+def judge_evidence(evidence: Evidence, plan: list[tuple[int, np.ndarray]], data: DataFacts, config: CheckConfig,
+                   source: tuple[ModelRef, Sidecar | None], target: tuple[ModelRef, Sidecar | None],
+                   on_round: Callable[[int, int], None] | None = None) -> CheckReport:
+    """The verdict from tensors alone: rounds pooled, tolerance, reasons, guard, batch dependence.
+    The parent process calls this on what a contained worker handed back; nothing here runs a model."""
+    (source_ref, source_sidecar), (target_ref, target_sidecar) = source, target
+    precision = target_sidecar.precision if target_sidecar else "fp32"
+    names = evidence.source_names, evidence.target_names
+    classifier = classifier_of(evidence.source[0], names[0][0], source_sidecar or target_sidecar)
+    floor = None
+    if evidence.nudged is not None and needs_floor(config, precision):
+        floor = noise_floor([s[evidence.floor_positions] for s in evidence.source], evidence.nudged, evidence.floor_method)
+    tolerance = tolerance_for(config, names[0], precision, classifier, floor)
     parts: list[Comparison] = []
     rounds: list[RoundResult] = []
-    for index, (seed, indices) in enumerate(track(plan, "comparing rounds")):
-        s_out = job.outputs(source, dataset, indices, config.batch_size)
-        t_out = job.outputs(target, dataset, indices, config.batch_size)
-        names = job.output_names(source), job.output_names(target)
-        check_output_counts(source_runner, target_runner, dict(zip(names[0], s_out)), dict(zip(names[1], t_out)))
-        if classifier is None:
-            classifier = classifier_of(s_out[0], names[0][0], source.sidecar or target.sidecar)
-            tolerance = tolerance_for(job, source, dataset, plan, config, classifier, target.precision)
+    for index, (seed, indices) in enumerate(plan):
+        s_out, t_out = evidence.round_outputs(indices)
         acc = Accumulator(names[0], names[1], config.top_k, tolerance.atol, tolerance.rtol, classifier,
                           per_output=tolerance.per_output)
-        labels = dataset.labels[indices] if dataset.labels is not None else None
-        acc.add(s_out, t_out, indices, labels)
-        comparison = acc.result()
-        parts.append(comparison)
-        rounds.append(RoundResult.of(seed, comparison))
+        acc.add(s_out, t_out, indices, data.labels[indices] if data.labels is not None else None)
+        parts.append(acc.result())
+        rounds.append(RoundResult.of(seed, parts[-1]))
         if on_round:
             on_round(index + 1, len(plan))
     pooled = pool(parts)
     reasons = judge(pooled, tolerance)
-    unsure = guard(pooled, dataset, source.sidecar, config.data is not None)
-    verdict = "inconclusive" if unsure else ("discrepant" if reasons else "equivalent")
-    report = CheckReport(
-        source=source.ref,
-        target=target.ref,
-        verdict=verdict,
-        samples=pooled.n,
-        rounds=rounds,
-        pooled=pooled,
-        tolerance=tolerance,
-        data=dataset.origin,
-        top_k=config.top_k,
-        seconds=0.0,
-        reasons=reasons,
-        flipped_samples=pooled.flips,
-        inconclusive=unsure,
-        classifier=bool(pooled.label_agreement is not None),
-    )
+    unsure = guard(pooled, data, source_sidecar)
+    batched = [t[evidence.single_positions] for t in evidence.target]
+    return CheckReport(
+        source=source_ref, target=target_ref, verdict=verdict(reasons, unsure), samples=pooled.n, rounds=rounds,
+        pooled=pooled, tolerance=tolerance, data=data.origin, top_k=config.top_k, seconds=0.0, reasons=reasons,
+        flipped_samples=pooled.flips, inconclusive=unsure, classifier=bool(pooled.label_agreement is not None),
+        batch_dependent=batch_dependence(batched, evidence.single, pooled.label_agreement is not None,
+                                         evidence.single_error),
+        evidence=dict(evidence.digests))
+
+
+def diagnose(job: JobContext, source: ModelHandle, target: ModelHandle, dataset: Dataset, plan, config: CheckConfig,
+             report: CheckReport) -> None:
+    """Localization (when asked, or when discrepant) and the lenses: diagnostics, never the verdict."""
     if config.localize or (config.localize is None and report.discrepant):
         from convrepair.localize import localize
 
         try:
-            report.localization = localize(job, source, target, dataset, pooled.flips, bool(reasons), config.seed).to_json()
+            report.localization = localize(job, source, target, dataset, report.pooled.flips, bool(report.reasons),
+                                           config.seed).to_json()
         except BadInput as exc:  # no layer-wise view of these models (a golden file has no graph): the verdict stands
             report.localization = {"first_divergent": None, "layers": [], "shadow": None, "ir": None, "samples": None,
                                    "unaligned": {}, "static_diff": [],
@@ -262,8 +297,6 @@ def check_models(
                                              "evidence": {}}}
     if config.lenses:
         report.lenses = _lenses(job, source, target, dataset, plan, config)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _lenses(job: JobContext, source: ModelHandle, target: ModelHandle, dataset, plan, config) -> dict[str, Any]:

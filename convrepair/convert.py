@@ -188,7 +188,8 @@ def convert(
 
 @dataclass
 class Validation:
-    """How a converted model compares with its source on sample data."""
+    """How a converted model compares with its source on sample data: check's verdict, by check's
+    judge, on every sample (what `check --rounds 1 --samples N` reports on the same data)."""
 
     data: str
     n: int
@@ -197,47 +198,44 @@ class Validation:
     flips: int
     source_accuracy: float | None
     target_accuracy: float | None
-    inconclusive: list[str] = field(default_factory=list)  # why the data cannot tell (judge.guard)
+    inconclusive: list[str] = field(default_factory=list)  # the guard's reasons (judge.guard)
+    verdict: str = "equivalent"  # judge.verdict: equivalent | discrepant | inconclusive
+    reasons: list[str] = field(default_factory=list)  # why discrepant (judge.judge)
+    classifier: bool = True
+    batch_dependent: dict[str, Any] = field(default_factory=dict)
+    tolerance: str = ""  # what the outputs were held to
 
     @property
     def agrees(self) -> bool:
-        if self.inconclusive:
-            return False
-        return self.label_agreement is None or self.label_agreement >= 1.0 or self.flips == 0
-
-    @property
-    def verdict(self) -> str:
-        return "inconclusive" if self.inconclusive else ("equivalent" if self.agrees else "discrepant")
+        return self.verdict == "equivalent"
 
     def to_json(self) -> dict[str, Any]:
-        return self.__dict__ | {"agrees": self.agrees, "verdict": self.verdict}
+        return self.__dict__ | {"agrees": self.agrees}
 
 
 def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int = 256) -> Validation:
-    """Run source and output on every sample of `data` and compare them."""
-    import numpy as np
+    """Judge the output against its source on every sample of `data`, through check itself: one
+    judge decides what each output is (class scores, embedding, regression), its tolerance and the
+    verdict; there is no second comparison here."""
+    from convrepair.check import CheckConfig, run_check
 
-    from convrepair.compare import compare_on
-    from convrepair.data import load_npz
-
-    source_sidecar = read_sidecar(result.source.path)
-    with registry.load(result.source, source_sidecar, device="auto") as source, registry.load(
-        result.output, read_sidecar(result.output.path), device="auto"
-    ) as target:
-        dataset = load_npz(data, source.inputs)
-        comparison = compare_on(source, target, dataset, np.arange(len(dataset)), batch_size=batch_size)
-    from convrepair.judge import guard
-
-    n = comparison.n
+    config = CheckConfig(data=Path(data), rounds=1, samples=2**31 - 1, localize=False, batch_size=batch_size)
+    report = run_check(registry, result.source.path, result.output.path, config)
+    pooled, n = report.pooled, report.pooled.n
     return Validation(
         data=str(data),
         n=n,
-        label_agreement=comparison.label_agreement,
-        max_abs=comparison.max_abs,
-        flips=len(comparison.flips),
-        source_accuracy=comparison.source_correct / n if comparison.source_correct is not None else None,
-        target_accuracy=comparison.target_correct / n if comparison.target_correct is not None else None,
-        inconclusive=guard(comparison, dataset, source_sidecar, True),
+        label_agreement=pooled.label_agreement,
+        max_abs=pooled.max_abs,
+        flips=len(pooled.flips),
+        source_accuracy=pooled.source_correct / n if pooled.source_correct is not None else None,
+        target_accuracy=pooled.target_correct / n if pooled.target_correct is not None else None,
+        inconclusive=report.inconclusive,
+        verdict=report.verdict,
+        reasons=report.reasons,
+        classifier=report.classifier,
+        batch_dependent=report.batch_dependent,
+        tolerance=report.tolerance.origin,
     )
 
 

@@ -1,16 +1,21 @@
-"""How a check judges: which outputs are class scores, what noise fp32 may add, when it cannot tell.
+"""The one judge: what each output is, what it may differ by, and the verdict. Pure numpy.
+
+`check`, `convert --data`, `repair` and the daemon all decide here; the judge knows no job, runner
+or converter, so the parent process can judge tensors a contained worker handed back.
 
 - Classifier or not is decided from the output's shape and meaning (probabilities, its name, the
   sidecar's labels), never by "two dimensions" alone: an embedding has no top-1 label.
 - fp32 is judged against the source's own float noise: the source is run again on its inputs
-  nudged by one part in a million (`PERTURBATION`), and a conversion may add up to
-  `NOISE_FACTOR` times the relative error per sample that this causes, and lose at most
-  `SQNR_MARGIN_DB` of its SQNR (never held tighter than `MIN_LIMIT`: integer inputs cannot be
-  nudged, and 1e-5 relative is float noise for any fp32 network). A deep network's legitimate
-  reordering error scales with its own sensitivity; a fixed atol does not. `--atol/--rtol` still
+  nudged by one part in a million (`PERTURBATION`) — over every sample of the check, up to
+  `FLOOR_SAMPLES` spread across all rounds — and a conversion may add up to `NOISE_FACTOR` times
+  the 99th percentile of the relative error per sample this causes, and lose at most
+  `SQNR_MARGIN_DB` of its SQNR (never held tighter than `MIN_LIMIT`). `--atol/--rtol` still
   enforce a user's numbers.
-- The guard: a source whose outputs do not depend on the data, or data outside the range the
-  model declares, makes any verdict vacuous: `inconclusive`.
+- Evidence outranks the guard: a difference found makes the check `discrepant`, and the guard's
+  reasons (a source that ignores the data, data outside the declared range) stand beside it. The
+  guard only refuses to call an undisturbed comparison `equivalent`: `inconclusive`.
+- Batch invariance: a few samples of the target run one at a time; outputs that move with the
+  batch they ran in (dynamic quantization, batch statistics) are reported `batch_dependent`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import numpy as np
 if TYPE_CHECKING:
     from convrepair.compare import Comparison
     from convrepair.data import Dataset
-    from convrepair.job import JobContext, ModelHandle
     from convrepair.sidecar import Sidecar
 
 # Elementwise defaults by the target's precision (from its sidecar): reported for fp32, enforced
@@ -31,10 +35,14 @@ if TYPE_CHECKING:
 DEFAULT_TOLERANCES = {"fp32": (1e-4, 1e-3), "fp16": (1e-2, 1e-2), "int8": (1e-1, 1e-1)}
 PERTURBATION = 1e-6  # relative nudge of the inputs that measures the source's float sensitivity
 NOISE_FACTOR = 10.0  # a conversion may add this many times the source's own float noise per sample
+NOISE_QUANTILE = 0.99  # the source's noise per output: this quantile over the samples' relative errors
 SQNR_MARGIN_DB = 20.0  # … and lose at most this much SQNR against it
 MIN_FLOOR = 1e-7  # relative noise no fp32 computation is below (about one ulp)
 MIN_LIMIT = 1e-5  # a conversion within this relative error per sample (≈ 100 dB SQNR) is always fp32-equivalent
-FLOOR_SAMPLES = 64
+FLOOR_SAMPLES = 512  # the floor is measured on every sample of the check, up to this many (spread over all rounds)
+FLOOR_SAMPLES_SINGLE = 64  # integer inputs cannot be nudged: this many samples run one at a time instead
+BATCH_SAMPLES = 16  # samples of the target run one at a time against their batched outputs
+BATCH_LIMIT = 1e-4  # relative change per sample beyond which outputs depend on the batch they ran in
 VARIATION_FLOOR = 1e-4  # source outputs varying less than this (std over RMS) do not depend on the data
 DOMINANT_CLASS = 0.99  # one class for this share of the samples: the data cannot tell models apart
 RANGE_SLACK = 0.01  # share of the declared input range the data may exceed it by
@@ -62,11 +70,41 @@ class Tolerance:
                 "per_output": {name: {"atol": a, "rtol": r} for name, (a, r) in (self.per_output or {}).items()} or None}
 
 
+@dataclass(frozen=True)
+class DataFacts:
+    """What the judge needs to know of the data: its size, labels, origin and the range of each
+    float input (the guard's range check). Built from a loaded `Dataset`, or by the parent from
+    the data file itself."""
+
+    n: int
+    labels: np.ndarray | None
+    origin: str
+    given: bool  # the user's data (the range guard applies), not drawn inputs
+    ranges: tuple[tuple[float, float] | None, ...] = ()
+
+    @classmethod
+    def of(cls, dataset: Dataset, given: bool) -> DataFacts:
+        return cls(len(dataset), dataset.labels, dataset.origin, given, tuple(value_range(x) for x in dataset.inputs))
+
+
+def value_range(x: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) of a float array's finite values; None for integer or empty arrays."""
+    if not np.issubdtype(x.dtype, np.floating) or not x.size:
+        return None
+    finite = x[np.isfinite(x)]
+    return (float(finite.min()), float(finite.max())) if finite.size else None
+
+
 def default_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
     base_atol, base_rtol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
     if atol is not None or rtol is not None:
         return Tolerance(atol if atol is not None else base_atol, rtol if rtol is not None else 0.0, True, "given")
     return Tolerance(base_atol, base_rtol, precision == "fp32", f"default for {precision}")
+
+
+def needs_floor(config, precision: str) -> bool:
+    """Is the source's float noise the measure (fp32 and no numbers of the user's)?"""
+    return precision == "fp32" and config.atol is None and config.rtol is None and not (config.output_atol or config.output_rtol)
 
 
 def classifier_of(output: np.ndarray, name: str, sidecar: Sidecar | None) -> bool:
@@ -87,16 +125,16 @@ def classifier_of(output: np.ndarray, name: str, sidecar: Sidecar | None) -> boo
     return not (width >= 128 and width % 64 == 0)
 
 
-def tolerance_for(job: JobContext, source: ModelHandle, dataset: Dataset, plan, config, classifier: bool,
-                  precision: str) -> Tolerance:
+def tolerance_for(config, names: list[str], precision: str, classifier: bool, floor: dict[str, Any] | None) -> Tolerance:
     """The user's numbers when given; fp32: the source's noise floor; else the precision's defaults."""
     base = default_tolerance(precision, config.atol, config.rtol)
     if config.output_atol or config.output_rtol:
-        return _per_output(base, job.output_names(source), config.output_atol, config.output_rtol)
+        return _per_output(base, names, config.output_atol, config.output_rtol)
     if base.origin == "given":
         return base
     if precision == "fp32":
-        floor = noise_floor(job, source, dataset, plan[0][1], config.batch_size)
+        if floor is None:
+            raise ValueError("an fp32 check without the source's noise floor")
         return Tolerance(base.atol, base.rtol, False, "the source's own float noise", floor)
     return Tolerance(base.atol, base.rtol, not classifier, base.origin)
 
@@ -112,50 +150,47 @@ def _per_output(base: Tolerance, names: list[str], atols: dict[str, float], rtol
     return Tolerance(base.atol, base.rtol, True, "given per output", per_output=per_output)
 
 
-def noise_floor(job: JobContext, source: ModelHandle, dataset: Dataset, indices: np.ndarray, batch_size: int) -> dict[str, Any]:
-    """Per output: how far the source's own outputs move when its float inputs move by one part in
-    a million (or, for integer inputs, when it runs in another batch size), as relative error per
-    sample (99th percentile) and SQNR; and the limits a conversion is held to. Cached per job."""
-    from convrepair.data import Dataset as Data
-    from convrepair.data import batches, feeds_for
+def spread(count: int, most: int) -> np.ndarray:
+    """Positions of at most `most` of `count` samples, evenly spread over all of them (every round)."""
+    if count <= most:
+        return np.arange(count)
+    return np.unique(np.linspace(0, count - 1, most).round().astype(np.int64))
 
-    key = ("noise_floor", id(source), id(dataset), indices.tobytes())
-    if key in job.cache:
-        return job.cache[key]
-    chosen = np.asarray(indices)
-    reference = [out[:FLOOR_SAMPLES] for out in job.outputs(source, dataset, chosen, batch_size)]
-    subset = dataset.take(chosen[:FLOOR_SAMPLES])
-    runner = job.runner(source)
-    floats = [np.issubdtype(x.dtype, np.floating) for x in subset.inputs]
-    if any(floats):
-        rng = np.random.default_rng(0)
-        nudged = [x * (1 + rng.uniform(-PERTURBATION, PERTURBATION, x.shape)).astype(x.dtype) if is_float else x
-                  for x, is_float in zip(subset.inputs, floats)]
-        subset, method = Data(nudged, None, subset.layouts, subset.origin), f"inputs × (1 ± {PERTURBATION:g})"
-        step = batch_size
-    else:
-        method, step = "batch size 1 against the full batch", 1
-    try:
-        parts = [list(runner.run(feeds_for(runner.inputs, subset, a, b)).values()) for a, b in batches(len(subset), step)]
-        moved = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
-    except Exception as exc:  # noqa: BLE001 - a source that only replays recorded outputs (a golden file) cannot be nudged
-        from convrepair.errors import ConvrepairError, exception_text
 
-        why = exc.one_line() if isinstance(exc, ConvrepairError) else exception_text(exc, 120)
-        method, moved = f"none (the source cannot run on other inputs: {why}); the fp32 floor applies", reference
+def noise_floor(reference: list[np.ndarray], moved: list[np.ndarray], method: str) -> dict[str, Any]:
+    """Per output: how far the source's own outputs moved (`moved`: on nudged inputs, or one sample
+    at a time), as the `NOISE_QUANTILE` of the relative error per sample and as SQNR; and the limits
+    a conversion is held to."""
     outputs = []
     for s, m in zip(reference, moved):
         s64, m64 = s.astype(np.float64).reshape(len(s), -1), m.astype(np.float64).reshape(len(m), -1)
         rel = np.linalg.norm(s64 - m64, axis=1) / np.maximum(np.linalg.norm(s64, axis=1), 1e-30)
-        floor = max(float(np.quantile(rel, 0.99)) if rel.size else 0.0, MIN_FLOOR)
+        floor = max(float(np.quantile(rel, NOISE_QUANTILE)) if rel.size else 0.0, MIN_FLOOR)
         noise = float(((s64 - m64) ** 2).sum())
         sqnr = 10 * np.log10(max(float((s64**2).sum()), 1e-30) / noise) if noise > 0 else -20 * np.log10(MIN_FLOOR)
         sqnr = min(sqnr, -20 * np.log10(MIN_FLOOR))
         outputs.append({"rel_p99": floor, "limit": max(NOISE_FACTOR * floor, MIN_LIMIT), "sqnr_db": round(float(sqnr), 2),
                         "sqnr_min_db": round(float(min(sqnr - SQNR_MARGIN_DB, -20 * np.log10(MIN_LIMIT))), 2)})
-    result = {"method": method, "samples": int(len(subset)), "factor": NOISE_FACTOR, "outputs": outputs}
-    job.cache[key] = result
-    return result
+    samples = int(len(reference[0])) if reference else 0
+    return {"method": method, "samples": samples, "quantile": NOISE_QUANTILE, "factor": NOISE_FACTOR, "outputs": outputs}
+
+
+def batch_dependence(batched: list[np.ndarray], single: list[np.ndarray] | None, classifier: bool,
+                     why_not: str | None = None) -> dict[str, Any]:
+    """Did the target's outputs on a few samples change when they ran alone instead of in a batch?"""
+    if single is None or not batched or not len(batched[0]):
+        return {"detected": None, "samples": 0, "max_rel_change": None, "label_changes": None,
+                "limit": BATCH_LIMIT, "reason": why_not or "not measured"}
+    change = 0.0
+    for b, s in zip(batched, single):
+        b64, s64 = b.astype(np.float64).reshape(len(b), -1), s.astype(np.float64).reshape(len(s), -1)
+        rel = np.linalg.norm(b64 - s64, axis=1) / np.maximum(np.linalg.norm(b64, axis=1), 1e-30)
+        change = max(change, float(rel.max(initial=0.0)))
+    labels = None
+    if classifier and batched[0].ndim == 2 and batched[0].shape[1] > 1:
+        labels = int((batched[0].argmax(axis=1) != single[0].argmax(axis=1)).sum())
+    return {"detected": bool(change > BATCH_LIMIT or bool(labels)), "samples": int(len(batched[0])),
+            "max_rel_change": change, "label_changes": labels, "limit": BATCH_LIMIT, "reason": None}
 
 
 def judge(pooled: Comparison, tolerance: Tolerance) -> list[str]:
@@ -195,8 +230,8 @@ def judge(pooled: Comparison, tolerance: Tolerance) -> list[str]:
     return reasons
 
 
-def guard(pooled: Comparison, dataset: Dataset, sidecar: Sidecar | None, data_given: bool) -> list[str]:
-    """Reasons the comparison cannot conclude anything ([] when it can)."""
+def guard(pooled: Comparison, data: DataFacts, sidecar: Sidecar | None) -> list[str]:
+    """Reasons the comparison cannot show equivalence ([] when it can)."""
     reasons = []
     variations = [out.variation for out in pooled.outputs]
     if pooled.n >= 2 and variations and all(v is not None and v < VARIATION_FLOOR for v in variations):
@@ -205,20 +240,23 @@ def guard(pooled: Comparison, dataset: Dataset, sidecar: Sidecar | None, data_gi
     if pooled.label_agreement is not None and pooled.n >= 20 and pooled.source_classes and not reasons:
         label, count = max(pooled.source_classes.items(), key=lambda item: item[1])
         share = count / pooled.n
-        truth = dataset.labels
+        truth = data.labels
         truly_one_class = truth is not None and truth.size and np.unique(truth.reshape(len(truth), -1)[:, 0], return_counts=True)[1].max() >= DOMINANT_CLASS * len(truth)
         if share >= DOMINANT_CLASS and not truly_one_class:
             reasons.append(f"the source's outputs do not depend on the data: it gives class {label} to {share:.1%} "
                            f"of {pooled.n} samples")
-    if data_given and sidecar is not None:
+    if data.given and sidecar is not None:
         low, high = (float(v) for v in sidecar.preprocessing.input_range)
         slack = RANGE_SLACK * max(high - low, 1e-12)
-        for x in dataset.inputs:
-            if not np.issubdtype(x.dtype, np.floating) or not x.size:
-                continue
-            finite = x[np.isfinite(x)]
-            if finite.size and (finite.min() < low - slack or finite.max() > high + slack):
+        for span in data.ranges:
+            if span is not None and (span[0] < low - slack or span[1] > high + slack):
                 reasons.append(f"the data lies outside the input range the source's sidecar records ([{low:g}, {high:g}]); "
-                               f"it spans [{float(finite.min()):.4g}, {float(finite.max()):.4g}]")
+                               f"it spans [{span[0]:.4g}, {span[1]:.4g}]")
                 break
     return reasons
+
+
+def verdict(reasons: list[str], unsure: list[str]) -> str:
+    """Evidence first: differences found are `discrepant` whatever the guard says; without any, a
+    guard's reason makes the check `inconclusive`."""
+    return "discrepant" if reasons else ("inconclusive" if unsure else "equivalent")

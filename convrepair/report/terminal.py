@@ -55,8 +55,16 @@ def render_conversions(results: list[ConversionResult], checks: list[Validation]
         table.add_row(*row)
     show(table)
     for result, check in zip(results, checks or []):
+        name = escape(result.output.path.name)
+        for reason in getattr(check, "reasons", None) or []:
+            console.print(f"[bold red]discrepant[/] ({name}): {escape(reason)}")
+        label = "guard" if getattr(check, "verdict", "") == "discrepant" else "inconclusive"
         for reason in getattr(check, "inconclusive", None) or []:
-            console.print(f"[bold yellow]inconclusive[/] ({escape(result.output.path.name)}): {escape(reason)}")
+            console.print(f"[bold yellow]{label}[/] ({name}): {escape(reason)}")
+        batch = getattr(check, "batch_dependent", None) or {}
+        if batch.get("detected"):
+            console.print(f"[bold yellow]batch-dependent[/] ({name}): outputs change by up to {batch['max_rel_change']:.3g} "
+                          "relative when a sample runs alone instead of in a batch")
 
 
 def plugin_rows(registry: PluginRegistry, deep: bool) -> list[dict[str, Any]]:
@@ -116,8 +124,7 @@ def render_check(report: dict[str, Any]) -> None:
         f"[bold]{report['source']['path']}[/] ({report['source']['format']}) vs "
         f"[bold]{report['target']['path']}[/] ({report['target']['format']}): [bold {colour}]{verdict.upper()}[/]"
     )
-    for reason in report.get("inconclusive_reasons") or []:
-        console.print(f"[bold yellow]inconclusive:[/] {escape(reason)}")
+    render_guard_and_batch(report)
     agreement = report["label_agreement"]
     if agreement is not None:
         bound = report["disagreement_upper_bound"]
@@ -150,6 +157,20 @@ def render_check(report: dict[str, Any]) -> None:
     if loc:
         render_localization(loc)
     render_lenses(report.get("lenses"))
+
+
+def render_guard_and_batch(report: dict[str, Any]) -> None:
+    """The guard's reasons (beside the evidence when differences were found) and batch dependence."""
+    label = "guard (the differences found outrank it)" if report["verdict"] == "discrepant" else "inconclusive"
+    for reason in report.get("inconclusive_reasons") or []:
+        console.print(f"[bold yellow]{label}:[/] {escape(reason)}")
+    batch = report.get("batch_dependent") or {}
+    if batch.get("detected"):
+        labels = batch.get("label_changes")
+        console.print(f"[bold yellow]batch-dependent:[/] the target's outputs change when a sample runs alone instead of "
+                      f"in a batch (up to {batch['max_rel_change']:.3g} relative on {batch['samples']} samples"
+                      + (f", {labels} label change(s))" if labels is not None else ")")
+                      + "; its answers depend on which samples share a batch (dynamic quantization, batch statistics)")
 
 
 def render_localization(loc: dict[str, Any]) -> None:
