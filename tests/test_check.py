@@ -215,7 +215,9 @@ def test_tflite_weight_quantization_is_checked_and_typed_precision(fixtures_dir,
     assert strict.verdict == "discrepant"
     loc = strict.localization
     assert loc["fault"]["type"] == "precision", loc["fault"]
-    assert loc["static_diff"] == []  # quantized weights are within int8 rounding of the source's
+    # quantized weights are within int8 rounding of the source's; the conv with BatchNorm folded in
+    # stays in the static diff (a fault the next layer damps hides there), marked fused
+    assert [d for d in loc["static_diff"] if not d["fused"]] == []
     assert "fused" in [row["status"] for row in loc["layers"]]  # TFLite folds BatchNorm into the conv
 
 

@@ -99,7 +99,17 @@ def localize(
     options = export_options(target.sidecar)
     source_ir = job.onnx_ir(source, samples, options)
     target_ir = job.onnx_ir(target, samples, options)
+    ir_info = {
+        "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs,
+                   "fidelity_rel_l2": source_ir.fidelity_rel_l2, "threshold_rel_l2": ir_threshold(source.precision)},
+        "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs,
+                   "fidelity_rel_l2": target_ir.fidelity_rel_l2, "threshold_rel_l2": threshold},
+    }
+    unfaithful = _unfaithful_ir(ir_info, source.precision, precision)
+    if unfaithful is not None:  # walking it would localize the exporter's error, not the conversion's
+        return Localization(None, unfaithful, [], ir_info, counts)
     (s_model, source_view), (t_model, target_view) = job.graph(source_ir.path), job.graph(target_ir.path)
+    layout_changed = layouts_differ(source_ir.layouts, target_ir.layouts)
     s_feeds = onnx_feeds(s_model, source_ir.layouts or samples.layouts, samples)
     t_feeds = onnx_feeds(t_model, target_ir.layouts or samples.layouts, samples)
     alignment = align(source_view.layers(), target_view.layers())
@@ -113,17 +123,17 @@ def localize(
         if layers
     }
     input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
-                                           INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]))
+                                           INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]),
+                                           dict(zip(target_view.inputs, target_ir.layouts or samples.layouts)))
     rows, first_index = walk(alignment.pairs, source_view, s_model, t_model, s_feeds, t_feeds, threshold)
     if first_index is None and discrepant:
         first_index = first_jump(rows)
-    # Fused pairs compute more than their partner (BatchNorm folded in): their weights differ by design.
-    comparable = [pair for pair, row in zip(alignment.pairs, rows) if row.status != "fused"]
-    static = static_diff(source_view, target_view, comparable, precision)
-    ir_info = {
-        "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs},
-        "target": {"origin": target_ir.origin, "fidelity_max_abs": target_ir.fidelity_max_abs},
-    }
+    # Fused pairs (diverged, then agreeing again) stay in: a fault the next layer damps hides there.
+    # They are marked, since a pair with BatchNorm folded in differs in its weights by design.
+    static = static_diff(source_view, target_view, alignment.pairs, precision, layout_changed)
+    fused = {row.target_layer for row in rows if row.status == "fused"}
+    for entry in static:
+        entry["fused"] = entry["target_layer"] in fused
     if first_index is None and not (input_evidence and not input_evidence.get("agree", True)):
         fault = None
         if discrepant and precision != "fp32":
@@ -145,7 +155,8 @@ def localize(
     shadow = shadow_run(alignment.pairs, index, s_model, t_model, s_feeds, t_feeds, end_to_end)
     rows[index].status = "diverged"
     explained = _explained_pair(alignment.pairs, rows, index, (source_view, target_view))
-    context = FaultContext(source_view, target_view, explained, input_evidence, precision, _unaligned_in(alignment, explained))
+    context = FaultContext(source_view, target_view, explained, input_evidence, precision, _unaligned_in(alignment, explained),
+                           layout_changed)
     fault = explain(context)
     if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
         found = _from_static_diff(static, alignment.pairs, rows)
@@ -221,9 +232,34 @@ def _output_pairs(source_view: GraphView, target_view: GraphView, pairs) -> list
     return extra
 
 
+def ir_threshold(precision: str) -> float:
+    """An IR further from its model than a layer may diverge cannot be walked layer by layer."""
+    return DIVERGENCE.get(precision, DIVERGENCE["fp32"])
+
+
+def layouts_differ(source: list[str], target: list[str]) -> bool:
+    """A layout change is recorded: both sidecars name input layouts and they differ."""
+    return bool(source and target) and [s.upper() for s in source] != [t.upper() for t in target]
+
+
+def _unfaithful_ir(ir_info: dict[str, Any], source_precision: str, precision: str) -> Fault | None:
+    for role, model_precision in (("source", source_precision), ("target", precision)):
+        info = ir_info[role]
+        limit = ir_threshold(model_precision)
+        if info["fidelity_rel_l2"] > limit:
+            return Fault("ir_unfaithful",
+                         f"the {role}'s ONNX IR ({info['origin']}) differs from the {role} model by rel_l2 "
+                         f"{info['fidelity_rel_l2']:.3g} (max |Δ| {info['fidelity_max_abs']:.3g}), above {limit:g}: "
+                         "a layer-wise walk of it would localize the export's error, not the conversion's",
+                         {"model": role, **info, "threshold_rel_l2": limit})
+    return None
+
+
 def _from_static_diff(static, pairs, rows):
     """(first_divergent, Fault) from the static diff when the walk named no layer; None when it
-    names nothing. The verdict is never `unknown` while a parameter or attribute differs."""
+    names nothing. The verdict is never `unknown` while a parameter or attribute differs. Fused
+    pairs (BatchNorm folded in: weights differ by design) lead only when nothing else differs."""
+    static = sorted(static, key=lambda entry: bool(entry.get("fused")))
     if static:
         worst = static[0]
         index = next((i for i, (s, t) in enumerate(pairs) if t.node.name == worst["target_layer"]), None)
@@ -239,9 +275,12 @@ def _from_static_diff(static, pairs, rows):
     return None  # (different op counts alone prove nothing: exporters write GAP as ReduceMean and so on)
 
 
-def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds, agreement: float = 1e-4) -> dict[str, Any]:
+def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds, agreement: float = 1e-4,
+                          layouts: dict[str, str] | None = None) -> dict[str, Any]:
     """Does the first layer see the same input in both? If not: scale/offset, axis order or channel order.
-    Differences within `agreement` (rel_l2: rounding to the target's precision) are agreement."""
+    Differences within `agreement` (rel_l2: rounding to the target's precision) are agreement.
+    Channels are reversed along the channel axis of the layout in force: the graph input's recorded
+    layout where the first layer reads the input itself (3 for NHWC), else ONNX's NCHW (1)."""
     if not pairs:
         return {}
     s_first, t_first = pairs[0]
@@ -265,10 +304,11 @@ def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_f
             evidence["permutation"] = list(perm)
             return evidence
     if s_value.shape == t_value.shape:
-        if s_value.ndim == 4 and s_value.shape[1] > 1:
-            flipped = direct_diff(s_value[:, ::-1], t_value)
+        axis = 3 if (layouts or {}).get(t_name, "NCHW").upper() == "NHWC" else 1
+        if s_value.ndim == 4 and s_value.shape[axis] > 1:
+            flipped = direct_diff(np.flip(s_value, axis), t_value)
             if flipped.rel_l2 <= 1e-4:
-                evidence["channel_reversed"] = True
+                evidence |= {"channel_reversed": True, "channel_axis": axis, "channels": int(s_value.shape[axis])}
                 return evidence
         a = np.vstack([s_value.ravel(), np.ones(s_value.size)]).T
         (scale, offset), *_ = np.linalg.lstsq(a, t_value.ravel(), rcond=None)

@@ -14,16 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from convrepair import ops
 from convrepair.localize.graph import PRECISION_OPS, GraphView, Layer, Node
 
-FAULT_TYPES = ("preprocessing", "input_layout", "weights", "biases", "hyperparameter", "graph_structure", "precision", "unknown")
-
-# Attributes that change numerics, compared with a tolerance for floats.
-NUMERIC_ATTRIBUTES = (
-    "pads", "auto_pad", "strides", "dilations", "group", "kernel_shape", "epsilon", "alpha", "beta",
-    "min", "max", "axis", "mode", "coordinate_transformation_mode", "nearest_mode", "count_include_pad",
-    "approximate", "ceil_mode", "transA", "transB", "perm", "cubic_coeff_a", "exclude_outside",
-)
+FAULT_TYPES = ("preprocessing", "input_layout", "weights", "biases", "hyperparameter", "graph_structure", "precision",
+               "ir_unfaithful", "unknown")
 
 
 @dataclass
@@ -47,6 +42,9 @@ class FaultContext:
     input_evidence: dict[str, Any]
     precision: str
     unaligned: dict[str, list[str]]
+    # The two models' recorded input layouts differ (NHWC source, NCHW target): only then may a
+    # parameter of the same shape be compared through an axis order.
+    layout_changed: bool = False
 
 
 _CHECKS: list[tuple[int, str, Callable[[FaultContext], Fault | None]]] = []
@@ -83,12 +81,16 @@ def param_tolerance(reference: np.ndarray, precision: str) -> float:
     return 1e-4 * scale + 1e-6
 
 
-def match_param(source: np.ndarray, target: np.ndarray) -> tuple[float, tuple[int, ...] | None] | None:
-    """Max |Δ| after the axis order (or reshape) that best lines the two parameters up."""
+def match_param(source: np.ndarray, target: np.ndarray, layout_changed: bool = False) -> tuple[float, tuple[int, ...] | None] | None:
+    """Max |Δ| of two parameters, through an axis order (or reshape) only where their shapes differ
+    or a layout change is recorded: a square kernel transposed in H/W has the same shape, and the
+    best of all axis orders would call it identical."""
     if source.size != target.size:
         return None
     if source.shape == target.shape:
         best = (float(np.abs(source - target).max(initial=0.0)), None)
+        if not layout_changed:
+            return best
     else:
         best = None
     if source.ndim == target.ndim and source.ndim <= 4:
@@ -115,12 +117,10 @@ def _pair_nodes(source: list[Node], target: list[Node]) -> list[tuple[Node, Node
     return pairs
 
 
-_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Pow"}
-
-
 def _constants(view: GraphView, node: Node) -> list[tuple[int, np.ndarray]]:
     """A node's parameters; for elementwise ops (a bias Add, a scaling Mul) scalars count too."""
-    if node.op not in _ELEMENTWISE:
+    found = view.spec(node)
+    if found is None or not found.elementwise:
         return view.params(node)
     out = []
     for position, name in enumerate(node.inputs):
@@ -130,14 +130,10 @@ def _constants(view: GraphView, node: Node) -> list[tuple[int, np.ndarray]]:
     return out
 
 
-def _role(node: Node, position: int, value: np.ndarray) -> str:
-    if node.op in ("Conv", "ConvTranspose", "Gemm", "ConvInteger", "QLinearConv"):
-        return "biases" if position == 2 else "weights"
-    if node.op == "BatchNormalization":
-        return "biases" if position == 2 else "weights"
-    if node.op in ("Add", "Sub"):
-        return "biases"
-    return "weights"
+def _fault_type(view: GraphView, node: Node, position: int) -> str:
+    """The fault type a difference in this input is, from the op registry (weights by default)."""
+    found = view.spec(node)
+    return found.fault_type(position) if found else "weights"
 
 
 def _core(segment: list[Node]) -> list[Node]:
@@ -184,7 +180,7 @@ def parameters(ctx: FaultContext) -> Fault | None:
             s_value = s_params.get(position)
             if s_value is None:
                 continue
-            matched = match_param(s_value.astype(np.float32), t_value.astype(np.float32))
+            matched = match_param(s_value.astype(np.float32), t_value.astype(np.float32), ctx.layout_changed)
             if matched is None:
                 continue
             delta, perm = matched
@@ -192,7 +188,7 @@ def parameters(ctx: FaultContext) -> Fault | None:
             if delta > tolerance:
                 findings.append(
                     {
-                        "role": _role(t_node, position, t_value),
+                        "role": _fault_type(ctx.target, t_node, position),
                         "source_node": s_node.name,
                         "target_node": t_node.name,
                         "input": position,
@@ -204,7 +200,7 @@ def parameters(ctx: FaultContext) -> Fault | None:
                         "zeroed": bool(np.all(t_value == 0) and np.any(s_value != 0)),
                     }
                 )
-        findings += _lost_biases(s_node, t_node, s_params, ctx.precision)
+        findings += _lost_biases(ctx.target.spec(t_node), s_node, t_node, s_params, ctx.precision)
     if not findings:
         return None
     worst = max(findings, key=lambda f: f["max_abs_diff"] / max(f["tolerance"], 1e-12))
@@ -221,13 +217,11 @@ def parameters(ctx: FaultContext) -> Fault | None:
     )
 
 
-_BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
-
-
-def _lost_biases(s_node: Node, t_node: Node, s_params: dict[int, np.ndarray], precision: str) -> list[dict[str, Any]]:
+def _lost_biases(spec: ops.OpSpec | None, s_node: Node, t_node: Node, s_params: dict[int, np.ndarray],
+                 precision: str) -> list[dict[str, Any]]:
     """A bias the source adds and the target's node does not read at all (exporters drop an input
     they think is zero, or lose it in a fusion)."""
-    position = _BIAS_INPUT.get(t_node.op)
+    position = spec.optional_bias if spec is not None and s_node.op == t_node.op else None
     s_value = s_params.get(position) if position is not None else None
     if s_value is None or (position < len(t_node.inputs) and t_node.inputs[position]) or not np.any(s_value != 0):
         return []
@@ -235,15 +229,6 @@ def _lost_biases(s_node: Node, t_node: Node, s_params: dict[int, np.ndarray], pr
     return [{"role": "biases", "source_node": s_node.name, "target_node": t_node.name, "input": position, "tensor": None,
              "shape": list(s_value.shape), "max_abs_diff": float(np.abs(s_value).max()),
              "tolerance": param_tolerance(s_value, precision), "permutation": None, "zeroed": True, "lost": True}]
-
-
-def _clip_bounds(view: GraphView, node: Node) -> dict[str, float | None]:
-    bounds = {"min": node.attributes.get("min"), "max": node.attributes.get("max")}
-    for key, position in (("min", 1), ("max", 2)):
-        if len(node.inputs) > position and node.inputs[position]:
-            value = view.constant(node.inputs[position])
-            bounds[key] = float(value) if value is not None and value.size == 1 else bounds[key]
-    return bounds
 
 
 @fault_check(30)
@@ -264,25 +249,14 @@ def hyperparameters(ctx: FaultContext) -> Fault | None:
                 )
     diffs = []
     for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
-        s_attrs, t_attrs = dict(s_node.attributes), dict(t_node.attributes)
-        if s_node.op == "Clip":
-            s_attrs |= _clip_bounds(ctx.source, s_node)
-            t_attrs |= _clip_bounds(ctx.target, t_node)
-        for key in NUMERIC_ATTRIBUTES:
-            if key not in s_attrs and key not in t_attrs:
-                continue
-            for attrs, other in ((s_attrs, t_attrs), (t_attrs, s_attrs)):
-                if key in _ALL_EQUAL_DEFAULTS and key not in attrs and isinstance(other.get(key), list):
-                    attrs[key] = [_ALL_EQUAL_DEFAULTS[key]] * len(other[key])
-            a, b = s_attrs.get(key, _DEFAULTS.get(key)), t_attrs.get(key, _DEFAULTS.get(key))
-            if not _same(a, b):
-                diffs.append({"node": t_node.name, "op": t_node.op, "attribute": key, "source": a, "target": b})
+        diffs += attribute_differences(ctx.source, ctx.target, s_node, t_node)
     if not diffs:
         return None
     first = diffs[0]
     return Fault(
         "hyperparameter",
-        f"{first['op']} '{first['node']}' attribute {first['attribute']}: source {first['source']} vs target {first['target']}",
+        f"{first['op']} '{first['node']}' attribute {first['attribute']}: source {first['source']} vs target {first['target']}"
+        + (" (the ONNX default)" if first.get("source_default") else ""),
         {"differences": diffs},
         first["node"],
     )
@@ -325,37 +299,44 @@ def precision(ctx: FaultContext) -> Fault | None:
     return None
 
 
-# ONNX defaults, so an attribute spelled out on one side only is no difference.
-_DEFAULTS: dict[str, Any] = {
-    "auto_pad": "NOTSET", "group": 1, "count_include_pad": 0, "ceil_mode": 0, "transA": 0, "transB": 0,
-    "alpha": 1.0, "beta": 1.0, "approximate": "none",
-}
-_ALL_EQUAL_DEFAULTS = {"pads": 0, "strides": 1, "dilations": 1}
+def attribute_differences(source: GraphView, target: GraphView, s_node: Node, t_node: Node) -> list[dict[str, Any]]:
+    """Attributes that change what two paired nodes compute, defaults from each graph's ONNX schema
+    (LeakyRelu's alpha omitted is 0.01, spelled or not). An attribute the schema of one side's
+    opset does not have is no difference; one of an op ONNX has no schema for is compared as spelled."""
+    s_attrs, t_attrs = source.attributes(s_node), target.attributes(t_node)
+    s_known = ops.attribute_defaults(s_node.op, s_node.domain, source.opsets.get(s_node.domain)) is not None
+    t_known = ops.attribute_defaults(t_node.op, t_node.domain, target.opsets.get(t_node.domain)) is not None
+    diffs = []
+    for key in dict.fromkeys([*s_attrs, *t_attrs]):
+        if (key not in s_attrs and s_known) or (key not in t_attrs and t_known):
+            continue
+        a, b = s_attrs.get(key), t_attrs.get(key)
+        if not ops.same_attribute(a, b):
+            diffs.append({"node": t_node.name, "op": t_node.op, "attribute": key, "source": ops.shown(a),
+                          "target": ops.shown(b), "source_default": key not in s_node.attributes
+                          and not _held_as_input(source, s_node, key)})
+    return diffs
 
 
-def static_diff(source: GraphView, target: GraphView, pairs: list[tuple[Layer, Layer]], precision: str) -> list[dict[str, Any]]:
+def _held_as_input(view: GraphView, node: Node, key: str) -> bool:
+    found = view.spec(node)
+    return bool(found) and key in found.attribute_inputs.values()
+
+
+def static_diff(source: GraphView, target: GraphView, pairs: list[tuple[Layer, Layer]], precision: str,
+                layout_changed: bool = False) -> list[dict[str, Any]]:
     """Parameter and attribute differences over every aligned pair: evidence, not the verdict.
 
     Compared with the precision's tolerance, so an int8 model's rounded weights are no "fault".
     """
     found = []
     for pair in pairs:
-        ctx = FaultContext(source, target, pair, {}, precision, {})
+        ctx = FaultContext(source, target, pair, {}, precision, {}, layout_changed)
         for check in (parameters, hyperparameters):
             fault = check(ctx)
             if fault is not None:
                 found.append({"source_layer": pair[0].node.name, "target_layer": pair[1].node.name, **fault.to_json()})
     return found
-
-
-def _same(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return abs(float(a) - float(b)) <= 1e-7 + 1e-5 * abs(float(a))
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    return a == b
 
 
 def _jsonable(value: Any) -> Any:

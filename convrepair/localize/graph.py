@@ -7,21 +7,12 @@ from typing import Any
 
 import numpy as np
 
-# Canonical kinds: what a layer *is*, whatever exporter named it.
-KINDS = {
-    "Conv": "conv", "ConvInteger": "conv", "QLinearConv": "conv", "ConvTranspose": "conv",
-    "Gemm": "dense", "MatMul": "dense", "MatMulInteger": "dense", "QLinearMatMul": "dense",
-    "BatchNormalization": "norm", "InstanceNormalization": "norm", "LayerNormalization": "norm",
-    "Relu": "act", "Clip": "act", "LeakyRelu": "act", "Sigmoid": "act", "Tanh": "act", "Gelu": "act",
-    "HardSigmoid": "act", "HardSwish": "act", "Elu": "act", "Selu": "act", "Erf": "act",
-    "MaxPool": "pool", "AveragePool": "pool", "GlobalAveragePool": "pool", "GlobalMaxPool": "pool",
-    "Softmax": "softmax", "LogSoftmax": "softmax",
-    "Resize": "resize", "Upsample": "resize",
-}
-# Ops that only move precision around; they are not part of what a layer computes.
-PRECISION_OPS = {"Cast", "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-# Ops whose output is integers (scaled); their real value lies a Cast/Mul/Add (or Dequantize) later.
-INTEGER_OPS = {"ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+from convrepair import ops
+
+# Ops that only move precision around, and ops whose output is integers (scaled) whose real value
+# lies a Cast/Mul/Add (or Dequantize) later: both read from the op registry (convrepair/ops).
+PRECISION_OPS = ops.ops_where(precision=True)
+INTEGER_OPS = ops.ops_where(integer=True)
 
 
 @dataclass
@@ -32,10 +23,11 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attributes: dict[str, Any]
+    domain: str = ""
 
     @property
     def kind(self) -> str | None:
-        return KINDS.get(self.op)
+        return ops.kind_of(self.op, self.domain)
 
 
 @dataclass
@@ -64,10 +56,11 @@ class GraphView:
                     pass
         self.nodes = [
             Node(i, n.name or f"{n.op_type}_{i}", n.op_type, list(n.input), list(n.output),
-                 {a.name: _attr_value(helper.get_attribute_value(a)) for a in n.attribute})
+                 {a.name: _attr_value(helper.get_attribute_value(a)) for a in n.attribute}, n.domain or "")
             for i, n in enumerate(graph.node)
             if n.op_type != "Constant"
         ]
+        self.opsets = {(entry.domain if entry.domain != "ai.onnx" else ""): entry.version for entry in model.opset_import}
         self.inputs = [v.name for v in graph.input if v.name not in self.initializers]
         self.outputs = [v.name for v in graph.output]
         self.producer = {out: node for node in self.nodes for out in node.outputs}
@@ -147,10 +140,24 @@ class GraphView:
             producer = self.producer.get(tensor)
         return tensor
 
+    def spec(self, node: Node) -> ops.OpSpec | None:
+        """What the op registry knows of this node at the opset this graph imports."""
+        return ops.spec(node.op, node.domain, self.opsets.get(node.domain))
+
+    def attributes(self, node: Node) -> dict[str, Any]:
+        """Every attribute that changes what the node computes, defaults from the ONNX schema
+        filled in and those it holds as inputs (Clip's bounds) read."""
+        return ops.effective_attributes(node, self.opsets.get(node.domain), self.constant)
+
     def params(self, node: Node) -> list[tuple[int, np.ndarray]]:
-        """(input position, value) of every parameter a node reads, through Dequantize/Cast."""
+        """(input position, value) of every parameter a node reads, through Dequantize/Cast.
+        Inputs that are hyperparameters (Clip's bounds, Pad's pads, Reshape's shape) are not."""
+        found = self.spec(node)
+        skip = found.attribute_inputs if found else {}
         out = []
         for position, name in enumerate(node.inputs):
+            if position in skip:
+                continue
             value = self.constant(name)
             if value is not None and value.size > 1:
                 out.append((position, value))

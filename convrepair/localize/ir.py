@@ -27,6 +27,7 @@ class OnnxIR:
     origin: str  # "as is" or the converter route
     fidelity_max_abs: float  # IR vs the model it stands for, on the localization samples
     layouts: list[str]
+    fidelity_rel_l2: float = 0.0  # the same, as ||model − IR|| / ||model|| (worst output)
 
 
 def export_options(sidecar: Sidecar | None) -> dict:
@@ -55,4 +56,6 @@ def to_onnx_ir(job: JobContext, handle: ModelHandle, dataset: Dataset, workdir: 
         raise BadInput(f"cannot bring this {ref.format} model to ONNX for localization: {exc}", ref.path) from None
     with job.registry.load(result.output, None, device="cpu") as ir:
         comparison = compare_on(job.runner(handle), ir, dataset, np.arange(len(dataset)))
-    return OnnxIR(result.output.path, " → ".join(result.route), comparison.max_abs, layouts)
+    rel_l2 = max((float(np.sqrt(o.noise_energy / o.signal_energy)) if o.signal_energy > 0 else float(o.noise_energy > 0))
+                 for o in comparison.outputs)
+    return OnnxIR(result.output.path, " → ".join(result.route), comparison.max_abs, layouts, rel_l2)

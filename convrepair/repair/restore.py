@@ -65,10 +65,26 @@ def restore(target_model, source: GraphView, localization: dict[str, Any]):
     fn = _RESTORERS.get(fault.get("type"))
     if fn is None:
         raise RestoreUnavailable(f"no restore for fault type '{fault.get('type')}'")
+    _restorable_on(target_model, fault)
     model = onnx.ModelProto()
     model.CopyFrom(target_model)
     patch = fn(model, source, localization)
     return model, patch
+
+
+def _restorable_on(target_model, fault: dict[str, Any]) -> None:
+    """The op registry says which fault types a restore may fix on the op at fault (a quantized
+    ConvInteger's int8 weights are not copied over from floats)."""
+    from convrepair import ops
+
+    name = fault.get("node")
+    node = next((n for n in target_model.graph.node if name and n.name == name), None)
+    if node is None or fault.get("type") not in ("weights", "biases", "hyperparameter", "graph_structure"):
+        return
+    opsets = {(entry.domain if entry.domain != "ai.onnx" else ""): entry.version for entry in target_model.opset_import}
+    found = ops.spec(node.op_type, node.domain, opsets.get(node.domain or ""))
+    if found is not None and found.restores and fault["type"] not in found.restores:
+        raise RestoreUnavailable(f"{node.op_type} '{name}': the op registry has no {fault['type']} restore for this op")
 
 
 def digest(value: np.ndarray) -> str:
@@ -194,17 +210,45 @@ def restore_hyperparameter(model, source: GraphView, localization: dict[str, Any
     for diff in evidence["differences"]:
         target = _node(model, diff["node"])
         key, value = diff["attribute"], diff["source"]
-        if target.op_type == "Clip" and key in ("min", "max"):
-            raise RestoreUnavailable("Clip bounds held as inputs are not restored yet")
-        for attribute in list(target.attribute):
-            if attribute.name == key:
-                target.attribute.remove(attribute)
-        if value is not None:
-            target.attribute.append(helper.make_attribute(key, value))
+        held = _held_inputs(model, target)
+        if key in held:
+            _set_held_input(model, target, held[key], key, value)
+        else:
+            for attribute in list(target.attribute):
+                if attribute.name == key:
+                    target.attribute.remove(attribute)
+            if value is not None and not diff.get("source_default"):  # the source's default: omit it
+                target.attribute.append(helper.make_attribute(key, value))
         changes.append(f"{diff['node']}.{key}: {diff['target']} → {value}")
     return Patch("restore_attribute", ", ".join(d["node"] for d in evidence["differences"]), 0,
                  "; ".join(changes), before=str([d["target"] for d in evidence["differences"]]),
                  after=str([d["source"] for d in evidence["differences"]]))
+
+
+def _held_inputs(model, node) -> dict[str, int]:
+    """Attribute name → input index, for attributes this op holds as inputs (the op registry)."""
+    from convrepair import ops
+
+    opsets = {(entry.domain if entry.domain != "ai.onnx" else ""): entry.version for entry in model.opset_import}
+    found = ops.spec(node.op_type, node.domain, opsets.get(node.domain or ""))
+    return {name: index for index, name in found.attribute_inputs.items()} if found else {}
+
+
+def _set_held_input(model, node, position: int, key: str, value) -> None:
+    """Put the source's value into an input-held attribute (Clip's bound) as a new initializer."""
+    from onnx import numpy_helper
+
+    if value is None or isinstance(value, str):
+        raise RestoreUnavailable(f"{node.name}.{key}: the source's value ({value}) cannot be written as an input")
+    reference = node.input[0] if node.input else ""
+    dtype = tensor_dtype(model, reference) if reference else np.dtype(np.float32)
+    array = np.asarray(value)
+    array = array.astype(dtype) if np.issubdtype(array.dtype, np.floating) else array.astype(np.int64)
+    name = f"{node.name}.restored_{key}"
+    model.graph.initializer.append(numpy_helper.from_array(array.reshape(np.shape(value)), name))
+    while len(node.input) <= position:
+        node.input.append("")
+    node.input[position] = name
 
 
 @restorer("preprocessing", "input_layout")
@@ -226,9 +270,11 @@ def restore_input_pipeline(model, source: GraphView, localization: dict[str, Any
                                       name="convrepair_fix_layout"))
         detail = f"transposed the first layer's input back (perm {list(np.argsort(perm))})"
     elif evidence.get("channel_reversed"):
-        graph.initializer.append(numpy_helper.from_array(np.array([2, 1, 0], np.int64), "convrepair_channel_order"))
-        nodes.append(helper.make_node("Gather", [name, "convrepair_channel_order"], [fixed], axis=1, name="convrepair_fix_channels"))
-        detail = "reversed the channels back (BGR → RGB) before the first layer"
+        axis = int(evidence.get("channel_axis", 1))  # the channel axis of the layout in force (3 for NHWC)
+        channels = int(evidence.get("channels", 3))
+        graph.initializer.append(numpy_helper.from_array(np.arange(channels - 1, -1, -1, dtype=np.int64), "convrepair_channel_order"))
+        nodes.append(helper.make_node("Gather", [name, "convrepair_channel_order"], [fixed], axis=axis, name="convrepair_fix_channels"))
+        detail = f"reversed the channels back (BGR → RGB, axis {axis}) before the first layer"
     elif "affine_fit" in evidence and evidence["affine_fit"]["residual"] < 1e-3:
         scale, offset = evidence["affine_fit"]["scale"], evidence["affine_fit"]["offset"]
         dtype = tensor_dtype(model, name)  # typed like the tensor it fixes: fp16 graphs stay valid
