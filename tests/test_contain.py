@@ -17,7 +17,22 @@ import pytest
 
 from convrepair.contain import probe
 
-needs_containment = pytest.mark.skipif(not probe().in_force, reason=f"no containment on this machine: {probe().reason}")
+
+def require_containment() -> None:
+    """Skip where the kernel offers no containment — but fail under CI=true, where these tests
+    exist to prove it (.ci/run runs on a kernel with Landlock and seccomp)."""
+    containment = probe()
+    if containment.in_force:
+        return
+    message = f"no containment on this machine: {containment.reason}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: the containment tests must run)")
+    pytest.skip(message)
+
+
+@pytest.fixture
+def needs_containment() -> None:
+    require_containment()
 
 # Runs in its own interpreter (which imports no framework before forking its workers). Each task
 # bypasses convrepair's loaders — and so the scanners — and runs the model's code directly.
@@ -74,9 +89,8 @@ def hostile(tmp_path, tmp_path_factory) -> dict[str, Path]:
     return hostile_models(tmp_path_factory) | {"job": tmp_path}
 
 
-@needs_containment
 @pytest.mark.slow
-def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile):
+def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile, needs_containment):
     victim = hostile["victim"]
     victim.write_text("original")
     listener = socket.create_server(("127.0.0.1", 0))
@@ -102,13 +116,14 @@ def test_the_sandbox_alone_stops_writes_reads_and_connections(hostile):
     assert outcomes["scratch_and_model"] == {"ok": "weights", "in_force": True}
 
 
-@needs_containment
-def test_check_reports_the_containment_in_force(cli, fixtures_dir, tmp_path):
+def test_check_reports_the_containment_in_force(cli, fixtures_dir, tmp_path, needs_containment):
     result = cli("check", fixtures_dir / "torch_cnn.pt2", fixtures_dir / "torch_cnn.pt", "--data",
                  fixtures_dir / "digits_test_nchw.npz", "--rounds", "1", "--json", tmp_path / "r.json")
     assert result.code == 0, result.stderr
     containment = json.loads((tmp_path / "r.json").read_text())["containment"]
     assert containment["in_force"] and containment["network"] == "denied" and containment["landlock_abi"] >= 1
+    assert containment["signals"] == "own process group only" and containment["environment"] == "allow-list"
+    assert containment["memory_mb"] == 8192 and "subreaper" in containment["process_tree"]
     assert "contained: Landlock" in result.stdout
 
 
@@ -124,7 +139,7 @@ def test_without_containment_code_formats_need_trust(fixtures_dir, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["containment"]["in_force"] is False
 
 
-def test_staged_outputs_refuse_links_and_name_final_paths(tmp_path):
+def test_staged_outputs_publish_expected_names_and_rewrite_final_paths(tmp_path):
     from convrepair.contain.staging import StagedOutputs
     from convrepair.errors import BadInput
 
@@ -138,8 +153,57 @@ def test_staged_outputs_refuse_links_and_name_final_paths(tmp_path):
     assert final.read_bytes() == b"model"
     assert json.loads(final.with_name("model.onnx.convrepair.json").read_text()) == {"output": {"path": str(final)}}
     assert [p.name for p in final.parent.iterdir() if p.name.startswith(".")] == []
-    with StagedOutputs() as staged:
+    with pytest.raises(BadInput, match="already exists; pass --force"):  # refused before any work
+        with StagedOutputs() as staged:
+            staged.place(final)
+    with StagedOutputs(force=True) as staged:
         staged.place(final).symlink_to("/etc/passwd")
         with pytest.raises(BadInput, match="not a regular file"):
             staged.publish()
+    with StagedOutputs(force=True) as staged:
+        os.link(tmp_path / "out" / "model.onnx.convrepair.json", staged.place(final))
+        with pytest.raises(BadInput, match="hard-linked"):
+            staged.publish()
     assert final.read_bytes() == b"model"
+
+
+def test_staged_outputs_refuse_what_was_not_asked_for_and_touch_nothing(tmp_path):
+    """Worker code wrote a key folder and a trust file beside the output: the whole publication
+    fails in one line, the existing key and trust file are untouched, and not even the model moves."""
+    from convrepair.contain.staging import StagedOutputs
+    from convrepair.errors import BadInput
+
+    out = tmp_path / "out"
+    (out / "keys").mkdir(parents=True)
+    (out / "keys" / "reviewer.key").write_text("the reviewer's key")
+    (out / "trust.json").write_text("{}")
+    final = out / "model.onnx"
+    with StagedOutputs(force=True) as staged:
+        staged.place(final).write_bytes(b"model")
+        stage = staged.folder(out)
+        (stage / "keys").mkdir()
+        (stage / "trust.json").write_text('{"keys": "attacker"}')
+        with pytest.raises(BadInput, match="'keys', which was not asked for"):
+            staged.publish()
+    assert (out / "keys" / "reviewer.key").read_text() == "the reviewer's key"
+    assert (out / "trust.json").read_text() == "{}"
+    assert not final.exists()
+    with StagedOutputs(force=True) as staged:  # named by the caller, still never replaced
+        staged.place(out / "trust.json").write_text("{}")
+        with pytest.raises(BadInput, match="trust file or key"):
+            staged.publish()
+
+
+def test_forced_replacement_of_a_folder_is_one_atomic_exchange(tmp_path):
+    from convrepair.contain.staging import StagedOutputs
+
+    final = tmp_path / "model.savedmodel"
+    (final / "variables").mkdir(parents=True)
+    (final / "saved_model.pb").write_text("old")
+    with StagedOutputs(force=True) as staged:
+        place = staged.place(final)
+        place.mkdir()
+        (place / "saved_model.pb").write_text("new")
+        staged.publish()
+    assert (final / "saved_model.pb").read_text() == "new" and not (final / "variables").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.savedmodel"]

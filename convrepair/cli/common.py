@@ -109,6 +109,8 @@ def normalize_argv(argv: list[str]) -> list[str]:
 
 TrustCodeOption = Annotated[bool, typer.Option(
     "--trust-model-code", help="Run TorchScript/SavedModel code even where no containment can be established.")]
+MemoryOption = Annotated[int, typer.Option(
+    "--memory-mb", min=0, help="Address-space limit of the contained worker, MB (0: none); as a daemon job's.")]
 
 # the lens options `check` and `repair` share
 LensesOption = Annotated[Optional[str], typer.Option(

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from convrepair.cli.app import app
-from convrepair.cli.common import JsonOption, TrustCodeOption, emit_json, human, parse_options, say
+from convrepair.cli.common import JsonOption, MemoryOption, TrustCodeOption, emit_json, human, parse_options, say
 
 
 @app.command()
@@ -23,6 +23,7 @@ def convert(
     data: Annotated[Optional[Path], typer.Option(help=".npz (x, optional y) to validate each output against the source.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite outputs that already exist.")] = False,
     trust_model_code: TrustCodeOption = False,
+    memory_mb: MemoryOption = 8192,
     json_out: JsonOption = None,
 ) -> None:
     """Convert SOURCE to one or more targets; multi-hop routes are found automatically.
@@ -45,7 +46,7 @@ def convert(
     if out is not None and out.resolve() == Path(source).resolve():
         raise typer.BadParameter(f"{out}: output path is the source model itself; choose another --out")
     calib = engine.load_calibration(calibration) if calibration else None
-    with StagedOutputs() as staged:
+    with StagedOutputs(force=force) as staged:
         # the worker writes into a hidden stage beside each output; we move what it wrote into place
         staged_out = staged.place(out) if out is not None else None
         staged_dir = staged.folder(out_dir if out_dir is not None else Path(source).absolute().parent) if out is None else None
@@ -61,8 +62,9 @@ def convert(
 
         with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
             conversions, containment = run_contained(job, reads=[source, data], writes=staged.writes(),
-                                                     on_message=relay(progress), trust_code=trust_model_code)
-        staged.publish(overwrite=force)
+                                                     on_message=relay(progress), trust_code=trust_model_code,
+                                                     memory_mb=memory_mb)
+        staged.publish(expected=_default_outputs(default_registry(), source, to, out_dir) if staged_dir else ())
     payload = {"schema": "convrepair.convert/v1", "conversions": staged.relocate(conversions),
                "containment": containment.to_json()}
     if human(json_out):
@@ -71,6 +73,17 @@ def convert(
     emit_json(json_out, payload)
     failed = any(not c["validation"]["agrees"] for c in payload["conversions"] if "validation" in c)
     raise typer.Exit(1 if failed else 0)
+
+
+def _default_outputs(registry, source: Path, targets: list[str], out_dir: Path | None) -> list[Path]:
+    """Every name a conversion without --out may take ({stem}[.{target}]{suffix}, any known suffix)
+    but the source's, chosen here: the worker's report never names what gets published."""
+    source = Path(source).absolute()
+    final_dir = Path(out_dir).absolute() if out_dir is not None else source.parent
+    stem = source.name.split(".")[0]
+    suffixes = {fmt.suffix for fmt in registry.formats.values() if fmt.suffix}
+    names = [final_dir / f"{stem}{tag}{suffix}" for suffix in suffixes for tag in ("", *(f".{t}" for t in targets))]
+    return [name for name in names if name != source]
 
 
 def _views(conversions: list[dict]) -> tuple[list, list | None]:

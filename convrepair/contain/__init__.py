@@ -20,13 +20,18 @@ CODE_FORMATS = ("torchscript", "savedmodel")
 DISABLE_ENV = "CONVREPAIR_CONTAIN"  # "off": run uncontained (debugging, measuring); code formats need trust
 
 
+DEFAULT_MEMORY_MB = 8192  # a worker's address space, as a daemon job's (`--memory-mb`, 0: none)
+
+
 @dataclass(frozen=True)
 class Containment:
-    """What confined the process that ran the models."""
+    """What confined the process that ran the models — as requested by the parent and confirmed
+    by the worker before any model code ran."""
 
     landlock_abi: int  # 0: no Landlock
-    seccomp: bool
+    seccomp: bool  # the filter of `seccomp.py`: every socket family, foreign signals, ptrace …
     reason: str | None = None  # why there is none (or less than both)
+    memory_mb: int = 0  # the worker's address-space limit (0: none)
 
     @property
     def files(self) -> bool:
@@ -34,7 +39,8 @@ class Containment:
 
     @property
     def network(self) -> bool:
-        return self.seccomp or self.landlock_abi >= 4
+        """Every socket family denied: only seccomp does that (Landlock ABI 4 stops TCP alone)."""
+        return self.seccomp
 
     @property
     def in_force(self) -> bool:
@@ -44,12 +50,26 @@ class Containment:
         if not self.in_force:
             return f"not contained ({self.reason or 'no Landlock or seccomp'})"
         parts = [f"Landlock ABI {self.landlock_abi}"] + (["seccomp"] if self.seccomp else [])
-        return "contained: " + " + ".join(parts) + " (files: models, data, Python read-only; scratch writable; no sockets)"
+        return ("contained: " + " + ".join(parts) + " (files: models, data, Python read-only; scratch writable; "
+                "no sockets; signals to its own group only; own session, whole tree killed at the end)")
 
     def to_json(self) -> dict[str, Any]:
-        return {"in_force": self.in_force, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp,
+        if self.network:
+            network = "denied"
+        else:
+            network = "tcp denied, other sockets open" if self.landlock_abi >= 4 else "open"
+        held = self.in_force
+        return {"in_force": held, "landlock_abi": self.landlock_abi, "seccomp": self.seccomp,
                 "files": "restricted" if self.files else "unrestricted",
-                "network": "denied" if self.network else "open", "reason": self.reason}
+                "network": network,
+                "signals": "own process group only" if self.seccomp else
+                           ("own Landlock domain only" if self.landlock_abi >= 6 else "unrestricted"),
+                "other_processes": "no ptrace, no process_vm_*, no pidfd_getfd" if self.seccomp else "unrestricted",
+                "process_tree": "own session; subreaper kills every descendant when it ends" if held else "none (in process)",
+                "environment": "allow-list" if held else "inherited (in process)",
+                "fds": "none above stderr but the job's channel" if held else "inherited (in process)",
+                "memory_mb": self.memory_mb if held else None,
+                "reason": self.reason}
 
 
 _declared: dict[str, Any] = {"containment": None, "trust_code": False}

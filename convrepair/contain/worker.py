@@ -1,11 +1,20 @@
-"""One contained worker per job: fork, confine the child before any framework is imported, run
-the job's engine call there, and bring its result back as JSON.
+"""One contained worker per job: a fresh interpreter, confined before it imports anything but
+convrepair, runs the job's engine call and brings its result back as JSON.
 
-The parent never unpickles anything from the child (it ran hostile content): the child writes
-newline-delimited JSON messages on a pipe — progress (`{"progress": …}`) and at the end either
-`{"result": …}` or `{"error": …}`. The child's stdout and stderr are forwarded to the parent's
-stderr, so JSON on the parent's stdout stays clean. Where no containment can be had, the task
-runs in this process with that fact declared (code-carrying formats are then refused untrusted).
+What crosses into the worker is chosen here: the task (pickled by the parent, read by the
+worker — never the other way), the paths it may read and write, an allow-listed environment
+(`worker_env`: no tokens, no credentials) and no descriptor above stderr but its message channel.
+The worker is an exec'd interpreter, not a fork of the parent, so nothing the parent holds in
+memory (a loaded key, a registry token) is in its address space. It runs under a subreaper
+(`supervisor.py`) in its own session and process group; when it ends, every process it left
+behind is killed before the parent reads its result.
+
+The parent never unpickles anything from the worker (it ran hostile content): the worker writes
+newline-delimited JSON messages on a pipe — `{"contained": …}` once confined, progress
+(`{"progress": …}`) and at the end either `{"result": …}` or `{"error": …}`. The worker's stdout
+and stderr are forwarded to the parent's stderr, so JSON on the parent's stdout stays clean.
+Where no containment can be had, the task runs in this process with that fact declared
+(code-carrying formats are then refused untrusted).
 """
 
 from __future__ import annotations
@@ -17,66 +26,119 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from convrepair import contain
-from convrepair.contain import Containment
+from convrepair.contain import DEFAULT_MEMORY_MB, Containment
 from convrepair.errors import BadInput, ConversionFailed, ConvrepairError, PluginUnavailable, UnsafeModel, exception_text
 
 Send = Callable[[Any], None]
 _ERRORS = {cls.__name__: cls for cls in (BadInput, UnsafeModel, PluginUnavailable, ConversionFailed, ConvrepairError)}
 _MAX_MESSAGES = 512 * 1024 * 1024  # a child cannot make the parent hold more than this
 _DENIED = ("Permission denied", "Operation not permitted")
+# what a worker's environment may hold: the search path, the locale, thread counts and the
+# frameworks' own switches — nothing else (registry, cloud and cluster credentials stay out)
+_ENV_NAMES = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "PYTHONPATH", "PYTHONHASHSEED", "PYTHONWARNINGS",
+                        "PYTHONDONTWRITEBYTECODE", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+                        "CUBLAS_WORKSPACE_CONFIG", "CONVREPAIR_DEBUG", "CONVREPAIR_CONTAIN", "XLA_FLAGS",
+                        "KERAS_BACKEND", "TF_DETERMINISTIC_OPS", "TF_USE_LEGACY_KERAS"})
+# (not "TF_": Terraform's TF_TOKEN_* and TF_VAR_* share it)
+_ENV_PREFIXES = ("LC_", "OMP_", "MKL_", "KMP_", "OPENBLAS_", "GOTO_", "BLIS_", "NUMEXPR_", "VECLIB_", "TF_CPP_",
+                 "TF_ENABLE_", "TF_NUM_", "TF_INTRA_OP", "TF_INTER_OP", "TF_FORCE_", "TF_XLA_", "TF_GPU_",
+                 "PYTORCH_", "ORT_", "NVIDIA_")
 
 
 class WorkerBug(RuntimeError):
     """The contained job failed in a way that is our bug (the CLI reports it as exit 70)."""
 
 
+def worker_env(scratch: Path, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The worker's whole environment: the allow-listed variables, HOME and TMPDIR its scratch."""
+    environ = os.environ if environ is None else environ
+    kept = {k: v for k, v in environ.items() if k in _ENV_NAMES or k.startswith(_ENV_PREFIXES)}
+    return kept | {"HOME": str(scratch), "TMPDIR": str(scratch)}
+
+
 def run_contained(task: Callable[..., Any], *args: Any, reads: list[Path], writes: list[Path] = (),
-                  on_message: Callable[[Any], None] | None = None, trust_code: bool = False) -> tuple[Any, Containment]:
+                  on_message: Callable[[Any], None] | None = None, trust_code: bool = False,
+                  memory_mb: int = DEFAULT_MEMORY_MB) -> tuple[Any, Containment]:
     """Run `task(send, *args)` confined to reading `reads` and writing `writes`; (result, containment).
 
     `reads`: the models (with what lies beside them) and data. `writes`: directories the job
-    writes; a fresh scratch directory (its TMPDIR) is added and removed afterwards.
+    writes; a fresh scratch directory (its TMPDIR) is added and removed afterwards. `memory_mb`:
+    the worker's address-space limit (0: none). A containment that cannot be put in place is a
+    BadInput naming why (nothing ran), never a silent fallback.
     """
     containment = contain.probe()
     if not containment.in_force:
         contain.declare(containment, trust_code)
         return task(on_message or (lambda _message: None), *args), containment
+    if memory_mb < 0:
+        raise BadInput(f"--memory-mb must be 0 (no limit) or a positive number of MB, got {memory_mb}")
+    containment = replace(containment, memory_mb=memory_mb)
     scratch = Path(tempfile.mkdtemp(prefix="convrepair-job-"))
     try:
-        return _fork(task, args, [Path(p) for p in reads if p is not None], [*map(Path, writes), scratch], scratch, on_message,
-                     containment, trust_code)
+        header = {"reads": [str(Path(p).absolute()) for p in reads if p is not None],
+                  "writes": [str(Path(p).absolute()) for p in (*writes, scratch)], "scratch": str(scratch),
+                  "landlock_abi": containment.landlock_abi, "trust_code": trust_code, "memory_mb": memory_mb}
+        payload = json.dumps(header).encode() + b"\n" + _pickle_task(task, args)
+        return _spawn(payload, worker_env(scratch), memory_mb, on_message, containment)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _fork(task, args, reads, writes, scratch, on_message, containment, trust_code) -> tuple[Any, Containment]:
+def _pickle_task(task, args) -> bytes:
+    try:
+        import cloudpickle
+    except ImportError:
+        raise BadInput("the contained worker needs the cloudpickle package (pip install cloudpickle); "
+                       f"or run uncontained with {contain.DISABLE_ENV}=off and --trust-model-code") from None
+    return cloudpickle.dumps((task, args))
+
+
+def _spawn(payload: bytes, env: dict[str, str], memory_mb: int, on_message, containment) -> tuple[Any, Containment]:
+    from convrepair.contain.supervisor import Launch, supervise
+
     message_r, message_w = os.pipe()
     output_r, output_w = os.pipe()
+    task_r, task_w = os.pipe()
+    launch = Launch([sys.executable, "-P", "-m", "convrepair.contain.child"], env, task_r, message_w, output_w,
+                    memory_mb, os.getpid())
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
-    if pid == 0:  # the worker: never returns
-        os.close(message_r)
-        os.close(output_r)
-        _child(task, args, reads, writes, scratch, message_w, output_w, containment, trust_code)
-    os.close(message_w)
-    os.close(output_w)
+    if pid == 0:  # the supervisor: never returns
+        for fd in (message_r, output_r, task_w):
+            os.close(fd)
+        supervise(launch)
+    for fd in (message_w, output_w, task_r):
+        os.close(fd)
+    feeder = threading.Thread(target=_feed, args=(task_w, payload), daemon=True)
+    feeder.start()
     try:
         messages = _pump(message_r, output_r, on_message)
     except BaseException:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGTERM)  # the supervisor kills the worker's whole tree, then ends
         os.waitpid(pid, 0)
         raise
     finally:
         os.close(message_r)
         os.close(output_r)
     _, status = os.waitpid(pid, 0)
+    feeder.join(timeout=1)
     return _outcome(messages, status, containment)
+
+
+def _feed(fd: int, payload: bytes) -> None:
+    try:
+        with os.fdopen(fd, "wb") as pipe:
+            pipe.write(payload)
+    except OSError:
+        pass  # the worker ended before reading it all: its outcome says why
 
 
 def _pump(message_r: int, output_r: int, on_message) -> list[Any]:
@@ -119,100 +181,28 @@ def _decode(line: bytes) -> Any:
 
 
 def _outcome(messages: list[Any], status: int, containment: Containment) -> tuple[Any, Containment]:
+    confirmed = any(isinstance(m, dict) and "contained" in m for m in messages)
+    messages = [m for m in messages if not (isinstance(m, dict) and "contained" in m)]
     last = messages[-1] if messages else None
     if isinstance(last, dict) and "result" in last and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        if not confirmed:
+            raise WorkerBug("the contained worker returned a result without confirming its containment")
         return last["result"], containment
     if isinstance(last, dict) and isinstance(last.get("error"), dict):
         error = last["error"]
-        text = str(error.get("message", ""))[:2000]
+        text = " ".join(str(error.get("message", "")).split())[:2000]
         if error.get("kind") == "bug":
             raise WorkerBug(text)
+        if error.get("kind") == "ContainmentFailed":
+            raise BadInput(f"containment could not be put in place, nothing ran ({text}); to run uncontained "
+                           f"set {contain.DISABLE_ENV}=off (code-carrying formats then need --trust-model-code)")
         cls = _ERRORS.get(str(error.get("kind")), BadInput)
         path = error.get("path")
         raise cls(text, str(path) if path else None)
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+        limit = f", or past its {containment.memory_mb} MB memory limit (--memory-mb)" if containment.memory_mb else ", or out of memory"
         raise BadInput(f"the contained worker was killed by {name} while loading or running the models "
-                       "(a malformed model, or out of memory)")
+                       f"(a malformed model{limit})")
     raise WorkerBug(f"the contained worker exited with status {os.waitstatus_to_exitcode(status)} and no result")
-
-
-def _child(task, args, reads, writes, scratch, message_w, output_w, containment, trust_code) -> None:
-    code = 0
-    try:
-        os.dup2(output_w, 1)
-        os.dup2(output_w, 2)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(message_w, 3)
-        os.closerange(4, _max_fd())  # nothing the parent had open stays reachable
-        _die_with_parent()
-        os.environ.update(TMPDIR=str(scratch), HOME=str(scratch))  # caches and configs land in scratch
-        tempfile.tempdir = str(scratch)
-        from convrepair.contain import landlock, policy, seccomp
-
-        rules = policy.grants(reads, writes)
-        seccomp.deny_sockets()
-        abi = landlock.restrict(rules, containment.landlock_abi)
-        contain.declare(Containment(abi, True), trust_code)
-        channel = os.fdopen(3, "wb", buffering=0)
-
-        def send(progress: Any) -> None:
-            channel.write(json.dumps({"progress": progress}).encode() + b"\n")
-
-        try:
-            result = task(send, *args)
-            reply: dict[str, Any] = {"result": result}
-        except ConvrepairError as exc:
-            reply = {"error": {"kind": type(exc).__name__ if type(exc).__name__ in _ERRORS else "BadInput",
-                               "message": exc.message, "path": str(exc.path) if exc.path else None}}
-        except Exception as exc:  # noqa: BLE001 - reported to the parent, never raised across the fork
-            full = str(exc)
-            if any(word in full for word in _DENIED):  # the frameworks' own "errno 13" texts included
-                last = [line for line in full.splitlines() if any(word in line for word in _DENIED)][-1]
-                reply = {"error": {"kind": "UnsafeModel", "message": "the sandbox stopped what the model did: "
-                                   f"{type(exc).__name__}: {' '.join(last.split())[:300]}"}}
-            else:
-                if os.environ.get("CONVREPAIR_DEBUG"):  # the worker's traceback, forwarded to the parent's stderr
-                    import traceback
-
-                    traceback.print_exc()
-                reply = {"error": {"kind": "bug", "message": f"{type(exc).__name__}: {exception_text(exc, 400)}"}}
-        channel.write(json.dumps(reply, default=_json_default).encode() + b"\n")
-        channel.close()
-    except BaseException as exc:  # noqa: BLE001 - the child must never return into the parent's code
-        try:
-            os.write(3, json.dumps({"error": {"kind": "bug", "message": f"worker setup: {type(exc).__name__}: {exc}"}}).encode() + b"\n")
-        except OSError:
-            pass
-        code = 3
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # noqa: BLE001
-                pass
-        os._exit(code)
-
-
-def _json_default(value: Any) -> Any:
-    from convrepair.fsutil import _json_default as default
-
-    return default(value)
-
-
-def _max_fd() -> int:
-    try:
-        return min(os.sysconf("SC_OPEN_MAX"), 1 << 16)
-    except (OSError, ValueError):
-        return 1024
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
