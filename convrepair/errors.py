@@ -7,6 +7,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_DISCREPANT = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 70  # a bug: in convrepair, or in a converter it runs
 
 
 def exception_text(exc: BaseException, limit: int = 200) -> str:
@@ -42,6 +43,8 @@ class PluginUnavailable(ConvrepairError):
 
 
 class ConversionFailed(ConvrepairError):
-    """A converter ran and failed; the message says which and why."""
+    """A converter crashed (raised something other than a `ConvrepairError`): a bug in the
+    converter or in our plugin around it, exit 70 with its cause. A converter that refuses an
+    input raises `BadInput` with its reason instead (exit 2)."""
 
-    exit_code = EXIT_DISCREPANT
+    exit_code = EXIT_INTERNAL

@@ -41,5 +41,9 @@ def _root(
                                           help="Print the version and exit.")] = False,
 ) -> None:
     state.update(debug=debug, quiet=quiet, verbose=verbose)
+    if debug:  # the contained worker forwards its own traceback too (contain/worker.py)
+        import os
+
+        os.environ["CONVREPAIR_DEBUG"] = "1"
     if verbose:
         logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from convrepair.model import Runner, TensorSpec, conform_feeds, zip_members
 from convrepair.plugins import LoadRequest
@@ -82,25 +85,68 @@ def exported_input_specs(program) -> list[tuple[str, tuple, str]]:
     return specs
 
 
-def exported_dim_ranges(program) -> list[list[tuple[int, int | None] | None]]:
-    """Per user input, per axis: (min, max or None) of a dynamic dimension, None for a static one."""
+@dataclass(frozen=True)
+class DynamicDims:
+    """The dynamic dimensions of an exported program's user inputs.
+
+    `axes[i][a]` is None for a static axis, else the axis' size as an expression over the
+    program's symbols (`s0`, or `2*s0` for a derived `Dim`); `ranges` bounds each symbol
+    (min, max or None when the `Dim` has no max). Inputs that share a `Dim` share its symbol,
+    so sizes chosen per symbol keep them equal."""
+
+    axes: list[list[Any]]
+    ranges: dict[Any, tuple[int, int | None]]
+
+    def sizes(self, wanted: Callable[[Any, int], int]) -> list[list[int | None]]:
+        """Concrete sizes of every dynamic axis: `wanted(symbol, first axis it sizes)`, clamped to
+        the symbol's range; a derived axis is its expression evaluated at those sizes."""
+        values: dict[Any, int] = {}
+        for axes in self.axes:
+            for axis, expr in enumerate(axes):
+                for symbol in sorted(getattr(expr, "free_symbols", ()), key=str):
+                    if symbol not in values:
+                        low, high = self.ranges.get(symbol, (1, None))
+                        want = max(low, wanted(symbol, axis))
+                        values[symbol] = want if high is None else min(high, want)
+        return [[None if expr is None else int(expr.subs(values)) for expr in axes] for axes in self.axes]
+
+
+def exported_dynamic_dims(program) -> DynamicDims:
+    """Which axes of each user input are dynamic, as what expression, within which ranges."""
     from torch.export.graph_signature import InputKind
 
     user = [s.arg.name for s in program.graph_signature.input_specs if s.kind == InputKind.USER_INPUT]
     nodes = {n.name: n for n in program.graph.nodes if n.op == "placeholder"}
-    out = []
+    axes_of: list[list[Any]] = []
+    symbols = set()
     for name in user:
         axes = []
         for dim in nodes[name].meta.get("val").shape:
-            if str(dim).isdigit():
-                axes.append(None)
-                continue
-            bounds = program.range_constraints.get(getattr(getattr(dim, "node", None), "expr", None))
-            low = int(bounds.lower) if bounds is not None and bounds.lower.is_finite else 1
-            high = int(bounds.upper) if bounds is not None and bounds.upper.is_finite else None
-            axes.append((low, high))
-        out.append(axes)
-    return out
+            expr = None if str(dim).isdigit() else getattr(getattr(dim, "node", None), "expr", None)
+            axes.append(expr)
+            symbols |= set(getattr(expr, "free_symbols", ()))
+        axes_of.append(axes)
+    ranges = {}
+    for symbol in symbols:
+        bounds = program.range_constraints.get(symbol)
+        low = _finite_int(bounds.lower) if bounds is not None else None
+        high = _finite_int(bounds.upper) if bounds is not None else None
+        ranges[symbol] = (max(low or 1, 1), high)  # an unbounded Dim's range starts at 0 (or 2): sizes >= 1
+    return DynamicDims(axes_of, ranges)
+
+
+def _finite_int(bound) -> int | None:
+    """A range bound as an int; None when unbounded. torch's `int_oo` (a `Dim` without max) says
+    `is_finite` and has no float value, so neither `is_finite` nor `int()` alone can be trusted."""
+    from torch.utils._sympy.numbers import int_oo
+
+    if bound == int_oo or bound == -int_oo:
+        return None
+    try:
+        number = int(bound)
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    return number if abs(number) < 2**62 else None  # sys.maxsize-like sentinels mean "no bound"
 
 
 @PLUGIN.format("pt2", description="PyTorch exported program (torch.export, .pt2)", suffix=".pt2", detect=is_pt2)

@@ -42,16 +42,16 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
 
     import torch
 
-    from convrepair_plugins.torch.runner import exported_input_specs, exported_dim_ranges
+    from convrepair_plugins.torch.runner import exported_dynamic_dims, exported_input_specs
     from convrepair_plugins.torch.safe_load import load_exported_program, load_torchscript
 
     path = request.source.path
     opset_given = request.options.get("opset")
-    ranges: list[tuple] = []
+    dims = None
     if request.source.format == "pt2":
         program = load_exported_program(path)
         specs = exported_input_specs(program)
-        ranges = exported_dim_ranges(program)
+        dims = exported_dynamic_dims(program)
         default_order = ["torchscript", "dynamo"]
         module: Any = program
     else:
@@ -71,12 +71,13 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
             raise BadInput("the dynamo exporter needs the 'onnxscript' package (pip install onnxscript)")
         order = [o for o in order if o != "dynamo"]
     names = [name for name, _, _ in specs]
-    example = _inputs(specs, ranges, probe=False, seed=0)
-    probe = _inputs(specs, ranges, probe=True, seed=1)
+    example = _inputs(specs, dims, probe=False, seed=0)
+    probe = _inputs(specs, dims, probe=True, seed=1)
     dynamic = {name: [i for i, d in enumerate(shape) if d is None] for name, shape, _ in specs}
     fold = str(request.options.get("fold_constants", "true")).lower() != "false"
     callable_module = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     errors: dict[str, str] = {}
+    last: Exception | None = None
     for exporter in order:
         opset = int(opset_given or (DYNAMO_OPSET if exporter == "dynamo" else DEFAULT_OPSET))
         try:
@@ -86,12 +87,14 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
             proven = _prove(callable_module, str(request.output), names, [example, probe])
             break
         except Exception as exc:  # noqa: BLE001 - try the next exporter, report all failures
-            errors[exporter] = f"{type(exc).__name__}: {exception_text(exc, 200)}"
+            errors[exporter] = f"{type(exc).__name__}: {_plain(exception_text(exc, 2000))[:300]}"
+            last = exc
             request.output.unlink(missing_ok=True)
             for extra in request.output.parent.glob(request.output.name + "*.data"):
                 extra.unlink()
-    else:
-        raise RuntimeError("; ".join(f"{k} exporter: {v}" for k, v in errors.items()))
+    else:  # every exporter refused this model (or its export failed the proof): the user's to act on
+        reasons = "; ".join(f"{k} exporter: {v}" for k, v in errors.items())
+        raise BadInput(f"torch.onnx cannot export this model: {reasons}", path) from last
     versions = {"torch": torch.__version__}
     if exporter == "dynamo":
         import onnxscript
@@ -106,30 +109,39 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
     )
 
 
-def _inputs(specs, ranges, probe: bool, seed: int) -> tuple:
+def _inputs(specs, dims, probe: bool, seed: int) -> tuple:
     """Inputs at the example (or probe) size of every dynamic dimension, within its declared range.
 
+    Sizes are chosen per symbol of the exported program (`dims`), so inputs sharing a `Dim` get the
+    same size and a derived `Dim` (2*n) its derived size; TorchScript sources declare none (None).
     Floats are standard normal; integers are 0/1 (a valid index of any embedding, a valid mask)."""
     import numpy as np
     import torch
 
+    def wanted(_symbol, axis: int) -> int:
+        return (PROBE_BATCH if probe else EXAMPLE_BATCH) if axis == 0 else (PROBE_OTHER if probe else EXAMPLE_OTHER)
+
+    sizes = dims.sizes(wanted) if dims is not None else [[None] * len(shape) for _, shape, _ in specs]
     rng = np.random.default_rng(seed)
     out = []
     for i, (_, shape, dtype) in enumerate(specs):
-        dims = []
-        for axis, dim in enumerate(shape):
-            if dim is not None:
-                dims.append(dim)
-                continue
-            want = (PROBE_BATCH if probe else EXAMPLE_BATCH) if axis == 0 else (PROBE_OTHER if probe else EXAMPLE_OTHER)
-            low, high = ranges[i][axis] if ranges and ranges[i][axis] else (1, None)
-            dims.append(max(low, want if high is None else min(high, want)))
+        shape_now = [d if d is not None else (sizes[i][axis] or wanted(None, axis)) for axis, d in enumerate(shape)]
         if dtype.startswith(("int", "uint", "bool")):
-            array = rng.integers(0, 2, size=dims).astype(dtype)
+            array = rng.integers(0, 2, size=shape_now).astype(dtype)
         else:
-            array = rng.standard_normal(dims).astype(dtype)
+            array = rng.standard_normal(shape_now).astype(dtype)
         out.append(torch.from_numpy(array))
     return tuple(out)
+
+
+def _plain(text: str) -> str:
+    """torch.onnx colours its messages with ANSI escapes and wraps the cause in advice on filing
+    an issue: the cause alone, on one plain line."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    summary = text.partition("## Exception summary")[2]
+    return " ".join(summary.replace("(Refer to the full stack trace above for more information.)", "").split()) or text
 
 
 def _prove(module, output: str, names: list[str], cases: list[tuple]) -> list[list[list[int]]]:
@@ -149,7 +161,11 @@ def _prove(module, output: str, names: list[str], cases: list[tuple]) -> list[li
         with torch.no_grad():
             expected = module(*case)
         expected = [t.detach().numpy() for t in (expected if isinstance(expected, (list, tuple)) else [expected])]
-        got = session.run(None, {n: t.numpy() for n, t in zip(feeds_names, case)})
+        try:
+            got = session.run(None, {n: t.numpy() for n, t in zip(feeds_names, case)})
+        except Exception as exc:  # noqa: BLE001 - ORT's many error types: the export cannot run at these shapes
+            raise RuntimeError(f"at input shapes {[list(t.shape) for t in case]} the export does not run in ONNX Runtime "
+                               f"(shapes baked in?): {exception_text(exc, 160)}") from None
         for want, have in zip(expected, got):
             if want.shape != have.shape:
                 raise RuntimeError(f"at input shapes {[list(t.shape) for t in case]} the export gives {list(have.shape)}, "
