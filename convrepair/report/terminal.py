@@ -116,6 +116,11 @@ def _fmt(value: float | None, spec: str = ".3g") -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def synthetic_data(origin: str | None) -> bool:
+    """Was the check run on generated noise (`uniform[low, high]`, no --data) rather than real samples?"""
+    return bool(origin) and origin.startswith("uniform[")
+
+
 def render_check(report: dict[str, Any]) -> None:
     """The check report for a person: verdict, rounds, outputs, and where and why it diverges."""
     verdict = report["verdict"]
@@ -125,6 +130,9 @@ def render_check(report: dict[str, Any]) -> None:
         f"[bold]{report['target']['path']}[/] ({report['target']['format']}): [bold {colour}]{verdict.upper()}[/]"
     )
     render_guard_and_batch(report)
+    if synthetic_data(report.get("data")):
+        console.print(f"[bold yellow]data:[/] {escape(report['data'])} random inputs, not real data (no --data): "
+                      "a verdict on noise says little about the inputs the model will see; give --data")
     agreement = report["label_agreement"]
     if agreement is not None:
         bound = report["disagreement_upper_bound"]
