@@ -41,6 +41,12 @@ def say(message: str, json_target: str | None = None) -> None:
         typer.echo(message)
 
 
+def next_step(command: str, why: str, json_target: str | None = None) -> None:
+    """One line that says what to run next (`next: convrepair check … — why`); silent with -q and
+    with `--json -`, like every human message."""
+    say(f"next: {command}  ({why})", json_target)
+
+
 def parse_options(pairs: list[str]) -> dict[str, str]:
     """`-O KEY=VALUE` pairs as a dict."""
     options = {}
