@@ -90,7 +90,7 @@ def test_the_full_review_cycle(cli, ledger):
     assert [row["status"] for row in json.loads(pending.stdout)] == ["pending"]
     missing = _verify(cli, root, log, "--require-approval")
     assert missing.code == 1 and "no valid approval" in missing.stdout
-    promoted = root / "approved" / "repaired" / "1"  # a Triton version: REPO/MODEL/VERSION/model.onnx
+    promoted = root / "approved" / "keras_cnn" / "1"  # a Triton version named after the source: REPO/MODEL/VERSION/model.onnx
     assert _approve(cli, root, log, "alice", "--promote", root / "approved").code == 0
     assert _verify(cli, root, log, "--require-approval", "--chain").code == 0
     assert json.loads(cli("review", "--registry", root, "--status", "approved", "--json").stdout)[0]["status"] == "approved"

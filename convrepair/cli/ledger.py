@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from convrepair.cli.app import app
+from convrepair.cli.app import app, state
 from convrepair.cli.common import JsonOption, emit_json, human, say
 
 keys_app = typer.Typer(help="Signing keys.", no_args_is_help=True)
@@ -15,7 +15,7 @@ app.add_typer(keys_app, name="keys")
 
 LogArgument = Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log.")]
 TrustOption = Annotated[Optional[Path], typer.Option(
-    "--trust", help="Trust file (default: the nearest trust.json in the log's directory or one above it).")]
+    "--trust", help="Trust file (default: the nearest trust.json at or above the log, else at or above the current directory).")]
 
 
 def _trusted(trust: Path | None, start: Path) -> tuple[Path, dict]:
@@ -46,7 +46,8 @@ def keys_init(
     name: Annotated[str, typer.Option(help="Key name: NAME.key (private, 0600) and NAME.pub.")] = "convrepair",
     directory: Annotated[Path, typer.Option("--dir", help="Where to write the key pair.")] = Path("."),
     trust: Annotated[Optional[Path], typer.Option(help="Also add the public key to this trust file …")] = None,
-    role: Annotated[str, typer.Option(help="… with this role: service or reviewer.")] = "service",
+    role: Annotated[str, typer.Option(help="… with this role: service (signs logs), reviewer (decides, signs checkpoints) "
+                                      "or log (signs checkpoints only).")] = "service",
     json_out: JsonOption = None,
 ) -> None:
     """Create an Ed25519 key pair (logs, decisions) and a P-256 pair (OpenSSF model-signing of promoted
@@ -82,21 +83,25 @@ def approve(
     if _remote_decision(log_file, key, "approved", comment, trust, promote, json_out):
         return
 
-    _, trusted = _trusted(trust, log_file)
+    trust_path, trusted = _trusted(trust, log_file)
     plans = []
 
-    def plan():
+    def plan(verified):
         from convrepair.ledger.promote import plan as make_plan
 
-        plans.append(make_plan(log_file, promote, key, model, version))
+        plans.append(make_plan(log_file, promote, key, model, version, verified=verified))
         return plans[-1]
 
-    record, _ = decide(log_file, key, "approved", comment, trusted, plan if promote is not None else None)
-    promoted = plans[0].destination if plans else None
+    record, _ = decide(log_file, key, "approved", comment, trusted, plan if promote is not None else None, trust=trust_path)
+    promoted = plans[0] if plans else None
+    next_verify = (f"convrepair verify {promoted.destination} --trust {trust_path} --require-approval"
+                   if promoted else None)
     emit_json(json_out, {"decision": "approved", "log": str(log_file), "record": str(record.path), "index": record.sequence,
-                         "promoted": str(promoted) if promoted else None})
+                         "promoted": str(promoted.destination) if promoted else None,
+                         "promoted_log": str(promoted.promoted_log) if promoted else None, "verify": next_verify})
     say(f"approved: {log_file} (decision {record.sequence} in {record.path.parent.parent})"
-        + (f"\npromoted to {promoted}" if promoted else ""), json_out)
+        + (f"\npromoted to {promoted.destination} ({promoted.model} version {promoted.version})"
+           f"\n  log:  {promoted.promoted_log}\nnext: {next_verify}" if promoted else ""), json_out)
 
 
 @app.command()
@@ -113,21 +118,22 @@ def reject(
     if _remote_decision(log_file, key, "rejected", reason, trust, None, json_out):
         return
 
-    _, trusted = _trusted(trust, log_file)
-    record, _ = decide(log_file, key, "rejected", reason, trusted)
+    trust_path, trusted = _trusted(trust, log_file)
+    record, _ = decide(log_file, key, "rejected", reason, trusted, trust=trust_path)
     emit_json(json_out, {"decision": "rejected", "log": str(log_file), "record": str(record.path), "index": record.sequence})
     say(f"rejected: {log_file} (decision {record.sequence} in {record.path.parent.parent})", json_out)
 
 
 @app.command()
 def verify(
-    log_file: LogArgument,
+    log_file: Annotated[Path, typer.Argument(metavar="LOG", help="The signed repair log, or a promoted version folder.")],
     trust: Annotated[Path, typer.Option(help="Trust file naming the allowed keys and their roles.")],
     require_approval: Annotated[bool, typer.Option("--require-approval", help="Fail unless a trusted reviewer approved this exact log.")] = False,
     chain: Annotated[bool, typer.Option("--chain", help="Also check the whole decision hash chain.")] = False,
     checkpoint: Annotated[Optional[Path], typer.Option(
         "--checkpoint", metavar="FILE", help="Pinned checkpoint: the log must extend it (consistency proof); "
-        "advanced to the current one when all holds, created on first use.")] = None,
+        "advanced to the current one when all holds, created on first use. Keep it where the registry's "
+        "writers cannot write; without it a rollback of the whole decision store is not caught.")] = None,
     json_out: JsonOption = None,
 ) -> None:
     """Recompute every digest and check every signature; exit 0 only when all holds (fails closed)."""
@@ -139,8 +145,11 @@ def verify(
     if remote is not None:
         result = remote.verify_log(str(log_file), trust, require_approval, chain)
     else:
-        result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint)
+        result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint, trust=trust)
     emit_json(json_out, result.to_json())
+    if not state["quiet"]:
+        for warning in getattr(result, "warnings", []):
+            typer.echo(f"note: {warning}", err=True)
     if human(json_out):
         where = ""
         if result.ok and result.checkpoint:
@@ -164,8 +173,8 @@ def review(
 
     if status not in ("pending", "approved", "rejected", "invalid", "all"):
         raise typer.BadParameter("--status is pending, approved, rejected, invalid or all")
-    _, trusted = _trusted(trust, registry)
-    rows = [row for row in list_logs(registry, trusted) if status == "all" or row["status"] == status]
+    trust_path, trusted = _trusted(trust, registry)
+    rows = [row for row in list_logs(registry, trusted, trust_path) if status == "all" or row["status"] == status]
     emit_json(json_out, rows)
     if human(json_out):
         render_review(rows, status)
@@ -192,7 +201,8 @@ def show(
     from convrepair.report.terminal import render_log
 
     trust_path, trusted = _trusted(trust, log_file)
-    checked = run_verify(log_file, trusted)
+    checked = run_verify(log_file, trusted, trust=trust_path)
+    log_file = Path(checked.log)
     if not checked.ok:
         raise Unverified(f"not shown, it does not verify: {checked.reason}", log_file)
     envelope, _ = read_envelope(log_file)

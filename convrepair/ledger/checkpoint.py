@@ -59,12 +59,22 @@ def sign(checkpoint: Checkpoint, private_key) -> str:
 
 def parse(text: str) -> tuple[Checkpoint, list[tuple[str, bytes, bytes]]]:
     """(checkpoint, [(key name, key hash, signature)]); NoteError when not a checkpoint note."""
+    checkpoint, _, parsed = _split(text)
+    return checkpoint, parsed
+
+
+def _split(text: str) -> tuple[Checkpoint, bytes, list[tuple[str, bytes, bytes]]]:
+    """(checkpoint, the signed text exactly as received, signatures). The note carries nothing
+    unsigned: the body is exactly origin, size and root (no extension lines: this log writes none),
+    and every line after the blank line is a signature."""
     body, sep, signatures = text.partition("\n\n")
     if not sep or not signatures.endswith("\n"):
         raise NoteError("not a signed note (no blank line before the signatures)")
     lines = body.split("\n")
     if len(lines) < 3 or not lines[0] or not lines[1].isdigit() or (len(lines[1]) > 1 and lines[1][0] == "0"):
         raise NoteError("not a checkpoint (origin, tree size, root hash)")
+    if len(lines) > 3:
+        raise NoteError(f"{len(lines) - 3} line(s) after the root hash; this log's checkpoints carry none")
     try:
         root = base64.b64decode(lines[2], validate=True)
     except ValueError:
@@ -83,28 +93,42 @@ def parse(text: str) -> tuple[Checkpoint, list[tuple[str, bytes, bytes]]]:
         if len(raw) < 5:
             raise NoteError("signature too short")
         parsed.append((name, raw[:4], raw[4:]))
-    return Checkpoint(lines[0], int(lines[1]), root), parsed
+    return Checkpoint(lines[0], int(lines[1]), root), (body + "\n").encode(), parsed
 
 
 def verify(text: str, trusted: dict) -> tuple[Checkpoint, str]:
-    """(checkpoint, keyid of the trusted key whose signature verifies); NoteError otherwise."""
+    """(checkpoint, keyid of the trusted key whose signature verifies); NoteError otherwise.
+
+    Only a key the trust file lists as reviewer or log counts (the service key lives on the host
+    that runs untrusted models: it must not be able to cut the log short and sign that), and the
+    signature is checked over the text exactly as received, not over a re-serialisation of it.
+    """
     from cryptography.exceptions import InvalidSignature
 
-    checkpoint, signatures = parse(text)
-    unknown = []
+    from convrepair.ledger.keys import CHECKPOINT_ROLES
+
+    checkpoint, signed, signatures = _split(text)
+    unknown, wrong_role = [], []
     for name, hash4, signature in signatures:
         key = trusted.get(name)
         if key is None:
             unknown.append(name)
             continue
+        if key.role not in CHECKPOINT_ROLES:
+            wrong_role.append(key)
+            continue
         verifier = key.verifier()
         if key_hash(name, verifier) != hash4:
             continue
         try:
-            verifier.verify(signature, checkpoint.body().encode())
+            verifier.verify(signature, signed)
         except InvalidSignature:
             raise NoteError(f"checkpoint signature by {name[:16]}… does not verify (the checkpoint was altered)") from None
         return checkpoint, name
+    if wrong_role:
+        key = wrong_role[0]
+        raise NoteError(f"checkpoint signed by key {key.keyid[:16]}… ({key.name or 'unnamed'}), which the trust file lists "
+                        f"as {key.role}; only {' or '.join(CHECKPOINT_ROLES)} keys may sign checkpoints")
     if unknown:
         raise NoteError(f"checkpoint signed by key {unknown[0][:16]}… which the trust file does not list")
     raise NoteError("checkpoint carries no signature by a trusted key")

@@ -13,7 +13,6 @@ from typing import Any
 from convrepair.errors import EXIT_DISCREPANT, BadInput, ConvrepairError
 from convrepair.fsutil import sha256_file
 from convrepair.ledger import dsse
-from convrepair.ledger.log import LOG_PREDICATE
 from convrepair.ledger.transparency import Entry, LogState, TransparencyLog
 
 DECISION_PREDICATE = "https://convrepair.dev/decision/v1"
@@ -42,8 +41,9 @@ class Decision:
 
 
 def decision_of(entry: Entry) -> Decision:
-    """The decision an entry records (its signature is checked by verify, not here)."""
-    envelope, raw = dsse.read_envelope(entry.path)
+    """The decision an entry records (its signature is checked by verify, not here), parsed from
+    the bytes the transparency log read and hashed (never a second read of the file)."""
+    envelope, raw = dsse.parse_envelope(entry.data, entry.path), entry.data
     statement = dsse.statement_of(envelope, entry.path)
     try:
         return _decision(entry, envelope, raw, statement.get("predicate") or {}, (statement.get("subject") or [{}])[0])
@@ -71,22 +71,14 @@ def decisions_about(state: LogState, log_digest: str) -> list[tuple[Entry, Decis
     return out
 
 
-def log_signer(log_path: Path) -> str:
-    envelope, _ = dsse.read_envelope(log_path)
-    statement = dsse.statement_of(envelope, log_path)
-    if statement.get("predicateType") != LOG_PREDICATE:
-        raise BadInput("is not a convrepair repair log", log_path)
-    return envelope["signatures"][0]["keyid"]
+def decisions_dir(log_path: Path, trust: Path | None = None) -> Path:
+    """Where the decisions about LOG_PATH are recorded: its registry's transparency log (layout.py)."""
+    return TransparencyLog.for_log(log_path, trust).directory
 
 
-def decisions_dir(log_path: Path) -> Path:
-    """Where the decisions about LOG_PATH are recorded: its registry's transparency log."""
-    return TransparencyLog.for_log(log_path).directory
-
-
-def decisions_for(log_path: Path) -> list[Decision]:
+def decisions_for(log_path: Path, trust: Path | None = None) -> list[Decision]:
     """The recorded decisions about this exact log, for display (unverified: `verify` checks them)."""
-    state = TransparencyLog.for_log(log_path).read({})
+    state = TransparencyLog.for_log(log_path, trust).read({})
     return [decision for _, decision in decisions_about(state, sha256_file(Path(log_path)))]
 
 

@@ -67,12 +67,20 @@ def read_envelope(path: Path) -> tuple[dict[str, Any], bytes]:
     """(envelope, the exact file bytes); a malformed file is a BadInput."""
     try:
         raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise BadInput(f"is not a DSSE envelope (cannot read it): {exc.strerror or exc}", path) from None
+    return parse_envelope(raw, path), raw
+
+
+def parse_envelope(raw: bytes, path: Path | None = None) -> dict[str, Any]:
+    """The envelope in RAW (bytes already read: whoever verifies them hashes the same bytes)."""
+    try:
         envelope = json.loads(raw)
         assert isinstance(envelope, dict) and {"payloadType", "payload", "signatures"} <= set(envelope)
         assert isinstance(envelope["signatures"], list) and all(isinstance(s, dict) for s in envelope["signatures"])
-    except (OSError, ValueError, AssertionError) as exc:
+    except (ValueError, AssertionError) as exc:
         raise BadInput(f"is not a DSSE envelope (corrupted JSON?): {exc or 'missing fields'}", path) from None
-    return envelope, raw
+    return envelope
 
 
 def statement_of(envelope: dict[str, Any], path: Path | None = None) -> dict[str, Any]:

@@ -19,8 +19,9 @@ from pathlib import Path
 from convrepair.errors import BadInput
 from convrepair.fsutil import write_json_atomic
 
-ROLES = ("service", "reviewer")
-TRUST_FILE = "trust.json"
+ROLES = ("service", "reviewer", "log")
+CHECKPOINT_ROLES = ("reviewer", "log")  # may sign transparency checkpoints; never the service key
+TRUST_FILE = "trust.json"  # the same name as layout.TRUST_FILE
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,8 @@ def check_private_permissions(path: Path) -> bytes:
         mode = path.stat().st_mode
         data = path.read_bytes()
     except FileNotFoundError:
-        raise BadInput("no such key file", path) from None
+        raise BadInput(f"no such key file; create it with `convrepair keys init --name {path.stem} --dir {path.parent}` "
+                       "(add `--trust trust.json --role service|reviewer` to list it)", path) from None
     except PermissionError:
         raise BadInput("key file is not readable (check its permissions)", path) from None
     # Others may not touch it, and its group may at most read it (Kubernetes mounts secrets
@@ -174,19 +176,10 @@ def read_trust(path: Path) -> dict[str, PublicKey]:
 
 
 def find_trust(start: Path) -> Path:
-    """The registry's trust file for START (a log or a directory): the nearest `trust.json` in its
-    directory or a directory above it. A trust file anyone may write, or another user owns, is
-    refused (a shared /tmp must not lend its trust.json to every log below it)."""
-    start = Path(start).resolve()
-    here = start if start.is_dir() else start.parent
-    for directory in (here, *here.parents):
-        candidate = directory / TRUST_FILE
-        if candidate.is_file():
-            info = candidate.stat()
-            if info.st_mode & stat.S_IWOTH or info.st_uid not in (os.getuid(), 0):
-                raise BadInput("trust file is writable by anyone or owned by another user; refusing it (pass --trust)", candidate)
-            return candidate
-    raise BadInput(f"no {TRUST_FILE} in its directory or any directory above it; pass --trust", start)
+    """The trust file for START (a log or a directory): the one rule of `layout.find_trust`."""
+    from convrepair.ledger.layout import find_trust as find
+
+    return find(start)
 
 
 def add_to_trust(path: Path, public: PublicKey, role: str, name: str) -> None:

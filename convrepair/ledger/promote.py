@@ -15,15 +15,19 @@ The model-signing bundle is made with the reviewer's P-256 key (NAME.p256.key be
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from convrepair.errors import BadInput
-from convrepair.fsutil import atomic_output, sha256_file
+from convrepair.fsutil import sha256_file
 from convrepair.ledger import dsse
 from convrepair.ledger.keys import check_private_permissions, p256_path
 from convrepair.ledger.log import now
@@ -42,6 +46,13 @@ class Copy:
     logged: str | None  # the name in the repair log (None: travels along, e.g. calibration data)
     source: Path
     promoted: str  # relative to the version directory
+    sha256: str  # what the copy must hash to: the logged digest (calibration: the logged sidecar's)
+
+
+class Changed(BadInput):
+    """A file to promote no longer has the digest the verified log names: nothing is signed (exit 1)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -51,32 +62,79 @@ class Plan:
     model: str
     version: str
     p256_key: Path
+    raw_log: bytes  # the log's bytes as verified: the promoted copy is these, not a second read
     copies: list[Copy] = field(default_factory=list)
+    _staged: Path | None = field(default=None, repr=False)
+    _lock: Any = field(default=None, repr=False)
 
-    def carry_out(self, key, tlog, entry) -> Path:
-        """Write the version (key: the reviewer's Ed25519 key; entry: the approval in TLOG)."""
-        reviewer = _keyid(key)
-        with atomic_output(self.destination) as tmp:
-            tmp.mkdir(parents=True)
+    def stage(self) -> None:
+        """Copy every file beside the version's final place and check each copy against the logged
+        digest, before anything is signed. Holds REPO/MODEL/.VERSION.lock until sealed or discarded;
+        under it, a hidden `.VERSION.*.tmp` left by a promotion that was killed is removed."""
+        parent = self.destination.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(parent / f".{self.version}.lock", "a+")  # noqa: SIM115 - held until seal/discard
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        try:
+            for stale in parent.glob(f".{self.version}.*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+            if self.destination.exists():
+                raise BadInput("already exists; refusing to overwrite a promoted version", self.destination)
+            self._staged = Path(tempfile.mkdtemp(prefix=f".{self.version}.", suffix=".tmp", dir=parent))
+            tmp = self._staged / self.version
+            tmp.mkdir()
             for item in self.copies:
                 (tmp / item.promoted).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(item.source, tmp / item.promoted)
+                actual = sha256_file(tmp / item.promoted)
+                if actual != item.sha256:
+                    raise Changed(f"changed since the log was verified (sha256 {actual} ≠ logged {item.sha256}); "
+                                  "nothing was approved, signed or promoted", item.source)
+        except BaseException:
+            self.discard()
+            raise
+
+    def seal(self, key, tlog, entry) -> Path:
+        """Sign the staged version and rename it into place (key: the reviewer's Ed25519 key;
+        entry: the approval in TLOG)."""
+        if self._staged is None:
+            self.stage()
+        tmp = self._staged / self.version
+        try:
             evidence = tmp / EVIDENCE_DIR
             evidence.mkdir()
-            shutil.copy2(self.log_path, evidence / self.log_path.name)
+            (evidence / self.log_path.name).write_bytes(self.raw_log)
             tlog.snapshot_to(evidence)
-            files = [{"role": c.role, "logged": c.logged, "promoted": c.promoted, "sha256": sha256_file(tmp / c.promoted)}
-                     for c in self.copies]
+            files = [{"role": c.role, "logged": c.logged, "promoted": c.promoted, "sha256": c.sha256} for c in self.copies]
             predicate = {"model": self.model, "version": self.version, "time": now(),
-                         "log": {"name": f"{EVIDENCE_DIR}/{self.log_path.name}", "sha256": sha256_file(self.log_path)},
+                         "log": {"name": f"{EVIDENCE_DIR}/{self.log_path.name}", "sha256": hashlib.sha256(self.raw_log).hexdigest()},
                          "decision": {"entry": entry.path.name, "index": entry.index,
                                       "sha256": hashlib.sha256(entry.data).hexdigest()},
                          "files": files}
             statement = dsse.statement([{"name": f["promoted"], "digest": {"sha256": f["sha256"]}} for f in files],
                                        PROMOTION_PREDICATE, predicate)
-            (evidence / PROMOTION_FILE).write_bytes(dsse.canonical(dsse.sign(statement, key, reviewer)))
+            (evidence / PROMOTION_FILE).write_bytes(dsse.canonical(dsse.sign(statement, key, _keyid(key))))
             sign_model_dir(tmp, self.p256_key)
+            os.rename(tmp, self.destination)  # never over an existing version (checked under the lock)
+        finally:
+            self.discard()
         return self.destination
+
+    def carry_out(self, key, tlog, entry) -> Path:
+        self.stage()
+        return self.seal(key, tlog, entry)
+
+    def discard(self) -> None:
+        if self._staged is not None:
+            shutil.rmtree(self._staged, ignore_errors=True)
+            self._staged = None
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    @property
+    def promoted_log(self) -> Path:
+        return self.destination / EVIDENCE_DIR / self.log_path.name
 
 
 def _keyid(key) -> str:
@@ -85,23 +143,29 @@ def _keyid(key) -> str:
     return keyid_of(key.public_key())
 
 
-def plan(log_path: Path, repository: Path, key_path: Path, model: str | None = None, version: str | None = None) -> Plan:
-    """Everything promotion will copy, checked before the approval is written."""
-    log_path = Path(log_path)
-    envelope, _ = dsse.read_envelope(log_path)
-    files = dsse.statement_of(envelope, log_path)["predicate"].get("files", [])
+def plan(log_path: Path, repository: Path, key_path: Path, model: str | None = None, version: str | None = None,
+         verified=None) -> Plan:
+    """Everything promotion will copy, checked before the approval is written. VERIFIED (a
+    verify.Verification that holds) supplies the statement and the log's bytes as verified."""
+    log_path = Path(verified.log) if verified is not None else Path(log_path)
+    if verified is not None:
+        statement, raw = verified.statement, verified.raw
+    else:
+        envelope, raw = dsse.read_envelope(log_path)
+        statement = dsse.statement_of(envelope, log_path)
+    files = (statement.get("predicate") or {}).get("files", [])
     outputs = [f for f in files if f["role"] == "output"]
     if not outputs:
         raise BadInput("the log names no output to promote (nothing was repaired)", log_path)
-    default_model, default_version = _registry_place(log_path, outputs[0]["name"])
+    default_model, default_version = _registry_place(log_path, files)
     model, version = model or default_model, version or default_version
     if not _MODEL.match(model):
-        raise BadInput(f"model name {model!r} is not a Triton model name (letters, digits, _ . -)")
+        raise BadInput(f"model name {model!r} is not a Triton model name (letters, digits, _ . -); pass --model NAME")
     if not _VERSION.match(version):
-        raise BadInput(f"version {version!r} is not a Triton version (a positive integer)")
+        raise BadInput(f"version {version!r} is not a Triton version (a positive integer); pass --version N")
     destination = Path(repository) / model / version
     if destination.exists():
-        raise BadInput("already exists; refusing to overwrite a promoted version", destination)
+        raise BadInput("already exists; refusing to overwrite a promoted version (pass --version N for another)", destination)
     p256 = p256_path(Path(key_path))
     if not p256.is_file():
         raise BadInput(f"promotion signs the model with OpenSSF model-signing, which needs the P-256 key {p256.name} "
@@ -110,45 +174,62 @@ def plan(log_path: Path, repository: Path, key_path: Path, model: str | None = N
     check_private_permissions(p256)
     base = log_path.resolve().parent
     copies = _model_copies(base, outputs, [f for f in files if f["role"] == "output_sidecar"])
-    return Plan(log_path, destination, model, version, p256, copies)
+    return Plan(log_path, destination, model, version, p256, raw, copies)
 
 
-def _registry_place(log_path: Path, output_name: str) -> tuple[str, str]:
+def _registry_place(log_path: Path, files: list[dict]) -> tuple[str, str]:
     """(model, version): a daemon log (REGISTRY/<model>/<version>/convrepair/<target>/) keeps its
-    place; any other log is named after its output, version 1."""
+    place; any other log is named after its source model (my_model.keras → my_model), version 1."""
     parts = log_path.resolve().parent.parts
     if len(parts) >= 4 and parts[-2] == EVIDENCE_DIR and _VERSION.match(parts[-3]):
         return parts[-4], parts[-3]
-    return Path(output_name).name.split(".")[0] or "model", "1"
+    sources = [f["name"] for f in files if f["role"] == "source"] or [f["name"] for f in files if f["role"] == "output"]
+    stem = Path(os.path.commonpath(sources)).name.split(".")[0] if sources else ""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem).lstrip("_.-")
+    return stem or "model", "1"
 
 
 def _model_copies(base: Path, outputs: list[dict], sidecars: list[dict]) -> list[Copy]:
     if len(outputs) == 1:
         root_name = outputs[0]["name"]
         promoted_root = "model" + Path(root_name).suffix
-        copies = [Copy("output", root_name, base / root_name, promoted_root)]
+        copies = [Copy("output", root_name, base / root_name, promoted_root, outputs[0]["sha256"])]
     else:  # a model that is a directory (SavedModel): its files keep their places inside it
         root_name = os.path.commonpath([f["name"] for f in outputs])
         promoted_root = "model" + (Path(root_name).suffix or ".savedmodel")
-        copies = [Copy("output", f["name"], base / f["name"], f"{promoted_root}/{os.path.relpath(f['name'], root_name)}")
-                  for f in outputs]
+        copies = [Copy("output", f["name"], base / f["name"], f"{promoted_root}/{os.path.relpath(f['name'], root_name)}",
+                       f["sha256"]) for f in outputs]
     for side in sidecars:
-        copies.append(Copy("output_sidecar", side["name"], base / side["name"], promoted_root + ".convrepair.json"))
-    from convrepair.sidecar import read_sidecar
-
-    try:
-        sidecar = read_sidecar(base / root_name)
-    except BadInput:  # the sidecar is copied as logged; calibration data is only looked for in a readable one
-        sidecar = None
-    for step in sidecar.steps if sidecar else []:
-        name = step.details.get("calibration_file")
-        source = (base / root_name).parent / name if name else None
-        if source is not None and source.is_file() and name not in {c.promoted for c in copies}:
-            copies.append(Copy("calibration", None, source, name))
+        copies.append(Copy("output_sidecar", side["name"], base / side["name"], promoted_root + ".convrepair.json", side["sha256"]))
+    for name, digest in _calibration(base, sidecars):
+        source = (base / root_name).parent / name
+        if source.is_file() and name not in {c.promoted for c in copies}:
+            copies.append(Copy("calibration", None, source, name, digest))
     for item in copies:
         if not item.source.is_file():
             raise BadInput("the approved output is not here to promote", item.source)
     return copies
+
+
+def _calibration(base: Path, sidecars: list[dict]) -> list[tuple[str, str]]:
+    """(file, sha256) of the calibration data the logged sidecar names, read from bytes that hash
+    to the logged digest (a sidecar changed since the log was signed names nothing)."""
+    from convrepair.sidecar import Sidecar
+
+    found = []
+    for side in sidecars:
+        try:
+            data = (base / side["name"]).read_bytes()
+            if hashlib.sha256(data).hexdigest() != side["sha256"]:
+                continue
+            sidecar = Sidecar.from_json(json.loads(data))
+        except (OSError, ValueError, TypeError, BadInput):
+            continue
+        for step in sidecar.steps:
+            name, digest = step.details.get("calibration_file"), step.details.get("calibration_sha256")
+            if isinstance(name, str) and isinstance(digest, str) and "/" not in name and name not in ("", ".", ".."):
+                found.append((name, digest))
+    return found
 
 
 def sign_model_dir(model_dir: Path, p256_key: Path) -> Path:
@@ -178,8 +259,32 @@ def verify_model_dir(model_dir: Path, public_pem: str) -> tuple[bool, str]:
         try:
             model_signing.verifying.Config().use_elliptic_key_verifier(public_key=handle.name).verify(model_dir, signature)
         except Exception as exc:  # noqa: BLE001 - model_signing raises ValueError and its own errors alike
-            return False, " ".join(str(exc).split())[:200] or type(exc).__name__
+            return False, _hex_digests(" ".join(str(exc).split()))[:400] or type(exc).__name__
     return True, "OpenSSF model-signing bundle verifies"
+
+
+_DIGEST = re.compile(r"Digest\(algorithm=['\"]?([\w-]+)['\"]?, digest_value=(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")
+
+
+def _hex_digests(message: str) -> str:
+    """model_signing's mismatch message with every digest as hex (it quotes the raw bytes)."""
+    import ast
+
+    head, sep, listed = message.partition(": [")
+    if sep:
+        try:
+            items = ast.literal_eval("[" + listed)
+            message = f"{head}: " + "; ".join(str(item) for item in items)
+        except (ValueError, SyntaxError):
+            pass
+
+    def as_hex(match: re.Match) -> str:
+        try:
+            return f"{match.group(1)}:{ast.literal_eval(match.group(2)).hex()}"
+        except (ValueError, SyntaxError):
+            return f"{match.group(1)}:(unreadable digest)"
+
+    return _DIGEST.sub(as_hex, message)
 
 
 def check_promotion(result, log_path: Path, log_digest: str, trusted: dict) -> dict[str, Path]:
@@ -214,6 +319,7 @@ def check_promotion(result, log_path: Path, log_digest: str, trusted: dict) -> d
     if public:
         sig_ok, sig_detail = verify_model_dir(version_dir, public)
         result.add("model signature", sig_ok, sig_detail)
-    else:
-        result.add("model signature", True, f"not checked: the trust file lists no model-signing key for {signer[:16]}…")
+    else:  # no soft pass: a signature nobody can check is not a signature that holds
+        result.add("model signature", False, f"the trust file lists no model-signing (P-256) key for reviewer {signer[:16]}…; "
+                   "add it (`keys init` writes NAME.p256.pub; `--trust` lists it as model_signing_public_key)")
     return located

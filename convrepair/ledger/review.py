@@ -13,10 +13,11 @@ from convrepair.ledger.transparency import TLOG_DIR
 from convrepair.ledger.verify import verify
 
 
-def list_logs(root: Path, trusted: dict) -> list[dict[str, Any]]:
+def list_logs(root: Path, trusted: dict, trust: Path | None = None) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(Path(root).rglob("*.dsse.json")):
-        if TLOG_DIR in path.relative_to(root).parts or path.name.startswith("."):
+        parts = path.relative_to(root).parts
+        if TLOG_DIR in parts or any(part.startswith(".") for part in parts):
             continue
         try:
             envelope, _ = dsse.read_envelope(path)
@@ -29,7 +30,7 @@ def list_logs(root: Path, trusted: dict) -> list[dict[str, Any]]:
         predicate = statement.get("predicate") or {}
         decided = None
         try:
-            result = verify(path, trusted)
+            result = verify(path, trusted, trust=trust)
             status, reason = (result.status, None) if result.ok else ("invalid", result.reason)
             decided = result.decided_by[:16] if result.ok and result.decided_by else None
         except BadInput as exc:

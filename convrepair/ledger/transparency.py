@@ -7,7 +7,8 @@ every append a checkpoint (origin, tree size, root) is signed by the key that ap
     <root>/transparency/lock                                appends take it (flock)
 
 <root> is the nearest directory at or above the log holding `trust.json` or `transparency/`
-(the registry root; a promoted version carries its own snapshot), else the log's own directory.
+(the registry root; a promoted version carries its own snapshot), else the directory of the trust
+file in use: decisions land beside trust.json (layout.py holds the one rule).
 Deleting, reordering or replacing an entry, the newest included, no longer matches the signed
 checkpoint; truncating the log together with its checkpoint needs a trusted key and is caught
 against a pinned older checkpoint by a consistency proof.
@@ -27,23 +28,12 @@ from pathlib import Path
 from convrepair.fsutil import atomic_output
 from convrepair.ledger import checkpoint as notes
 from convrepair.ledger import merkle
-from convrepair.ledger.keys import TRUST_FILE
+from convrepair.ledger.layout import TLOG_DIR, ledger_root
 
-TLOG_DIR = "transparency"
 ENTRIES = "entries"
 CHECKPOINT = "checkpoint"
 _ENTRY = re.compile(r"^(\d{6})-([a-z]+)\.dsse\.json$")
 _PENDING = ".pending-"
-
-
-def ledger_root(path: Path) -> Path:
-    """The directory whose transparency log holds the decisions about the log at PATH."""
-    path = Path(path).resolve()
-    here = path if path.is_dir() else path.parent
-    for directory in (here, *here.parents):
-        if (directory / TRUST_FILE).is_file() or (directory / TLOG_DIR).is_dir():
-            return directory
-    return here
 
 
 @dataclass
@@ -106,8 +96,8 @@ class TransparencyLog:
         self.directory = Path(directory)
 
     @classmethod
-    def for_log(cls, log_path: Path) -> TransparencyLog:
-        return cls(ledger_root(log_path) / TLOG_DIR)
+    def for_log(cls, log_path: Path, trust: Path | None = None) -> TransparencyLog:
+        return cls(ledger_root(log_path, trust) / TLOG_DIR)
 
     @property
     def entries_dir(self) -> Path:

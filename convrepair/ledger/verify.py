@@ -8,20 +8,31 @@ replaced or added behind its back); every decision about this log is included in
 verifies with a trusted reviewer key other than the signer and names this exact log; with
 --require-approval, an approval exists and no rejection; with --chain, the entries' hash chain
 holds; with a pinned checkpoint, the log is a consistent extension of it (RFC 9162 proof).
+
+The log is read once: its signature is checked over those bytes, and the digest decisions are
+looked up by is the sha256 of the same bytes (a file swapped between two reads cannot split them).
+Without a pinned checkpoint a rollback of the whole decision store is not caught; the result says
+so (`rollback_covered`, `warnings`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convrepair.errors import BadInput
 from convrepair.fsutil import atomic_output, sha256_file
 from convrepair.ledger import checkpoint as notes
 from convrepair.ledger import dsse
 from convrepair.ledger.decisions import decisions_about, decision_of, verify_chain
+from convrepair.ledger.layout import log_name
 from convrepair.ledger.log import LOG_PREDICATE
-from convrepair.ledger.transparency import TransparencyLog, ledger_root
+from convrepair.ledger.transparency import TransparencyLog
+
+ROLLBACK_NOT_COVERED = ("a rollback of the whole decision store is not covered without a pinned checkpoint: "
+                        "pass --checkpoint PIN (a path the registry's writers cannot write)")
 
 
 @dataclass
@@ -33,6 +44,12 @@ class Verification:
     inclusion: dict[str, Any] | None = None
     status: str = "pending"  # pending | approved | rejected, from the decisions that verify
     decided_by: str | None = None
+    sha256: str | None = None  # of the bytes that were verified
+    signer: str | None = None  # keyid of the service signature that verified
+    rollback_covered: bool = False  # a pinned checkpoint was checked (a store rolled back whole is caught)
+    warnings: list[str] = field(default_factory=list)
+    raw: bytes = field(default=b"", repr=False)  # the log's bytes as verified (promotion copies these)
+    statement: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def add(self, name: str, ok: bool, detail: str) -> None:
         self.checks.append({"check": name, "ok": ok, "detail": detail})
@@ -46,14 +63,36 @@ class Verification:
     def to_json(self) -> dict[str, Any]:
         return {"log": self.log, "ok": self.ok, "reason": self.reason, "status": self.status, "decided_by": self.decided_by,
                 "checks": self.checks,
-                "checkpoint": self.checkpoint, "inclusion": self.inclusion}
+                "checkpoint": self.checkpoint, "inclusion": self.inclusion, "log_sha256": self.sha256,
+                "rollback_covered": self.rollback_covered, "warnings": self.warnings}
+
+
+def resolve_log(path: Path) -> Path:
+    """PATH itself, or the signed log inside a promoted version folder (VERSION/convrepair/*.dsse.json)
+    or inside a folder that holds exactly one log."""
+    from convrepair.ledger.promote import EVIDENCE_DIR, PROMOTION_FILE
+
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise BadInput("no such log; name a signed log (*.dsse.json) or a promoted version folder (REPO/MODEL/VERSION)", path)
+        return path
+    folder = path / EVIDENCE_DIR if (path / EVIDENCE_DIR / PROMOTION_FILE).is_file() else path
+    logs = sorted(p for p in folder.glob("*.dsse.json") if p.name != PROMOTION_FILE and not p.name.startswith("."))
+    if len(logs) != 1:
+        found = f"{len(logs)} logs ({', '.join(p.name for p in logs[:3])})" if logs else "no signed log"
+        raise BadInput(f"is a folder with {found}; name the log itself, or a promoted version folder (REPO/MODEL/VERSION)", path)
+    return logs[0]
 
 
 def verify(log_path: Path, trusted: dict, require_approval: bool = False, chain: bool = False,
-           pinned: Path | None = None) -> Verification:
-    log_path = Path(log_path)
+           pinned: Path | None = None, trust: Path | None = None) -> Verification:
+    """Every check on the log at LOG_PATH (or in the promoted version folder LOG_PATH); TRUST is the
+    trust file's path, which places the decisions when the log is under no registry (layout.py)."""
+    log_path = resolve_log(log_path)
     result = Verification(str(log_path))
     envelope, raw = dsse.read_envelope(log_path)
+    result.raw, result.sha256 = raw, hashlib.sha256(raw).hexdigest()
     canonical = raw == dsse.canonical(envelope)
     result.add("canonical bytes", canonical, "the file is byte for byte what was signed" if canonical
                else "the log file was altered (bytes differ from the signed envelope)")
@@ -62,13 +101,14 @@ def verify(log_path: Path, trusted: dict, require_approval: bool = False, chain:
     result.add("log signature", ok, detail)
     if not ok:
         return result
+    result.signer = signer
     statement = dsse.statement_of(envelope, log_path)
     if statement.get("predicateType") != LOG_PREDICATE:
         result.add("log type", False, f"predicateType {statement.get('predicateType')!r}")
         return result
-    digest = sha256_file(log_path)
-    _check_files(result, log_path, statement, digest, trusted)
-    _check_decisions(result, log_path, digest, signer, trusted, require_approval, chain, pinned)
+    result.statement = statement
+    _check_files(result, log_path, statement, result.sha256, trusted)
+    _check_decisions(result, log_path, result.sha256, signer, trusted, require_approval, chain, pinned, trust)
     return result
 
 
@@ -92,8 +132,8 @@ def _check_files(result: Verification, log_path: Path, statement: dict, digest: 
 
 
 def _check_decisions(result: Verification, log_path: Path, digest: str, signer: str, trusted: dict,
-                     require_approval: bool, chain: bool, pinned: Path | None) -> None:
-    tlog = TransparencyLog.for_log(log_path)
+                     require_approval: bool, chain: bool, pinned: Path | None, trust: Path | None) -> None:
+    tlog = TransparencyLog.for_log(log_path, trust)
     state = tlog.read(trusted) if tlog.exists() else None
     if state is not None:
         result.add("transparency log", state.ok, "; ".join(state.problems) if state.problems
@@ -121,7 +161,7 @@ def _check_decisions(result: Verification, log_path: Path, digest: str, signer: 
         approved |= d_ok and decision.decision == "approved"
         rejected |= d_ok and decision.decision == "rejected"
     if state is not None:  # a decision about an earlier log of this name: the log was replaced after it
-        name = log_path.resolve().relative_to(ledger_root(log_path)).as_posix()
+        name = log_name(log_path, tlog.directory.parent)
         for entry in state.entries:
             try:
                 other = decision_of(entry)
@@ -139,6 +179,12 @@ def _check_decisions(result: Verification, log_path: Path, digest: str, signer: 
         result.add("decision chain", chain_ok, chain_detail)
     if pinned is not None:
         _check_pinned(result, Path(pinned), state, trusted)
+        result.rollback_covered = result.ok
+        if Path(pinned).resolve().is_relative_to(tlog.directory.parent.resolve()):
+            result.warnings.append(f"the pin {pinned} lies inside the registry ({tlog.directory.parent}), whose writers "
+                                   "can roll it back together with the decisions; keep it elsewhere")
+    elif require_approval:
+        result.warnings.append(ROLLBACK_NOT_COVERED)
 
 
 def _check_pinned(result: Verification, pinned: Path, state, trusted: dict) -> None:

@@ -67,11 +67,11 @@ def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: s
             raise BadInput(f"{remote.where} was promoted already; a log gets one decision")
         plans = []
 
-        def plan():
+        def plan(verified):
             from convrepair.ledger.promote import plan as make_plan
 
             plans.append(make_plan(remote.log, Path(tmp) / "promoted", key, model=_local_name(remote.model),
-                                   version=remote.version))
+                                   version=remote.version, verified=verified))
             return plans[-1]
 
         record, _ = ledger_decide(remote.log, key, decision, text, trusted, plan if promote_alias else None)
