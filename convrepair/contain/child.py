@@ -97,6 +97,12 @@ def _call(task, send, args) -> dict[str, Any]:
             traceback.print_exc()
         kind = type(exc).__name__ if type(exc).__name__ in _ERROR_KINDS else "BadInput"
         return {"error": {"kind": kind, "message": exc.message, "path": str(exc.path) if exc.path else None}}
+    except MemoryError:
+        from convrepair import contain
+
+        limit = contain.current().memory_mb if contain.current() else 0
+        return {"error": {"kind": "BadInput", "message": "the models needed more memory than the worker may use"
+                          + (f" ({limit} MB; raise --memory-mb)" if limit else "")}}
     except Exception as exc:  # noqa: BLE001 - reported to the parent, never raised
         full = str(exc)
         if any(word in full for word in _DENIED):  # the frameworks' own "errno 13" texts included

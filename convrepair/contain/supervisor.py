@@ -39,11 +39,12 @@ class Launch:
     parent: int  # the parent's pid: a supervisor whose parent is already gone ends at once
 
 
-def supervise(launch: Launch) -> None:
-    """Run in the forked child: start the worker, wait for it, kill what it leaves; never returns."""
-    libc = ctypes.CDLL(None, use_errno=True)
+def supervise(launch: Launch, libc: ctypes.CDLL) -> None:
+    """Run in the forked child (`libc` loaded before the fork, SIGTERM blocked): start the worker,
+    wait for it, kill what it leaves; never returns."""
     code = 70
     try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != launch.parent:
             os._exit(code)
@@ -51,13 +52,15 @@ def supervise(launch: Launch) -> None:
             _fail(launch, f"prctl(PR_SET_CHILD_SUBREAPER) failed: {os.strerror(ctypes.get_errno())}")
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         os.setpgid(0, 0)  # its own group, apart from the parent's terminal signals and the worker's
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+        me = os.getpid()
         worker = os.fork()
         if worker == 0:
-            _become_worker(libc, launch)
+            _become_worker(libc, launch, me)
         for fd in (launch.task_r, launch.message_w, launch.output_w):
             os.close(fd)
         signal.signal(signal.SIGTERM, lambda *_: _kill(worker, signal.SIGKILL, group=True))
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         status = _wait_for(worker)
         kill_descendants()
         _mirror(status)
@@ -65,12 +68,14 @@ def supervise(launch: Launch) -> None:
         os._exit(code)
 
 
-def _become_worker(libc, launch: Launch) -> None:
+def _become_worker(libc, launch: Launch, supervisor: int) -> None:
     try:
         os.setsid()  # its own session and process group: the only group its signals may reach
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if os.getppid() != supervisor:
+            os._exit(70)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if launch.memory_mb:
             limit = launch.memory_mb * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -78,15 +83,14 @@ def _become_worker(libc, launch: Launch) -> None:
         os.dup2(launch.output_w, 1)
         os.dup2(launch.output_w, 2)
         os.dup2(launch.message_w, 3)
-        close_from(4)
+        close_from(4, libc)
         os.execve(launch.argv[0], launch.argv, launch.env)
     except BaseException as exc:  # noqa: BLE001
         _fail(launch, f"starting the worker: {type(exc).__name__}: {exc}", fd=3)
 
 
-def close_from(first: int) -> None:
+def close_from(first: int, libc: ctypes.CDLL) -> None:
     """close_range(first, ~0): every descriptor from `first` up, however high."""
-    libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall.restype = ctypes.c_long
     if libc.syscall(ctypes.c_long(_NR_CLOSE_RANGE), ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(0)) == 0:
         return

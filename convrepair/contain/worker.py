@@ -19,6 +19,7 @@ Where no containment can be had, the task runs in this process with that fact de
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import selectors
@@ -108,13 +109,20 @@ def _spawn(payload: bytes, env: dict[str, str], memory_mb: int, on_message, cont
     task_r, task_w = os.pipe()
     launch = Launch([sys.executable, "-P", "-m", "convrepair.contain.child"], env, task_r, message_w, output_w,
                     memory_mb, os.getpid())
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked supervisor imports and loads nothing
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
-    pid = os.fork()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # until the supervisor handles it
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        raise
     if pid == 0:  # the supervisor: never returns
         for fd in (message_r, output_r, task_w):
             os.close(fd)
-        supervise(launch)
+        supervise(launch, libc)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     for fd in (message_w, output_w, task_r):
         os.close(fd)
     feeder = threading.Thread(target=_feed, args=(task_w, payload), daemon=True)
