@@ -52,6 +52,9 @@ class FormatSpec:
     detect: Callable[[Path], bool]
     load: Callable[[LoadRequest], Runner]
     plugin: str = ""
+    # what a file of this format says of its own precision ("int8" for a quantized TFLite), for a
+    # file that came without a sidecar; None: the format says nothing (fp32 is assumed)
+    precision: Callable[[Path], str] | None = None
 
 
 @dataclass
@@ -146,12 +149,13 @@ class Plugin:
 
         return register
 
-    def format(self, name: str, *, description: str, suffix: str, detect: Callable[[Path], bool]):
+    def format(self, name: str, *, description: str, suffix: str, detect: Callable[[Path], bool],
+               precision: Callable[[Path], str] | None = None):
         """Decorator for a loader: `@PLUGIN.format("onnx", ...) def load(request) -> Runner`."""
 
         def register(load: Callable[[LoadRequest], Runner]):
             self.formats.append(
-                FormatSpec(name, description, suffix, detect, load, plugin=self.name)
+                FormatSpec(name, description, suffix, detect, load, plugin=self.name, precision=precision)
             )
             return load
 
@@ -272,6 +276,19 @@ class PluginRegistry:
             raise BadInput(f"no plugin loads format '{ref.format}'", ref.path)
         self.require(spec.plugin, f"loading a {ref.format} model")
         return spec.load(LoadRequest(ref=ref, sidecar=sidecar, device=device))
+
+    def implied_sidecar(self, ref: ModelRef) -> Sidecar | None:
+        """For a model without a sidecar: what its file says of itself (a quantized TFLite's int8),
+        so it is judged in its own precision; None when the format says nothing beyond fp32."""
+        spec = self.formats.get(ref.format)
+        if spec is None or spec.precision is None or self.plugin(spec.plugin).unavailable_reason() is not None:
+            return None
+        precision = spec.precision(ref.path)
+        if precision == "fp32":
+            return None
+        from convrepair.sidecar import Sidecar
+
+        return Sidecar(precision=precision)
 
     def load_differentiable(self, ref: ModelRef, sidecar: Sidecar | None = None, device: str = "auto") -> Differentiable:
         """The model as a `Differentiable`; `PluginUnavailable` says why when no plugin can."""

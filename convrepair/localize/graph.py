@@ -13,6 +13,7 @@ from convrepair import ops
 # lies a Cast/Mul/Add (or Dequantize) later: both read from the op registry (convrepair/ops).
 PRECISION_OPS = ops.ops_where(precision=True)
 INTEGER_OPS = ops.ops_where(integer=True)
+_SHAPE_ONLY_OPS = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten"})
 
 
 @dataclass
@@ -133,12 +134,25 @@ class GraphView:
         return False
 
     def float_origin(self, tensor: str) -> str:
-        """The float tensor behind a chain of Cast/Quantize/Dequantize ops."""
-        producer = self.producer.get(tensor)
+        """The float tensor behind a chain of Cast/Quantize/Dequantize ops. Where the chain runs
+        into quantized codes moved by a shape-only op (tf2onnx puts a Reshape between a TFLite
+        model's input Quantize and its Dequantize), the codes are no real input: `tensor` itself,
+        the dequantized value, is what the layer sees."""
+        given, producer = tensor, self.producer.get(tensor)
         while producer is not None and producer.op in PRECISION_OPS:
             tensor = producer.inputs[0]
             producer = self.producer.get(tensor)
-        return tensor
+        return given if producer is not None and self._moves_codes(producer) else tensor
+
+    def _moves_codes(self, node: Node) -> bool:
+        """A Reshape/Squeeze/Unsqueeze/Flatten whose data input a Quantize/Cast chain produced."""
+        if node.op not in _SHAPE_ONLY_OPS:
+            return False
+        while node.op in _SHAPE_ONLY_OPS and node.inputs:
+            node = self.producer.get(node.inputs[0])
+            if node is None:
+                return False
+        return node.op in PRECISION_OPS
 
     def spec(self, node: Node) -> ops.OpSpec | None:
         """What the op registry knows of this node at the opset this graph imports."""

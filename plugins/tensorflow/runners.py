@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from convrepair.errors import BadInput, exception_text
 from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts, zip_members
@@ -34,6 +37,9 @@ def _dims(shape) -> tuple[int | None, ...]:
 
 def load_keras_model(path: Path):
     """Keras with safe_mode=True: a Lambda layer's pickled code is refused, not run."""
+    from convrepair_plugins.tensorflow.scan import scan_keras
+
+    scan_keras(path)  # members bounded before Keras reads one (a weights file of appended zeros)
     import_tensorflow()
     import keras
 
@@ -114,7 +120,13 @@ def load_savedmodel(request: LoadRequest) -> Runner:
 
 
 class TFLiteRunner(Runner):
-    """TFLite interpreter; resizes the batch dimension to each batch it is given."""
+    """TFLite interpreter; resizes the batch dimension to each batch it is given.
+
+    A quantized input or output (an integer tensor with a scale, as a full-integer
+    `TFLiteConverter` model has) is presented as float32: inputs are quantized with the tensor's
+    own scale and zero point before they are set, outputs dequantized after they are read. The
+    comparison then sees real numbers on both sides, never raw int8 codes beside probabilities.
+    """
 
     def __init__(self, path: Path, layouts: list[str]):
         tf = import_tensorflow()
@@ -128,14 +140,23 @@ class TFLiteRunner(Runner):
             raise BadInput(f"is not a loadable TFLite model: {text}", path) from None
         self._in = self.interpreter.get_input_details()
         self._out = self.interpreter.get_output_details()
+        self._in_q = [io_quantization(d, path) for d in self._in]
+        self._out_q = [io_quantization(d, path) for d in self._out]
         shapes = [_dims(d.get("shape_signature", d["shape"])) for d in self._in]
         resolved = input_layouts(layouts, shapes)
-        self.inputs = [TensorSpec(d["name"], shapes[i], d["dtype"].__name__, resolved[i]) for i, d in enumerate(self._in)]
+        self.inputs = [TensorSpec(d["name"], shapes[i], _io_dtype(d, q), resolved[i])
+                       for i, (d, q) in enumerate(zip(self._in, self._in_q))]
         self.outputs = [
-            TensorSpec(d["name"], _dims(d.get("shape_signature", d["shape"])), d["dtype"].__name__) for d in self._out
+            TensorSpec(d["name"], _dims(d.get("shape_signature", d["shape"])), _io_dtype(d, q))
+            for d, q in zip(self._out, self._out_q)
         ]
         self._batch = None
         self.device = "cpu"
+
+    @property
+    def quantized_io(self) -> dict[str, dict]:
+        """Scale, zero point and integer type of each quantized input and output, by name."""
+        return {d["name"]: q.to_json() for d, q in zip([*self._in, *self._out], [*self._in_q, *self._out_q]) if q}
 
     def run(self, feeds):
         feeds = conform_feeds(self.inputs, feeds, self.path)
@@ -146,12 +167,82 @@ class TFLiteRunner(Runner):
             with stderr_fd_silenced():  # "Created TensorFlow Lite XNNPACK delegate" chatter
                 self.interpreter.allocate_tensors()
             self._batch = batch
-        for detail, spec in zip(self._in, self.inputs):
-            self.interpreter.set_tensor(detail["index"], feeds[spec.name])
+        for detail, spec, q in zip(self._in, self.inputs, self._in_q):
+            value = feeds[spec.name]
+            self.interpreter.set_tensor(detail["index"], q.quantize(value) if q else value)
         self.interpreter.invoke()
-        return {spec.name: self.interpreter.get_tensor(d["index"]).copy() for spec, d in zip(self.outputs, self._out)}
+        out = {}
+        for spec, detail, q in zip(self.outputs, self._out, self._out_q):
+            value = self.interpreter.get_tensor(detail["index"])
+            out[spec.name] = q.dequantize(value) if q else value.copy()
+        return out
 
 
-@PLUGIN.format("tflite", description="TensorFlow Lite flatbuffer (.tflite)", suffix=".tflite", detect=is_tflite)
+@dataclass(frozen=True)
+class Quantization:
+    """An integer I/O tensor's affine map: real = (q - zero_point) * scale."""
+
+    scale: float
+    zero_point: int
+    dtype: str
+
+    def quantize(self, value: np.ndarray) -> np.ndarray:
+        info = np.iinfo(self.dtype)
+        codes = np.round(np.asarray(value, dtype=np.float32) / np.float32(self.scale)) + self.zero_point
+        return np.clip(codes, info.min, info.max).astype(self.dtype)
+
+    def dequantize(self, codes: np.ndarray) -> np.ndarray:
+        return ((codes.astype(np.float32) - np.float32(self.zero_point)) * np.float32(self.scale)).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"scale": self.scale, "zero_point": self.zero_point, "dtype": self.dtype}
+
+
+def io_quantization(detail: dict, path: Path | None = None) -> Quantization | None:
+    """The affine map of an interpreter input/output detail; None for a float or plain integer
+    tensor (token ids have no scale). Per-axis quantized I/O is refused: no converter writes it."""
+    dtype = np.dtype(detail["dtype"])
+    if dtype.kind not in "iu":
+        return None
+    params = detail.get("quantization_parameters") or {}
+    scales = np.asarray(params.get("scales", []), dtype=np.float64)
+    zeros = np.asarray(params.get("zero_points", []), dtype=np.int64)
+    if scales.size == 0:
+        scale, zero = detail.get("quantization", (0.0, 0))
+        scales, zeros = np.asarray([scale], dtype=np.float64), np.asarray([zero], dtype=np.int64)
+    if scales.size == 0 or not np.any(scales):
+        return None
+    if scales.size > 1:
+        raise BadInput(f"I/O tensor '{detail['name']}' is quantized per axis; only per-tensor I/O quantization is supported", path)
+    return Quantization(float(scales[0]), int(zeros[0]) if zeros.size else 0, dtype.name)
+
+
+def _io_dtype(detail: dict, quantization: Quantization | None) -> str:
+    return "float32" if quantization else np.dtype(detail["dtype"]).name
+
+
+def tflite_precision(path: Path) -> str:
+    """What a flatbuffer computes in, from its own tensors: `int8` when any tensor is quantized
+    (int8/uint8/int16 codes with a scale: full-integer, or int8 weights only), `fp16` when float16
+    weights are dequantized at load, else `fp32`. For a .tflite that came without a sidecar."""
+    tf = import_tensorflow()
+    try:
+        with quiet():
+            details = tf.lite.Interpreter(model_path=str(path)).get_tensor_details()
+    except Exception as exc:  # noqa: BLE001
+        raise BadInput(f"is not a loadable TFLite model: {exception_text(exc, 200)}", path) from None
+    kinds = set()
+    for detail in details:
+        dtype = np.dtype(detail["dtype"])
+        scales = (detail.get("quantization_parameters") or {}).get("scales")
+        if dtype.kind in "iu" and scales is not None and np.size(scales) and np.any(scales):
+            kinds.add("int8")
+        elif dtype == np.float16:
+            kinds.add("fp16")
+    return "int8" if "int8" in kinds else "fp16" if "fp16" in kinds else "fp32"
+
+
+@PLUGIN.format("tflite", description="TensorFlow Lite flatbuffer (.tflite)", suffix=".tflite", detect=is_tflite,
+                precision=tflite_precision)
 def load_tflite(request: LoadRequest) -> Runner:
     return TFLiteRunner(request.ref.path, request.declared_layouts)

@@ -57,19 +57,25 @@ def keras_to_onnx(request: ConvertRequest) -> ConvertNotes:
     "tflite-to-onnx",
     sources=["tflite"],
     target="onnx",
-    description="tf2onnx from_tflite (quantized weights become DequantizeLinear)",
-    options={"opset": "ONNX opset (default 17)"},
+    description="tf2onnx from_tflite (quantized weights become DequantizeLinear; int8 I/O becomes float)",
+    options={"opset": "ONNX opset (default 17)",
+             "io": "float | keep: quantized inputs/outputs as real numbers, as the TFLite runner gives them (default float)"},
 )
 def tflite_to_onnx(request: ConvertRequest) -> ConvertNotes:
     import tf2onnx
+
+    from convrepair_plugins.tensorflow.quant_io import float_io
 
     tf = import_tensorflow()
     opset = int(request.options.get("opset", DEFAULT_OPSET))
     with quiet():
         tf2onnx.convert.from_tflite(str(request.source.path), opset=opset, output_path=str(request.output))
+    details: dict = {"opset": opset, "api": "from_tflite"}
+    if str(request.options.get("io", "float")) != "keep":
+        details["float_io"] = float_io(request.output, request.source.path) or None
     return ConvertNotes(
         tool="tf2onnx",
         tool_versions={"tf2onnx": tf2onnx.__version__, "tensorflow": tf.__version__},
         output_format="onnx",
-        details={"opset": opset, "api": "from_tflite"},
+        details=details,
     )

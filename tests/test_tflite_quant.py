@@ -1,0 +1,113 @@
+"""Quantized TFLite as people make it: full-integer models from TFLiteConverter, checked as real numbers.
+
+The digits Keras fixture is converted with real calibration data (the training split) both ways
+TensorFlow's guide shows: int8 inputs/outputs, and float I/O around int8 internals. The files are
+made with TFLiteConverter directly, with no sidecar, as a user brings them. Before the runner
+applied each I/O tensor's scale and zero point, the int8 variant agreed on 11% of labels (floats
+cast to int8 in, raw codes compared with probabilities out), the float one was held to fp32
+tolerances, and both were typed `preprocessing`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from convrepair.check import CheckConfig, run_check
+from convrepair.convert import convert, load_calibration
+from convrepair.errors import BadInput
+from convrepair.plugins import default_registry
+from convrepair.sidecar import read_sidecar
+
+pytestmark = pytest.mark.slow
+
+VARIANTS = ("int8", "float")
+
+
+@pytest.fixture(scope="module")
+def quantized(fixtures_dir, tmp_path_factory):
+    """{io: path} of full-integer .tflite files made the way TensorFlow's guide makes them."""
+    import keras
+    import tensorflow as tf
+
+    from convrepair_plugins.tensorflow.quiet import quiet, stderr_fd_silenced
+
+    out = tmp_path_factory.mktemp("tflite_quant")
+    model = keras.saving.load_model(str(fixtures_dir / "keras_cnn.keras"), safe_mode=True, compile=False)
+    calibration = np.load(fixtures_dir / "digits_train_nhwc.npz")["x"][:64]
+    paths = {}
+    for io in VARIANTS:
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([row[None]] for row in calibration)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io == "int8":
+            converter.inference_input_type = converter.inference_output_type = tf.int8
+        with quiet(), stderr_fd_silenced():
+            data = converter.convert()
+        paths[io] = out / f"digits_{io}_io.tflite"
+        paths[io].write_bytes(data)
+    return paths
+
+
+def _check(fixtures_dir, target, **kwargs):
+    config = CheckConfig(data=fixtures_dir / "digits_test_nhwc.npz", rounds=2, samples=200, **kwargs)
+    return run_check(default_registry(), fixtures_dir / "keras_cnn.keras", target, config)
+
+
+def test_runner_quantizes_inputs_and_dequantizes_outputs(quantized, fixtures_dir):
+    from convrepair.model import ModelRef
+    from convrepair.plugins import LoadRequest
+    from convrepair_plugins.tensorflow.runners import load_tflite
+
+    runner = load_tflite(LoadRequest(ModelRef(quantized["int8"], "tflite", "")))
+    assert [s.dtype for s in runner.inputs] == ["float32"] and [s.dtype for s in runner.outputs] == ["float32"]
+    io = runner.quantized_io
+    assert {q["dtype"] for q in io.values()} == {"int8"} and len(io) == 2 and all(q["scale"] > 0 for q in io.values())
+    x = np.load(fixtures_dir / "digits_test_nhwc.npz")["x"][:16]
+    (scores,) = runner.run({runner.inputs[0].name: x}).values()
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.05)  # probabilities, not int8 codes
+
+
+@pytest.mark.parametrize("io", VARIANTS)
+def test_full_integer_tflite_agrees_with_its_source(quantized, fixtures_dir, io):
+    report = _check(fixtures_dir, quantized[io])
+    assert report.verdict == "equivalent", report.reasons
+    assert report.pooled.label_agreement >= 0.97
+    assert report.tolerance.enforced is False  # judged as int8 (from the file itself: no sidecar)
+
+
+@pytest.mark.parametrize("io", VARIANTS)
+def test_full_integer_rounding_is_typed_precision(quantized, fixtures_dir, io):
+    report = _check(fixtures_dir, quantized[io], atol=1e-6, localize=True)
+    assert report.verdict == "discrepant"
+    fault = report.localization["fault"]
+    assert fault["type"] == "precision", fault
+    assert report.localization["ir"]["target"]["fidelity_rel_l2"] < 1e-3  # the ONNX IR takes floats too
+
+
+def test_converter_writes_int8_io_with_calibration(fixtures_dir, tmp_path):
+    calibration = load_calibration(fixtures_dir / "digits_train_nhwc.npz")
+    result = convert(default_registry(), fixtures_dir / "keras_cnn.keras", "tflite-int8", out=tmp_path / "m.tflite",
+                     options={"io": "int8"}, calibration={"x": calibration["x"][:50]})
+    sidecar = read_sidecar(result.output.path)
+    assert sidecar.precision == "int8"
+    details = sidecar.steps[-1].details
+    assert details["io"] == "int8" and details["quantization"] == "full integer" and details["calibration_samples"] == 50
+    with default_registry().load(result.output) as runner:
+        assert {q["dtype"] for q in runner.quantized_io.values()} == {"int8"}
+    with pytest.raises(BadInput, match="needs --calibration"):
+        convert(default_registry(), fixtures_dir / "keras_cnn.keras", "tflite-int8", out=tmp_path / "n.tflite",
+                options={"io": "int8"})
+
+
+def test_quantization_rounds_and_saturates():
+    from convrepair_plugins.tensorflow.runners import Quantization, io_quantization
+
+    q = Quantization(scale=0.5, zero_point=-10, dtype="int8")
+    codes = q.quantize(np.array([0.0, 1.24, 1.26, 1000.0, -1000.0], dtype=np.float32))
+    assert codes.tolist() == [-10, -8, -7, 127, -128]
+    np.testing.assert_allclose(q.dequantize(codes), [0.0, 1.0, 1.5, 68.5, -59.0])
+    assert io_quantization({"name": "ids", "dtype": np.int32, "quantization": (0.0, 0)}) is None  # token ids
+    assert io_quantization({"name": "x", "dtype": np.float32, "quantization": (0.0, 0)}) is None
