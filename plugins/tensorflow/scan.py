@@ -39,6 +39,15 @@ DENIED_FRAGMENTS = ("File", "Socket", "PyFunc", "Reader", "Writer", "Summary", "
 _PRINT_STREAMS = ("stderr", "stdout", "log(info)", "log(warning)", "log(error)")
 
 
+def scan_keras(path: Path) -> None:
+    """Refuse a .keras archive whose members are out of bounds (a zip bomb in the weights or the
+    assets) before Keras opens it; its layers are Keras's to judge (safe_mode refuses Lambda code)."""
+    from convrepair.contain.archive import check_zip
+
+    if Path(path).is_file():
+        check_zip(path, ".keras archive")
+
+
 def refusal(node) -> str | None:
     """Why a NodeDef outside the saver is refused; None when it is allowed."""
     op = node.op

@@ -79,6 +79,9 @@ def _export_log_quiet():
 def load_exported_program(path: Path):
     import torch
 
+    from convrepair.contain.archive import check_zip
+
+    check_zip(path, ".pt2 archive")  # bounded before torch reads a member
     logged: list[str] = []
     try:
         with _weights_only_torch_load(), _export_log_quiet() as logged:
