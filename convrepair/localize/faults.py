@@ -185,7 +185,10 @@ def parameters(ctx: FaultContext) -> Fault | None:
                 continue
             delta, perm = matched
             tolerance = param_tolerance(s_value.astype(np.float32), ctx.precision)
-            if delta > tolerance:
+            # a tensor zeroed in an fp32 target is a difference however small the source's values
+            # (rounding never zeroes a whole tensor in fp32; it can in int8)
+            zeroed = ctx.precision == "fp32" and delta > 0 and not np.any(t_value) and bool(np.any(s_value))
+            if delta > tolerance or zeroed:
                 findings.append(
                     {
                         "role": _fault_type(ctx.target, t_node, position),
