@@ -128,3 +128,29 @@ def test_a_log_of_any_shape_is_one_line_or_an_invalid_row_never_exit_70(tmp_path
     listed = run_cli("review", "--registry", tmp_path, "--status", "all", "--json", "-")
     assert listed.code == 0, listed.stderr
     assert [row["status"] for row in json.loads(listed.stdout)] in ([], ["invalid"])
+
+
+def test_the_index_links_a_page_per_log_one_row_each_with_relative_paths(tmp_path):
+    """Issue 22: links to every page, model/version/target/verdict/agreement/review columns, relative
+    paths, one row for a log and its promoted copy, every log listed by default (not only pending)."""
+    import re
+
+    make_keys(tmp_path)
+    first, second = make_log(tmp_path, "job-a"), make_log(tmp_path, "job-b")
+    assert decide(tmp_path, first, "approve", "alice", "--promote", tmp_path / "repo").code == 0
+    index = tmp_path / "site" / "index.html"
+    result = run_cli("review", "--registry", tmp_path, "--html", index, "--json", "-")
+    assert result.code == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert [(row["path"], row["status"], row["promoted"]) for row in rows] == [
+        ("job-a/repaired.onnx.log.dsse.json", "approved", ["repo/source/1"]),
+        ("job-b/repaired.onnx.log.dsse.json", "pending", [])]
+    page = index.read_text()
+    assert str(tmp_path) not in page  # nothing absolute
+    links = re.findall(r'<a href="([^"]+)">([^<]+)</a>', page)
+    assert [text for _, text in links] == ["../job-a/repaired.onnx.log.dsse.json", "../job-b/repaired.onnx.log.dsse.json"]
+    for href, _ in links:
+        assert (index.parent / href).is_file() and "decision" in (index.parent / href).read_text().lower()
+    headers = re.findall(r"<th>([^<]+)</th>", page)
+    assert headers[:6] == ["model", "version", "target", "verdict", "held-out agreement", "review"]
+    assert "repo/source/1" in page and page.count("<tr>") == 3  # the header and one row per log

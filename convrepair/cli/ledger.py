@@ -162,7 +162,7 @@ def verify(
 @app.command()
 def review(
     registry: Annotated[Path, typer.Option(help="Directory to search for signed logs.")] = Path("."),
-    status: Annotated[str, typer.Option(help="pending | approved | rejected | invalid | all")] = "pending",
+    status: Annotated[str, typer.Option(help="pending | approved | rejected | invalid | all")] = "all",
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML index of the logs.")] = None,
     trust: TrustOption = None,
     json_out: JsonOption = None,
@@ -179,12 +179,38 @@ def review(
     if human(json_out):
         render_review(rows, status)
     if html is not None:
-        from convrepair.fsutil import atomic_output
-        from convrepair.report.html import review_page
+        _write_index(rows, status, registry, html, trust_path)
+        say(f"wrote {html} and a page per log in {_pages_dir(html)}/", json_out)
 
-        with atomic_output(html) as tmp:
-            tmp.write_text(review_page(rows, status, registry))
-        say(f"wrote {html}", json_out)
+
+def _pages_dir(html: Path) -> Path:
+    return html.parent / f"{html.stem}-pages"
+
+
+def _write_index(rows: list[dict], status: str, registry: Path, html: Path, trust_path: Path) -> None:
+    """The index and one review page per verified log beside it; every link relative to the index."""
+    import os
+    import re
+
+    from convrepair.fsutil import atomic_output
+    from convrepair.ledger.dsse import read_envelope, statement_of
+    from convrepair.report.html import log_page, review_page
+
+    pages = _pages_dir(html)
+    pages.mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        if row["status"] == "invalid":
+            continue
+        envelope, _ = read_envelope(Path(row["log"]))
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", row["path"]).strip("_") or "log"
+        page = pages / f"{name}.html"
+        with atomic_output(page) as tmp:
+            tmp.write_text(log_page(statement_of(envelope, Path(row["log"])), envelope, Path(row["log"]),
+                                    verified=f"all checks hold (listed by `convrepair review`; trust {trust_path})"))
+        row["page"] = os.path.relpath(page, html.parent)
+    shown = [dict(row, path=os.path.relpath(row["log"], html.parent)) for row in rows]
+    with atomic_output(html) as tmp:
+        tmp.write_text(review_page(shown, status, Path(os.path.relpath(registry, html.parent))))
 
 
 @app.command()

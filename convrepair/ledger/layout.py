@@ -43,10 +43,15 @@ def _checked(candidate: Path) -> Path:
 
 def find_trust(start: Path, cwd: Path | None = None) -> Path:
     """The trust file for START (a log or a directory), by the rule in the module doc."""
-    for directory in (*_walk(start), *_walk(Path.cwd() if cwd is None else cwd)):
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    for directory in (*_walk(start), *_walk(cwd)):
         candidate = directory / TRUST_FILE
         if candidate.is_file():
             return _checked(candidate)
+    below = sorted(cwd.glob(f"*/{TRUST_FILE}"))
+    if below:  # the usual slip: the trust file sits in a registry folder the log is not in
+        hint = f"pass --trust {os.path.relpath(below[0], cwd)}, or keep the log under {os.path.relpath(below[0].parent, cwd)}/"
+        raise BadInput(f"no {TRUST_FILE} at or above it or the current directory; {hint}", start)
     raise BadInput(f"no {TRUST_FILE} at or above it or the current directory; {FIX_TRUST}", start)
 
 

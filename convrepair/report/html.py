@@ -94,7 +94,13 @@ def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path
 
 
 def review_page(rows: list[dict[str, Any]], status: str, root: Path) -> str:
-    """An index of the repair logs under ROOT with their review status and verdict."""
+    """An index of the repair logs under ROOT: model, version, target, verdict, held-out agreement,
+    review state, promoted copies, and a link to each log's page (row["page"], relative)."""
     counts = sorted(Counter(row["status"] for row in rows).items())
-    rows = [{"target": None, "finished": "", "signed_by": "", "decided_by": None, "page": None, "reason": None, **row} for row in rows]
+    defaults = {"target": None, "finished": "", "signed_by": "", "decided_by": None, "page": None, "reason": None,
+                "model": None, "version": None, "target_name": None, "agreement_before": None, "agreement_after": None,
+                "promoted": [], "path": None}
+    rows = [{**defaults, **row} for row in rows]
+    for row in rows:
+        row["path"] = row["path"] or row["log"]
     return _environment().get_template("review.html.j2").render(rows=rows, status=status, root=str(root), counts=counts) + "\n"
