@@ -70,8 +70,8 @@ def test_promotion_is_named_after_the_source_prints_what_to_verify_and_cleans_up
     assert not killed.exists() and (version / "model.onnx").is_file()
     assert f"log:  {version / 'convrepair' / log.name}" in approved.stdout
     command = next(line for line in approved.stdout.splitlines() if line.startswith("next: "))[len("next: "):]
-    assert command == f"convrepair verify {version} --trust {tmp_path / 'trust.json'} --require-approval"
-    verified = run_cli(*command.split()[1:])
+    assert command == f"convrepair verify {version} --trust trust.json --require-approval"  # relative to where it ran
+    verified = run_cli(*command.split()[1:], cwd=tmp_path)
     assert verified.code == 0 and "verified" in verified.stdout, verified.stdout + verified.stderr
     as_json = json.loads(run_cli("verify", version, "--trust", tmp_path / "trust.json", "--json", "-").stdout)
     assert as_json["log"] == str(version / "convrepair" / log.name) and as_json["status"] == "approved"

@@ -41,6 +41,14 @@ def _remote_decision(log_file: Path, key: Path, decision: str, text: str, trust:
     return True
 
 
+def _shown(path: Path) -> str:
+    """PATH as the user would type it: relative when it lies under the current directory."""
+    import os
+
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    return os.path.relpath(resolved, here) if resolved.is_relative_to(here) else str(path)
+
+
 @keys_app.command("init")
 def keys_init(
     name: Annotated[str, typer.Option(help="Key name: NAME.key (private, 0600) and NAME.pub.")] = "convrepair",
@@ -94,7 +102,7 @@ def approve(
 
     record, _ = decide(log_file, key, "approved", comment, trusted, plan if promote is not None else None, trust=trust_path)
     promoted = plans[0] if plans else None
-    next_verify = (f"convrepair verify {promoted.destination} --trust {trust_path} --require-approval"
+    next_verify = (f"convrepair verify {promoted.destination} --trust {_shown(trust_path)} --require-approval"
                    if promoted else None)
     emit_json(json_out, {"decision": "approved", "log": str(log_file), "record": str(record.path), "index": record.sequence,
                          "promoted": str(promoted.destination) if promoted else None,
