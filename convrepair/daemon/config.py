@@ -35,6 +35,7 @@ class RepairSection(_Strict):
     budget_seconds: NonNegative = 60.0
     accept_improvement: bool = False
     prefer: Literal["auto", "fast", "exact"] = "auto"
+    max_flip_rate: Annotated[float, Field(gt=0, lt=1)] = 0.01  # `repaired` needs the held-out flip rate's one-sided 95% bound ≤ this
 
 
 class ConfigFile(_Strict):
@@ -76,6 +77,7 @@ class ModelConfig:
     accept_improvement: bool = False
     lenses: tuple[str, ...] = ()
     prefer: str = "auto"
+    max_flip_rate: float = 0.01
     errors: list[str] = field(default_factory=list)
 
 
@@ -201,4 +203,4 @@ def load_model_config(path: Path, known_targets: list[str], check_files: bool = 
     lenses = parse_lenses(",".join(config.lenses) or "none" if isinstance(config.lenses, list) else config.lenses)
     return ModelConfig(path, list(config.targets), data, calibration, config.tolerances.atol, config.tolerances.rtol,
                        config.repair.policy, config.repair.budget_seconds, config.regression, config.repair.accept_improvement,
-                       lenses, config.repair.prefer)
+                       lenses, config.repair.prefer, max_flip_rate=config.repair.max_flip_rate)

@@ -1,10 +1,14 @@
 """`convrepair repair`: repair a converted model and prove the repair on held-out samples.
 
-Data is split once (seeded) into a search half, on which localization and every attempt are
-judged, and a held-out half that only the final check sees. Restores (FetaFix) are tried first:
-after each one the model is checked and localized again, because a conversion can carry several
-faults; a restore is kept only if agreement improves and no sample that agreed now disagrees.
-Precision faults get the precision fallback. The result is a `RepairReport`.
+Data is split once (seeded) into three disjoint parts (`outcome.SPLITS`): a search split, on which
+localization and every attempt are judged; a selection split, which picks between the options
+(restored model, precision fallback, patch) and keeps fallback layers; and a held-out split that
+only the final judgement sees. Restores (FetaFix) are tried first: after each one the model is
+checked and localized again, because a conversion can carry several faults; a restore is kept
+only if agreement improves and no sample that agreed now disagrees. Precision faults get the
+precision fallback. The verdict (`outcome.final_verdict`) is a pure function of held-out counts
+taken from the models' outputs, which the worker also leaves as arrays for the parent to judge
+again. The result is a `RepairReport`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from convrepair.fsutil import atomic_output, combined_digest, file_digests
 from convrepair.job import JobContext, opened
 from convrepair.localize.ir import export_options
 from convrepair.plugins import PluginRegistry
+from convrepair.repair.cost import repair_cost
 from convrepair.repair.outcome import (PREFERENCES, STRATEGIES, Attempt, Option, RepairConfig, RepairReport, choose_option,
-                                       fault_type_of, final_verdict)
+                                       SplitView, fault_type_of, final_verdict, three_splits)
 from convrepair.repair.stages import carried_restores, precision_fallback, pso_attempt, restore_loop
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
@@ -43,19 +48,31 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
         raise BadInput(f"unknown strategy '{config.strategy}' ({', '.join(STRATEGIES)})")
     if config.prefer not in PREFERENCES:
         raise BadInput(f"unknown preference '{config.prefer}' ({', '.join(PREFERENCES)})")
+    if not 0.0 < config.max_flip_rate < 1.0:
+        raise BadInput(f"max_flip_rate must lie between 0 and 1 (exclusive), not {config.max_flip_rate:g}")
+    if config.budget_seconds < 0:
+        raise BadInput(f"budget_seconds must not be negative, not {config.budget_seconds:g}")
     source, target = job.model(source_path), job.model(target_path)
     source_ref, target_ref, target_sidecar = source.ref, target.ref, target.sidecar
     if Path(out).resolve() in (source_ref.path.resolve(), target_ref.path.resolve()):
         raise BadInput("--out must not overwrite the source or the target", out)
     base = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed)
     dataset = job_dataset(job, source, base)
-    order = np.random.default_rng(config.seed).permutation(len(dataset))
-    search_idx, held_idx = np.sort(order[: len(order) // 2]), np.sort(order[len(order) // 2 :])
+    splits = three_splits(len(dataset), config.seed)
+    search_idx, selection_idx, held_idx = splits["search"], splits["selection"], splits["held_out"]
 
-    def check(path: Path, subset, localize=None) -> CheckReport:
-        cfg = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed,
+    def check(path: Path, subset, localize=None, every_sample: bool = False) -> CheckReport:
+        """On the search split: the check's sampled rounds. On the selection and held-out splits
+        (`every_sample`): one round over every sample of the split, so each counts once (random
+        inputs are drawn rounds × samples at a time and their rounds cover every split already)."""
+        whole = every_sample and config.data is not None
+        rounds, samples = (1, max(len(subset), 1)) if whole else (config.rounds, config.samples)
+        cfg = CheckConfig(data=config.data, rounds=rounds, samples=samples, seed=config.seed,
                           subset=subset, localize=localize, atol=config.atol, rtol=config.rtol)
         return check_models(job, source, job.model(path), cfg)
+
+    def select(path: Path, subset=selection_idx, localize=False, every_sample=True) -> CheckReport:
+        return check(path, subset, localize, every_sample)
 
     before = check(target_ref.path, search_idx, localize=True)
     attempts: list[Attempt] = []
@@ -82,14 +99,17 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
                 final_path, final_check = carried_restores(check, search_idx, work_target, ir_final, final_check,
                                                             target_ref, before, workdir, attempts)
                 current_ir = work_target if final_path == target_ref.path else ir_final
-    # what is left is offered as options: the precision fallback (exact, slower) for rounding
-    # faults, and a PSO patch (keeps the fast model); the policy picks on the held-out half
+    # every model that changed is an option: the restored model, the precision fallback (exact,
+    # slower) for rounding faults, a PSO patch (keeps the fast model); the selection split picks
     options: list[Option] = []
+    if final_path != target_ref.path:
+        options.append(Option("restore", Path(final_path), final_check, next(a for a in reversed(attempts) if a.applied)))
     if final_check.discrepant and target_ref.format == "onnx" and fault_type_of(final_check) == "precision":
         if source_ir_path is None:
             source_ir_path = job.onnx_ir(source, dataset.take(search_idx[:64]), options_ir).path
         fallback = precision_fallback(job.registry, check, search_idx, final_path, final_check, source_ir_path,
-                                       target_sidecar, target_ref.path, workdir, attempts, config)
+                                       target_sidecar, target_ref.path, workdir, attempts, config,
+                                       selection=lambda path: split_view(job, source, select(path), path, base, selection_idx))
         if fallback is not None:
             options.append(fallback)
     if final_check.discrepant and config.strategy in ("auto", "pso"):
@@ -97,30 +117,28 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
                                attempts, config, source_ir_path, current_ir)
         if patched[0] != final_path:
             options.append(Option("pso_patch", *patched, attempts[-1]))
-    held_before = after = None
-    if not before.conclusive:
-        verdict = "inconclusive"
-    elif not before.discrepant:
-        verdict = "already_equivalent"
-    else:
-        held_before = check(target_ref.path, held_idx, localize=False)
-        held = {}  # held-out checks of the options, made once
-        chosen = options[0] if options else None
-        if len(options) > 1:
-            held = {option.kind: check(option.path, held_idx, localize=False) for option in options}
-            choice = choose_option(options, held, held_before, target_ref.path, config.prefer)
-            chosen = next(option for option in options if option.kind == choice["chosen"])
-        if chosen is not None:
-            final_path, final_check = chosen.path, chosen.search_check
-            chosen.attempt.applied = True
-        after = held.get(chosen.kind) if chosen is not None and chosen.kind in held else (
-            check(final_path, held_idx, localize=False) if final_path != target_ref.path else None)
-        verdict = final_verdict(held_before, after, config)
+    chosen = options[0] if options else None
+    if len(options) > 1:
+        selected = {option.kind: select(option.path) for option in options}
+        choice = choose_option(options, selected, select(target_ref.path), target_ref.path, config.prefer)
+        chosen = next(option for option in options if option.kind == choice["chosen"])
+    if chosen is not None:
+        _mark_applied(attempts, chosen)
+        final_path, final_check = chosen.path, chosen.search_check
+    held_before = select(target_ref.path, held_idx)
+    after = select(chosen.path, held_idx) if chosen is not None else None
+    held, evidence = held_out_evidence(job, source, target, chosen.path if chosen else None, held_before, after, dataset,
+                                       held_idx, base, config)
+    ruling = final_verdict(held, config.max_flip_rate, config.accept_improvement, config.max_break_rate)
+    verdict = ruling.verdict
     output = None
-    if verdict not in ("not_repaired", "inconclusive"):
-        output = _write_output(job.registry, final_path, out, target_ref, target_sidecar, attempts)
+    if verdict in ("repaired", "improved", "unproven") and chosen is not None or (verdict == "already_equivalent" and config.force):
+        output = _write_output(job.registry, chosen.path if chosen is not None and verdict != "already_equivalent" else target_ref.path,
+                               out, target_ref, target_sidecar, attempts)
+    cost = repair_cost(job, target, chosen.path if chosen is not None else None, dataset, held_idx,
+                       (chosen.attempt.cost or {}).get("layers_kept_fp32") if chosen is not None else None)
     models = [("source", source_ref.path), ("target", target_ref.path)]
-    if output is not None and verdict in ("repaired", "improved"):
+    if output is not None and chosen is not None and verdict in ("repaired", "improved", "unproven"):
         models.append(("repaired", Path(output["path"])))
     lenses = look_through(job.registry, models, dataset, held_idx, search_idx, config, job)
     return RepairReport(
@@ -131,8 +149,8 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
         check_before=before.to_json(),
         attempts=attempts,
         check_after=after.to_json() if after is not None else None,
-        check_before_held_out=held_before.to_json() if held_before is not None else None,
-        splits={"search": int(len(search_idx)), "held_out": int(len(held_idx))},
+        check_before_held_out=held_before.to_json(),
+        splits={name: int(len(idx)) for name, idx in splits.items()},
         seconds=time.perf_counter() - started,
         device="cpu",
         strategy=config.strategy,
@@ -140,7 +158,59 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
         choice=choice,
         stages=_stages(before, attempts, config),
         job={"models_resolved": job.counts["resolve"], "models_loaded": job.counts["load"], "onnx_exports": job.counts["export"]},
+        verdict_reason=ruling.reason,
+        samples_needed=ruling.samples_needed,
+        held_out=held.to_json(),
+        max_flip_rate=config.max_flip_rate,
+        cost=cost,
+        evidence=evidence,
     )
+
+
+def _mark_applied(attempts: list[Attempt], chosen: Option) -> None:
+    """Only what is in the written model is `applied`: a fallback re-converts from the source, so
+    the restores before it are not in it; a patch is searched on the restored model, so they are."""
+    if chosen.kind == "precision_fallback":
+        for attempt in attempts:
+            attempt.applied = False
+    chosen.attempt.applied = True
+
+
+def split_view(job: JobContext, source, report: CheckReport, path: Path, base: CheckConfig, subset) -> SplitView:
+    """`path` against the source on a split, sample by sample, from the outputs its check ran."""
+    from dataclasses import replace
+
+    from convrepair.repair.evidence import failing_mask
+
+    split = job_dataset(job, source, replace(base, subset=subset))
+    every = np.arange(len(split))
+    mask = failing_mask(job.outputs(source, split, every), job.outputs(job.model(path), split, every),
+                        job.output_names(source), report.tolerance, report.classifier)
+    return SplitView({int(i) for i in np.asarray(subset)[mask]}, report.discrepant, int(len(split)))
+
+
+def held_out_evidence(job: JobContext, source, target, repaired_path: Path | None, held_before: CheckReport,
+                      after: CheckReport | None, dataset, held_idx, base: CheckConfig, config: RepairConfig):
+    """The held-out counts from the three models' outputs on the held-out split (the arrays the
+    held-out checks compared, from the job's cache), written for the parent when it asked."""
+    from dataclasses import replace
+
+    from convrepair.repair.evidence import held_out_from_arrays, write_evidence
+
+    held_set = job_dataset(job, source, replace(base, subset=held_idx))
+    every = np.arange(len(held_set))
+    outputs = {"source": job.outputs(source, held_set, every), "target": job.outputs(target, held_set, every)}
+    if repaired_path is not None:
+        outputs["repaired"] = job.outputs(job.model(repaired_path), held_set, every)
+    names = job.output_names(source)
+    inconclusive = list(held_before.inconclusive) + (list(after.inconclusive) if after is not None else [])
+    held = held_out_from_arrays(outputs["source"], outputs["target"], outputs.get("repaired"), held_idx, names,
+                                held_before.tolerance, held_before.classifier, inconclusive)
+    if config.evidence_dir is None:
+        return held, None
+    write_evidence(Path(config.evidence_dir), outputs, held_idx, names, held_before.tolerance.to_json(),
+                   held_before.classifier, inconclusive)
+    return held, str(config.evidence_dir)
 
 
 def _stages(before: CheckReport, attempts: list[Attempt], config: RepairConfig) -> list[dict[str, Any]]:

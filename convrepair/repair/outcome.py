@@ -1,24 +1,38 @@
 """What a repair is made of and how its attempts are judged: the config, each attempt, the
-report, and the rules that keep a change (more agreement, nothing broken) and name the verdict."""
+report, and the rules that keep a change (more agreement, nothing broken) and name the verdict.
+
+`final_verdict` is a pure function of the held-out figures (`HeldOut`): the parent process,
+which runs no model, computes it from the arrays the worker returned (importable without any
+framework)."""
 
 from __future__ import annotations
 
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convrepair.check import CheckReport
-from convrepair.repair.restore import Patch
+from convrepair.compare import clopper_pearson_upper
+from convrepair.repair.cost import size_of
 
 if TYPE_CHECKING:
+    from convrepair.check import CheckReport
     from convrepair.lenses import LensConfig
+    from convrepair.repair.restore import Patch
 
 SCHEMA = "convrepair.repair/v1"
 STRATEGIES = ("auto", "restore", "pso")
 PREFERENCES = ("auto", "fast", "exact")
+VERDICTS = ("repaired", "improved", "unproven", "already_equivalent", "not_repaired")
+SUCCESS = ("repaired", "already_equivalent")  # exit 0; every other verdict exits 1
+CONFIDENCE = 0.95  # of the one-sided Clopper–Pearson upper bound on the held-out flip rate
+# the data is split once (seeded) into three disjoint parts: attempts are judged on the search
+# split, options are chosen (and fallback layers kept) on the selection split, and the verdict
+# comes from the held-out split, which no attempt and no choice has seen
+SPLITS = {"search": 0.4, "selection": 0.2, "held_out": 0.4}
 
 
 @dataclass
@@ -39,6 +53,9 @@ class RepairConfig:
     max_break_rate: float = 0.01  # share of held-out agreeing samples a patch may break
     lenses: LensConfig | None = None  # reliability lenses over source, target and repaired model (held-out half)
     prefer: str = "auto"  # when fallback and patch both work: auto | fast (patch) | exact (fallback)
+    max_flip_rate: float = 0.01  # `repaired` needs the one-sided 95% upper bound of the held-out flip rate at or below this
+    force: bool = False  # write the target unchanged even when it is already equivalent
+    evidence_dir: Path | None = None  # where the worker leaves the held-out outputs (.npy) for the parent to judge
 
 
 @dataclass
@@ -74,7 +91,7 @@ class RepairReport:
     source: dict[str, Any]
     target: dict[str, Any]
     output: dict[str, Any] | None
-    verdict: str  # "repaired" | "improved" | "already_equivalent" | "not_repaired" | "inconclusive"
+    verdict: str  # one of VERDICTS
     check_before: dict[str, Any]
     attempts: list[Attempt]
     check_after: dict[str, Any] | None
@@ -87,6 +104,12 @@ class RepairReport:
     choice: dict[str, Any] | None = None  # options offered side by side and the one the policy took
     stages: list[dict[str, Any]] = field(default_factory=list)  # which stages ran, and why one did not
     job: dict[str, int] | None = None  # what the job context did: models resolved, loaded, exported
+    verdict_reason: str = ""
+    samples_needed: int | None = None  # `unproven`: held-out samples that would prove max_flip_rate
+    held_out: dict[str, Any] | None = None  # HeldOut counts behind the verdict
+    max_flip_rate: float = 0.01
+    cost: dict[str, Any] | None = None  # size, latency and precision mix before and after
+    evidence: str | None = None  # folder of the held-out arrays the parent judges again
 
     @property
     def skipped_for_time(self) -> list[str]:
@@ -94,7 +117,7 @@ class RepairReport:
 
     @property
     def succeeded(self) -> bool:
-        return self.verdict in ("repaired", "improved", "already_equivalent")
+        return self.verdict in SUCCESS
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -103,6 +126,11 @@ class RepairReport:
             "target": self.target,
             "output": self.output,
             "verdict": self.verdict,
+            "verdict_reason": self.verdict_reason,
+            "samples_needed": self.samples_needed,
+            "max_flip_rate": self.max_flip_rate,
+            "held_out": self.held_out,
+            "cost": self.cost,
             "strategy": self.strategy,
             "check_before": self.check_before,
             "attempts": [a.to_json() for a in self.attempts],
@@ -178,10 +206,11 @@ def fault_type_of(report: CheckReport) -> str | None:
 
 
 def choose_option(options: list[Option], held: dict[str, CheckReport], held_before: CheckReport, target_path: Path, prefer: str) -> dict[str, Any]:
-    """Pick one of several working repairs on the held-out half. `auto`: an equivalent one first,
+    """Pick one of several working repairs on the selection split (never the held-out one: the
+    verdict's evidence must not have chosen anything; the `held_out_*` keys keep their old names). `auto`: an equivalent one first,
     then fewer flips, then the fast one (the patch keeps the quantized model); `fast`: the patch
     whenever it improves on the target; `exact`: the fallback whenever it improves on it."""
-    fast = {"pso_patch"}
+    fast = {"pso_patch", "restore"}  # both keep the target's precision
     improves = {kind for kind, report in held.items()
                 if len(report.flipped_samples) < len(held_before.flipped_samples)}
     rows = []
@@ -189,36 +218,188 @@ def choose_option(options: list[Option], held: dict[str, CheckReport], held_befo
         report = held[option.kind]
         rows.append({"kind": option.kind, "held_out_verdict": report.verdict,
                      "held_out_label_agreement": report.pooled.label_agreement, "held_out_flips": len(report.flipped_samples),
-                     "improves": option.kind in improves, "bytes": option.path.stat().st_size,
+                     "improves": option.kind in improves, "bytes": size_of(option.path),
                      "inference_ms": inference_ms(option.path)})
     ranked = sorted(rows, key=lambda r: (not r["improves"], r["held_out_verdict"] != "equivalent", r["held_out_flips"], r["kind"] not in fast))
     if prefer in ("fast", "exact"):
         wanted = [r for r in ranked if r["improves"] and (r["kind"] in fast) == (prefer == "fast")]
         ranked = wanted + [r for r in ranked if r not in wanted]
     chosen = ranked[0]
-    why = {"auto": "equivalent first, then fewer held-out flips, then the faster model",
+    why = {"auto": "equivalent first, then fewer flips on the selection split, then the faster model",
            "fast": "the patch, which keeps the fast model, whenever it improves on the target",
            "exact": "the precision fallback whenever it improves on the target"}[prefer]
     for row in rows:
         row["chosen"] = row is chosen
-    return {"policy": prefer, "why": why, "chosen": chosen["kind"], "options": rows,
-            "target": {"bytes": Path(target_path).stat().st_size, "inference_ms": inference_ms(target_path),
+    return {"policy": prefer, "why": why, "chosen": chosen["kind"], "options": rows, "split": "selection",
+            "target": {"bytes": size_of(target_path), "inference_ms": inference_ms(target_path),
                        "held_out_flips": len(held_before.flipped_samples)}}
 
 
-def final_verdict(held_before: CheckReport, after: CheckReport | None, config: RepairConfig) -> str:
-    if after is None:
-        return "not_repaired"
-    if not after.discrepant:
-        return "repaired"
-    broken = set(after.flipped_samples) - set(held_before.flipped_samples)
-    agree_before, agree_after = held_before.pooled.label_agreement or 0.0, after.pooled.label_agreement or 0.0
-    improved = agree_after > agree_before and len(broken) <= config.max_break_rate * max(after.distinct, 1)
-    return "improved" if improved and config.accept_improvement else "not_repaired"
+@dataclass
+class SplitView:
+    """One model against the source on one split, as counts: which samples fail, and the judge's verdict."""
+
+    failing: set[int]
+    discrepant: bool
+    n: int
 
 
-def inference_ms(path: Path, batch: int = 256, repeats: int = 25) -> float:
-    """Median time of one batch through ONNX Runtime on the CPU: the cost a fallback adds."""
+def significant_gain(before: SplitView, after: SplitView) -> tuple[bool, str]:
+    """Is `after` better than `before` beyond chance? Equivalent where `before` was discrepant; or
+    more samples fixed than broken, with the one-sided 95% Clopper–Pearson upper bound on the
+    broken share of the changed samples below one half (a sign test: the same agreement, or a
+    gain the size of its own noise, is not kept)."""
+    fixed, broken = len(before.failing - after.failing), len(after.failing - before.failing)
+    counts = f"fixed {fixed}, broke {broken} of {after.n} samples ({len(before.failing)} → {len(after.failing)} failing)"
+    if before.discrepant and not after.discrepant and not after.failing:
+        return True, f"equivalent ({counts})"
+    if fixed <= broken:
+        return False, f"no gain ({counts})"
+    bound = clopper_pearson_upper(broken, fixed + broken, CONFIDENCE)
+    if bound < 0.5:
+        return True, f"{counts}: a gain beyond its bound (one-sided 95% upper bound on the broken share {bound:.0%} < 50%)"
+    return False, f"{counts}: within its bound (one-sided 95% upper bound on the broken share {bound:.0%} ≥ 50%)"
+
+
+def three_splits(total: int, seed: int) -> dict[str, np.ndarray]:
+    """Disjoint sorted index sets (search, selection, held-out) of `SPLITS`' sizes, from one seeded
+    permutation of the data."""
+    order = np.random.default_rng(seed).permutation(total)
+    search = int(round(total * SPLITS["search"]))
+    selection = int(round(total * SPLITS["selection"]))
+    return {"search": np.sort(order[:search]), "selection": np.sort(order[search:search + selection]),
+            "held_out": np.sort(order[search + selection:])}
+
+
+def flip_rate_bound(failures: int, n: int) -> float:
+    """One-sided 95% Clopper–Pearson upper bound on a flip rate after `failures` in `n` distinct samples."""
+    return clopper_pearson_upper(failures, n, CONFIDENCE)
+
+
+def samples_needed(max_flip_rate: float) -> int:
+    """Distinct held-out samples that, with no flip among them, put the one-sided 95% upper bound
+    at or below `max_flip_rate`: (1 − p)^n ≤ 0.05, so n ≥ ln(0.05) / ln(1 − p)."""
+    if max_flip_rate >= 1.0:
+        return 1
+    if max_flip_rate <= 0.0:
+        raise ValueError("max_flip_rate must be above 0: no finite sample proves a flip rate of 0")
+    n = math.ceil(math.log(1.0 - CONFIDENCE) / math.log1p(-max_flip_rate))
+    while n > 1 and flip_rate_bound(0, n - 1) <= max_flip_rate:  # guard against rounding up one too many
+        n -= 1
+    return n
+
+
+@dataclass
+class HeldOut:
+    """What the held-out split says, as counts: the target and the repaired model against the
+    source on the same `n` distinct samples no attempt or choice has seen. A failing sample is a
+    label flip (class scores) or a sample outside the judge's tolerance (other outputs)."""
+
+    n: int
+    failing_before: list[int]  # held-out samples the target gets wrong
+    discrepant_before: bool  # the judge's verdict on the target
+    failing_after: list[int] | None = None  # … the repaired model (None: no repair to judge)
+    discrepant_after: bool | None = None
+    inconclusive: list[str] = field(default_factory=list)  # why the held-out check cannot conclude (the guard)
+    label_agreement_before: float | None = None
+    label_agreement_after: float | None = None
+
+    @property
+    def broken(self) -> list[int]:
+        """Samples the target got right that the repair gets wrong."""
+        return sorted(set(self.failing_after or []) - set(self.failing_before))
+
+    def bound(self, failing: list[int] | None) -> float | None:
+        return flip_rate_bound(len(failing), self.n) if failing is not None and self.n else None
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["broken"] = self.broken
+        out["flip_rate_upper_bound_before"] = self.bound(self.failing_before)
+        out["flip_rate_upper_bound_after"] = self.bound(self.failing_after)
+        out["bound"] = f"one-sided {CONFIDENCE:.0%} Clopper–Pearson upper bound on the flip rate over {self.n} distinct samples"
+        return out
+
+
+@dataclass
+class Verdict:
+    verdict: str
+    reason: str
+    samples_needed: int | None = None  # held-out samples that would prove `max_flip_rate` (for `unproven`)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def final_verdict(held: HeldOut, max_flip_rate: float = 0.01, accept_improvement: bool = False,
+                  max_break_rate: float = 0.01) -> Verdict:
+    """The verdict from held-out counts alone. `repaired` needs three things: the target failed
+    on the held-out split, the repaired model is equivalent there, and the one-sided 95% upper
+    bound of its held-out flip rate is at most `max_flip_rate`. Too few samples for the bound:
+    `unproven`, naming how many would do. A check that cannot conclude is never `repaired`."""
+    needed = samples_needed(max_flip_rate)
+    before = len(held.failing_before)
+    if held.inconclusive:
+        return Verdict("unproven", "the held-out check cannot conclude: " + "; ".join(held.inconclusive))
+    if not before and not held.discrepant_before:
+        bound = held.bound(held.failing_before)
+        return Verdict("already_equivalent", f"no held-out sample fails before repair (0 of {held.n}; one-sided 95% upper "
+                                             f"bound on the flip rate {bound:.2%})" if bound is not None else
+                       "no held-out sample fails before repair")
+    if held.failing_after is None:
+        return Verdict("not_repaired", f"no repair to judge; the target fails {before} of {held.n} held-out samples")
+    after = len(held.failing_after)
+    bound = held.bound(held.failing_after)
+    if not held.discrepant_after and not after:
+        if bound is not None and bound <= max_flip_rate:
+            return Verdict("repaired", f"equivalent on {held.n} held-out samples ({before} failed before); one-sided 95% "
+                                       f"upper bound on the flip rate {bound:.2%} ≤ {max_flip_rate:.2%}")
+        return Verdict("unproven", f"equivalent on {held.n} held-out samples ({before} failed before), but the one-sided 95% "
+                                   f"upper bound on the flip rate is {bound:.2%}, above {max_flip_rate:.2%}: it needs at "
+                                   f"least {needed} held-out samples with no flip", needed)
+    broken = len(held.broken)
+    if after < before and broken <= max_break_rate * max(held.n, 1):
+        why = (f"{after} of {held.n} held-out samples fail after repair ({before} before, {broken} newly broken); "
+               f"one-sided 95% upper bound on the flip rate {bound:.2%}")
+        if accept_improvement:
+            return Verdict("improved", why)
+        return Verdict("not_repaired", why + "; fewer failures short of equivalence needs --accept-improvement")
+    return Verdict("not_repaired", f"{after} of {held.n} held-out samples fail after repair ({before} before, "
+                                   f"{broken} newly broken)")
+
+
+def held_out_of(before: CheckReport, after: CheckReport | None) -> HeldOut:
+    """The counts of two held-out checks (the worker's view; the parent recomputes them from arrays)."""
+    return HeldOut(n=before.distinct, failing_before=failing_samples(before), discrepant_before=before.discrepant,
+                   failing_after=failing_samples(after) if after is not None else None,
+                   discrepant_after=after.discrepant if after is not None else None,
+                   inconclusive=list(before.inconclusive) + (list(after.inconclusive) if after is not None else []),
+                   label_agreement_before=before.pooled.label_agreement,
+                   label_agreement_after=after.pooled.label_agreement if after is not None else None)
+
+
+def failing_samples(report: CheckReport) -> list[int]:
+    """Samples a check found wrong: label flips for class scores; otherwise the samples over the
+    noise-floor limit, or (tolerances only counting values) every sample when any value is out."""
+    if report.pooled.label_agreement is not None:
+        return sorted(int(i) for i in report.flipped_samples)
+    bad: set[int] = set()
+    limits = (report.tolerance.noise_floor or {}).get("outputs") if report.tolerance.noise_floor else None
+    for index, out in enumerate(report.pooled.outputs):
+        if out.rel_errors is None or out.sample_ids is None:
+            continue
+        if limits is not None:
+            bad |= {int(i) for i in out.sample_ids[out.rel_errors > limits[index]["limit"]]}
+        elif out.violations:
+            bad |= {int(i) for i in out.sample_ids}  # which samples hold the values is not kept: count them all
+    return sorted(bad)
+
+
+def inference_ms(path: Path, batch: int = 256, repeats: int = 25) -> float | None:
+    """Median time of one batch through ONNX Runtime on the CPU: the cost a fallback adds (None
+    for a model in another format: `cost` times every format through its own runner)."""
+    if Path(path).suffix != ".onnx":
+        return None
     import onnxruntime as ort
 
     options = ort.SessionOptions()

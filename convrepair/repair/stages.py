@@ -12,7 +12,8 @@ from convrepair.check import CheckReport
 from convrepair.errors import BadInput, exception_text
 from convrepair.job import JobContext
 from convrepair.localize.ir import export_options
-from convrepair.repair.outcome import Attempt, Option, better, divergence_moved, fewer_flips, inference_ms, violation_count
+from convrepair.repair.outcome import (Attempt, Option, better, divergence_moved, fewer_flips, inference_ms, significant_gain,
+                                       violation_count)
 from convrepair.repair.restore import Patch, RestoreUnavailable, restore
 from convrepair.repair.transfer import CARRIERS
 from convrepair.report.progress import track
@@ -141,48 +142,84 @@ def pso_attempt(job: JobContext, check, source, target, current_path, current_ch
 
 
 def precision_fallback(registry, check, search_idx, current_path, current_check, source_ir_path, target_sidecar,
-                        target_path, workdir, attempts, config) -> Option | None:
-    """Re-run the lossy conversion keeping the most sensitive layers in fp32, one more at a time,
-    until the search split is equivalent or `max_fp32_layers` are spent. Returns the best
-    candidate that improves without new flips, or None."""
+                        target_path, workdir, attempts, config, selection=None) -> Option | None:
+    """Re-run the lossy conversion keeping layers in fp32. Which layers: the candidates
+    localization ranks (the layers that add the most error, twice `max_fp32_layers` of them) are
+    each measured alone — re-converted with that one layer in fp32 and checked on the search
+    split — and then kept cumulatively in the order of that measured gain, until the search split
+    is equivalent or `max_fp32_layers` are spent. A set is kept only when it helps on the search
+    split and its gain on the selection split (`selection(path)` → failing samples, discrepant)
+    is beyond its bound (`outcome.significant_gain`). Returns the best such candidate, or None."""
     from convrepair.repair.precision import lossy_step, requantize, sensitivity_ranking
 
     step = lossy_step(target_sidecar)
     if step is None:
         attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
         return None
-    best: Option | None = None
-    keep: list[str] = []
     inference_before = inference_ms(current_path)
-    for layer in track(sensitivity_ranking(current_check.localization or {"layers": []})[: config.max_fp32_layers], "precision fallback: layers kept in fp32"):
-        keep.append(layer)
-        candidate = workdir / f"fallback_{len(keep)}.onnx"
-        t0 = time.perf_counter()
+    candidates = sensitivity_ranking(current_check.localization or {"layers": []})[: 2 * config.max_fp32_layers]
+
+    def convert(keep: list[str], name: str, t0: float) -> Path | None:
+        candidate = workdir / name
         try:  # the calibration data lies beside the target as converted, not beside a restored copy
             requantize(registry, source_ir_path, candidate, step, keep, target_path)
         except BadInput as exc:
-            attempts.append(Attempt("precision_fallback", False, exc.one_line()))
-            return best
+            attempts.append(Attempt("precision_fallback", False, exc.one_line(), seconds=time.perf_counter() - t0))
+            return None
         except Exception as exc:  # noqa: BLE001 - a converter failing here refuses the fallback, not the repair
-            attempts.append(Attempt("precision_fallback", False, f"{type(exc).__name__}: {exception_text(exc, 200)}"))
-            return best
+            attempts.append(Attempt("precision_fallback", False, f"{type(exc).__name__}: {exception_text(exc, 200)}",
+                                    seconds=time.perf_counter() - t0))
+            return None
         write_sidecar(candidate, target_sidecar)
+        return candidate
+
+    sensitivity: list[dict] = []
+    if len(candidates) > 1:  # measured, not guessed: each candidate alone in fp32
+        for index, layer in enumerate(track(candidates, "precision fallback: measuring each layer in fp32")):
+            t0 = time.perf_counter()
+            probe = convert([layer], f"probe_{index}.onnx", t0)
+            if probe is None:
+                return None
+            result = check_own(check, probe, search_idx, False, attempts, "precision_fallback", t0)
+            if result is None:
+                return None
+            sensitivity.append({"layer": layer, "flips": len(result.flipped_samples), "violations": violation_count(result),
+                                "max_abs": result.pooled.max_abs})
+        order = [row["layer"] for row in sorted(sensitivity, key=lambda r: (r["flips"], r["violations"], r["max_abs"]))]
+    else:
+        order = candidates
+    best: Option | None = None
+    best_selection = selection(Path(current_path)) if selection is not None else None
+    keep: list[str] = []
+    for layer in track(order[: config.max_fp32_layers], "precision fallback: layers kept in fp32"):
+        keep.append(layer)
+        t0 = time.perf_counter()
+        candidate = convert(list(keep), f"fallback_{len(keep)}.onnx", t0)
+        if candidate is None:
+            return best
         result = check_own(check, candidate, search_idx, False, attempts, "precision_fallback", t0)
         if result is None:
             return best
         accepted, reason, new = better(current_check, result)  # closer, with no new flips
         if not accepted:
             accepted, reason, new = fewer_flips(current_check, result, config.max_break_rate)  # or fewer flips within the break rate
+        reason = f"search split: {reason}" + (f"; still discrepant (max |Δ| {result.pooled.max_abs:.3g})" if result.discrepant
+                                               else "; equivalent on the search split")
+        chosen = None
+        if accepted and best_selection is not None:
+            chosen = selection(candidate)
+            gained, why = significant_gain(best_selection, chosen)
+            accepted, reason = gained, f"{reason}; selection split: {why}"
         cost = {"layers_kept_fp32": list(keep), "bytes": candidate.stat().st_size, "bytes_before": Path(current_path).stat().st_size,
-                "inference_ms": inference_ms(candidate), "inference_ms_before": inference_before}
+                "inference_ms": inference_ms(candidate), "inference_ms_before": inference_before,
+                "sensitivity": sensitivity or None}
         patch = Patch("precision_fallback", ", ".join(keep), 0, f"re-ran {step.converter} keeping {keep} in fp32")
-        reason = f"{reason}; still discrepant (max |Δ| {result.pooled.max_abs:.3g})" if result.discrepant else "equivalent on the search split"
         attempt = Attempt("precision_fallback", accepted, reason, patch, result.pooled.label_agreement,
                           violation_count(result), new, time.perf_counter() - t0, cost)
         attempts.append(attempt)
-        if accepted and (best is None or (len(result.flipped_samples), violation_count(result))
-                         < (len(best.search_check.flipped_samples), violation_count(best.search_check))):
+        if accepted:
             best = Option("precision_fallback", candidate, result, attempt)
+            best_selection = chosen if chosen is not None else best_selection
         if not result.discrepant:
             break
     return best

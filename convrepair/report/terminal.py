@@ -211,7 +211,7 @@ def render_repair(report: dict[str, Any]) -> None:
     from convrepair.report.summary import kept
 
     verdict = report["verdict"]
-    colour = {"repaired": "green", "already_equivalent": "green", "improved": "yellow"}.get(verdict, "red")
+    colour = {"repaired": "green", "already_equivalent": "green", "improved": "yellow", "unproven": "yellow"}.get(verdict, "red")
     console.print(f"[bold]repair[/] {report['target']['path']} against {report['source']['path']}: [bold {colour}]{verdict.upper()}[/]")
     for reason in (report.get("check_before") or {}).get("inconclusive_reasons") or []:
         console.print(f"[bold yellow]inconclusive:[/] {escape(reason)}")
@@ -239,8 +239,10 @@ def render_repair(report: dict[str, Any]) -> None:
                           f"({cost['evaluations_per_second']:.0f}/s)")
     choice = report.get("choice")
     if choice:
-        options = Table(title=f"repairs offered side by side (policy {choice['policy']}: {choice['why']})", title_justify="left")
-        for column in ("kind", "held-out agreement", "held-out flips", "size", "inference ms (batch 256)", "chosen"):
+        split = choice.get("split", "held-out")
+        options = Table(title=f"repairs offered side by side, chosen on the {split} split (policy {choice['policy']}: "
+                              f"{choice['why']})", title_justify="left")
+        for column in ("kind", f"{split} agreement", f"{split} flips", "size", "inference ms (batch 256)", "chosen"):
             options.add_column(column)
         target = choice["target"]
         options.add_row("target as converted", "", str(target["held_out_flips"]), human_size(target["bytes"]), _fmt(target["inference_ms"]), "")
@@ -250,16 +252,44 @@ def render_repair(report: dict[str, Any]) -> None:
         show(options)
     held = report.get("check_before_held_out")
     after = report.get("check_after")
+    splits = report.get("splits") or {}
+    if splits:
+        console.print("splits: " + ", ".join(f"{name.replace('_', '-')} {count}" for name, count in splits.items())
+                      + " samples (disjoint; the verdict reads only the held-out split)")
     if held:
         console.print(f"held-out before: {held['verdict']}, label agreement {_fmt(held['label_agreement'], '.2%')}, "
                       f"{len(held['flips'])} flip(s)")
     if after:
-        console.print(f"held-out check ({report['splits']['held_out']} samples never used by the search): "
+        console.print(f"held-out check ({splits.get('held_out')} samples no attempt or choice has seen): "
                       f"{after['verdict']}, label agreement {_fmt(after['label_agreement'], '.2%')}, {len(after['flips'])} flip(s), "
                       f"max |Δ| {_fmt(after['outputs'][0]['max_abs'])}")
+    render_repair_cost(report.get("cost"))
     render_lenses(report.get("lenses"))
+    if report.get("verdict_reason"):
+        console.print(f"[bold {colour}]{verdict}[/]: {escape(report['verdict_reason'])}")
     if report.get("output"):
         console.print(f"written: {report['output']['path']}")
+
+
+def render_repair_cost(cost: dict[str, Any] | None) -> None:
+    """What the repair costs: size, latency, precision mix, before → after."""
+    if not cost:
+        return
+    before, after = cost["before"], cost["after"]
+    line = (f"cost: size {human_size(before['bytes'])} → {human_size(after['bytes'])} ({cost['size_ratio']:.2f}×), "
+            f"latency {_fmt(before['latency_ms'])} → {_fmt(after['latency_ms'])} ms per batch of {cost['latency_batch']}")
+    if cost.get("latency_ratio") is not None:
+        line += f" ({cost['latency_ratio']:.2f}×)"
+    console.print(line)
+    mix_before, mix_after = before.get("precision"), after.get("precision")
+    if mix_before and mix_after:
+        def mix(m: dict[str, Any]) -> str:
+            total = max(sum(m["parameters"].values()), 1)
+            return ", ".join(f"{kind} {count / total:.0%}" for kind, count in sorted(m["parameters"].items(), key=lambda kv: -kv[1]))
+        console.print(f"precision: parameters {mix(mix_before)} → {mix(mix_after)}; quantized ops "
+                      f"{mix_before['quantized_ops']} → {mix_after['quantized_ops']}")
+    if cost.get("layers_kept_fp32"):
+        console.print(f"kept in fp32: {escape(', '.join(cost['layers_kept_fp32']))}")
 
 
 def render_lenses(lenses: dict[str, Any] | None) -> None:
