@@ -74,12 +74,16 @@ def _plugin_packages_and_metadata() -> tuple[set[str], set[str]]:
 
 def model_files(paths: Iterable[Path]) -> list[Path]:
     """A model with what travels beside it: `NAME` (file or SavedModel folder) and `NAME.*`
-    (its sidecar, kept calibration data, ONNX external data named after it)."""
+    (its sidecar, kept calibration data, ONNX external data named after it).
+
+    `NAME` is the caller's choice and may be a link; a companion found by the pattern is granted
+    only where it is no link at all — a `model.onnx.data` pointing at a key elsewhere grants nothing
+    (a Landlock rule on a link would cover the file it points to)."""
     found: list[Path] = []
     for path in paths:
         path = Path(path).absolute()
         found.append(path)
-        found += [Path(p) for p in glob.glob(glob.escape(str(path)) + ".*")]
+        found += [Path(p) for p in glob.glob(glob.escape(str(path)) + ".*") if not os.path.islink(p)]
     return found
 
 

@@ -196,3 +196,18 @@ def _allocate(_send) -> int:
 def test_the_worker_is_held_to_its_memory_limit(contained):
     with pytest.raises(BadInput, match="more memory than the worker may use \\(512 MB"):
         run_contained(_allocate, reads=[], memory_mb=512)
+
+
+def test_a_companion_linking_to_a_key_grants_nothing(contained, tmp_path):
+    """`model.onnx.data` beside the model, a link to the service key: the worker may read the model
+    and its real companions, never what a companion links to."""
+    folder = tmp_path / "registry" / "m" / "1"
+    folder.mkdir(parents=True)
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "service.key").write_text("PRIVATE")
+    (folder / "model.onnx").write_text("model")
+    (folder / "model.onnx.convrepair.json").write_text("{}")
+    (folder / "model.onnx.data").symlink_to(tmp_path / "keys" / "service.key")
+    assert run_contained(_read_key, str(folder / "model.onnx.convrepair.json"), reads=[folder / "model.onnx"])[0] == "{}"
+    with pytest.raises(UnsafeModel, match="Permission denied"):
+        run_contained(_read_key, str(folder / "model.onnx.data"), reads=[folder / "model.onnx"])
