@@ -63,6 +63,7 @@ class CheckConfig:
     lenses: LensConfig | None = None  # reliability lenses to run on the sampled data
     output_atol: dict[str, float] = field(default_factory=dict)  # per source output name (--atol NAME:VALUE)
     output_rtol: dict[str, float] = field(default_factory=dict)
+    memory_mb: int | None = None  # what one batch may take (None: a share of the machine's free memory)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class CheckReport:
     batch_dependent: dict[str, Any] = field(default_factory=lambda: batch_dependence([], None, False))
     evidence: dict[str, str] = field(default_factory=dict)  # evidence file → sha256, when judged across processes
     provenance: dict[str, list[str]] | None = None  # which fields the parent computed, which the worker reported
+    worker_reported: dict[str, Any] = field(default_factory=dict)  # diagnostics a contained worker computed
 
     @property
     def discrepant(self) -> bool:
@@ -159,7 +161,7 @@ class CheckReport:
             "guard": {"reasons": self.inconclusive, "outranked_by_evidence": bool(self.inconclusive and self.reasons)},
             "evidence": self.evidence or None,
             "provenance": self.provenance,
-        }
+        } | self.worker_reported
 
 
 def _ref_json(ref: ModelRef) -> dict[str, Any]:
@@ -222,6 +224,7 @@ def check_models(
     """Run both models (through `job`), judge the tensors with the one judge, localize when asked."""
     started = time.perf_counter()
     validate_config(config)
+    job.memory_mb = config.memory_mb or job.memory_mb
     source_runner, target_runner = job.runner(source), job.runner(target)
     if len(source_runner.inputs) != len(target_runner.inputs):
         raise BadInput(
@@ -295,6 +298,7 @@ def diagnose(job: JobContext, source: ModelHandle, target: ModelHandle, dataset:
                                    "unaligned": {}, "static_diff": [],
                                    "fault": {"type": "unknown", "detail": f"localization unavailable: {exc.one_line()}",
                                              "evidence": {}}}
+
     if config.lenses:
         report.lenses = _lenses(job, source, target, dataset, plan, config)
 

@@ -73,6 +73,25 @@ def load_npz(path: Path, specs: list[TensorSpec]) -> Dataset:
     return Dataset([a.astype(spec.dtype or a.dtype, copy=False) for a, spec in zip(arrays, specs)], labels, [s.layout for s in specs], str(path))
 
 
+def npz_facts(path: Path) -> tuple[int, np.ndarray | None, list[np.ndarray]]:
+    """(samples, labels, input arrays) of a data file, read without any model's input specs: the
+    parent of a contained check learns what it needs to judge from the file itself, never from the
+    worker. Every array but `y` and a golden file's outputs and header counts as an input."""
+    path = Path(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+        arrays = [archive[k] for k in archive.files if k != "y" and not k.startswith(("output__", "__convrepair"))]
+        labels = archive["y"] if "y" in archive.files else None
+    except Exception as exc:  # noqa: BLE001 - numpy parses headers with tokenize/ast: any error is a bad file
+        raise BadInput(f"is not a readable .npz data file: {type(exc).__name__}: {exception_text(exc)}", path) from None
+    for array in arrays:
+        _require_numbers(array, "input", path)
+    count = arrays[0].shape[0] if arrays and arrays[0].ndim else 0
+    if count == 0 or any(a.ndim == 0 or a.shape[0] != count for a in arrays):
+        raise BadInput("data arrays are empty or differ in their number of samples", path)
+    return count, (_class_labels(labels, count, path) if labels is not None else None), arrays
+
+
 def _require_numbers(array: np.ndarray, what: str, path: Path) -> None:
     """Plain finite numbers only: a NaN or Inf input makes every comparison meaningless."""
     if array.dtype.kind not in "biuf":

@@ -75,7 +75,8 @@ def gather(job: JobContext, source: ModelHandle, target: ModelHandle, dataset: D
     check_output_counts(job.runner(source), job.runner(target), dict(zip(names[0], s_out)), dict(zip(names[1], t_out)))
     integer = not any(np.issubdtype(x.dtype, np.floating) for x in dataset.inputs)
     positions = floor_positions(len(indices), integer) if floor else np.zeros(0, np.int64)
-    nudged, method = (_nudged(job, source, dataset, indices[positions], batch_size, [s[positions] for s in s_out])
+    nudged, method = (_nudged(job, source, dataset, indices[positions], job.batch_for(source, batch_size),
+                              [s[positions] for s in s_out])
                       if floor else (None, "none"))
     singles = spread(len(indices), BATCH_SAMPLES)
     single, error = _one_at_a_time(job, target, dataset, indices[singles])

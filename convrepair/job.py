@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convrepair import memory
 from convrepair.model import ModelRef, model_ref
 from convrepair.report.progress import stage
 from convrepair.sidecar import Sidecar, read_sidecar
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from convrepair.plugins import PluginRegistry
 
 
+MEMORY_PROBE = 8  # samples in a model's first batch, which measures its bytes per sample
+
+
 @dataclass
 class ModelHandle:
     """One model file within a job: what it is, and what the job has already done with it."""
@@ -39,6 +43,7 @@ class ModelHandle:
     runner: Runner | None = None
     irs: dict[str, OnnxIR] = field(default_factory=dict)  # by export options
     outputs: dict[tuple, list[np.ndarray]] = field(default_factory=dict)  # by (data, indices)
+    bytes_per_sample: int | None = None  # measured on the model's first small batch (memory-sized batches)
 
     @property
     def precision(self) -> str:
@@ -48,9 +53,10 @@ class ModelHandle:
 class JobContext:
     """Opened once per job; `model(path)` gives the same `ModelHandle` every time it is asked."""
 
-    def __init__(self, registry: PluginRegistry, device: str = "cpu"):
+    def __init__(self, registry: PluginRegistry, device: str = "cpu", memory_mb: int | None = None):
         self.registry = registry
         self.device = device
+        self.memory_mb = memory_mb  # what one batch may use; None: a share of what the machine has free
         self.models: dict[tuple, ModelHandle] = {}
         self.datasets: dict[tuple, Dataset] = {}
         self.graphs: dict[str, tuple[Any, GraphView]] = {}  # ONNX file → (ModelProto, GraphView)
@@ -67,7 +73,7 @@ class JobContext:
         if handle is None:
             self.counts["resolve"] += 1
             ref = model_ref(path, self.registry, fmt)
-            handle = ModelHandle(ref, read_sidecar(ref.path) or self.registry.implied_sidecar(ref))
+            handle = ModelHandle(ref, read_sidecar(ref.path))
             self.models[key] = handle
         return handle
 
@@ -87,18 +93,33 @@ class JobContext:
         self.models = {k: v for k, v in self.models.items() if v is not handle}
 
     def outputs(self, handle: ModelHandle, dataset: Dataset, indices: np.ndarray, batch_size: int = 256) -> list[np.ndarray]:
-        """The model's outputs on `dataset[indices]`, computed once per job (sources are asked often)."""
-        from convrepair.data import batches, feeds_for
+        """The model's outputs on `dataset[indices]`, computed once per job (sources are asked often),
+        in batches sized by memory: the first small batch measures the model's bytes per sample, and
+        later batches hold as many samples as the budget allows (at most `batch_size`)."""
+        from convrepair.data import feeds_for
 
         key = (dataset.origin, id(dataset), _indices_key(indices))
         if key not in handle.outputs:
             runner = self.runner(handle)
             subset = dataset.take(np.asarray(indices))
             parts: list[list[np.ndarray]] = []
-            for start, stop in batches(len(subset), batch_size):
-                parts.append(list(runner.run(feeds_for(runner.inputs, subset, start, stop)).values()))
+            start = 0
+            if handle.bytes_per_sample is None and len(subset) > MEMORY_PROBE:
+                before, peak = memory.rss(), memory.peak()
+                parts.append(list(runner.run(feeds_for(runner.inputs, subset, 0, MEMORY_PROBE)).values()))
+                handle.bytes_per_sample = memory.per_sample(before, peak, MEMORY_PROBE, subset, parts[0])
+                start = MEMORY_PROBE
+            step = self.batch_for(handle, batch_size)
+            for begin in range(start, len(subset), step):
+                parts.append(list(runner.run(feeds_for(runner.inputs, subset, begin, min(begin + step, len(subset)))).values()))
             handle.outputs[key] = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
         return handle.outputs[key]
+
+    def batch_for(self, handle: ModelHandle, batch_size: int) -> int:
+        """How many samples of this model one batch holds within the job's memory budget."""
+        if handle.bytes_per_sample is None:
+            return batch_size
+        return max(1, min(batch_size, memory.budget(self.memory_mb) // max(handle.bytes_per_sample, 1)))
 
     def output_names(self, handle: ModelHandle) -> list[str]:
         return [spec.name for spec in self.runner(handle).outputs]

@@ -104,3 +104,61 @@ def test_the_noise_floor_is_measured_on_every_sample_at_a_high_quantile(tmp_path
     report = run_check(default_registry(), source, source, CheckConfig(data=_images(tmp_path / "x.npz"), localize=False))
     floor = report.tolerance.noise_floor
     assert floor["samples"] == report.distinct == 300 and floor["quantile"] == 0.99
+
+
+# --- the parent judges what the worker hands back (issue 19: the worker computes nothing signed) ------
+
+
+def _handed_back(tmp_path, source, target, data):
+    """What a worker leaves: the tensors `broker.work` writes, and its own report."""
+    from convrepair import broker
+
+    registry, config = default_registry(), CheckConfig(data=data, localize=False)
+    asked = broker.ask(registry, source, target, config)
+    folder = tmp_path / "evidence"
+    folder.mkdir()
+    reply = broker.work(registry, source, target, config, asked.data.n, asked.indices, folder)
+    return asked, folder, reply, config
+
+
+def _swapped(tmp_path):
+    source = deep_cnn(tmp_path / "source.onnx")
+    model = onnx.load(str(source))
+    init = next(i for i in model.graph.initializer if i.name == "fc.w")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[::-1].copy(), "fc.w"))
+    onnx.save(model, str(tmp_path / "swapped.onnx"))
+    return source, tmp_path / "swapped.onnx"
+
+
+def test_a_forged_worker_verdict_changes_nothing_and_diagnostics_are_marked_worker(tmp_path):
+    from convrepair import broker
+
+    source, target = _swapped(tmp_path)
+    asked, folder, reply, config = _handed_back(tmp_path, source, target, _images(tmp_path / "x.npz"))
+    forged = dict(reply["report"], verdict="equivalent", reasons=[], flips=[], label_agreement=1.0,
+                  localization={"fault": {"type": "none"}})
+    report = broker.decide(asked, folder, {"report": forged}, config, 0.0).to_json()
+    assert report["verdict"] == "discrepant" and report["flips"] and report["label_agreement"] < 1.0
+    assert report["localization"] == {"fault": {"type": "none"}}  # shown, as the worker's
+    assert "localization" in report["provenance"]["worker"] and "verdict" in report["provenance"]["parent"]
+    assert set(report["evidence"]) == {p.name for p in folder.glob("*.npy")}
+
+
+def test_the_parent_refuses_evidence_it_did_not_ask_for(tmp_path):
+    import pytest
+
+    from convrepair import broker
+    from convrepair.errors import BadInput
+
+    source, target = _swapped(tmp_path)
+    asked, folder, reply, config = _handed_back(tmp_path, source, target, _images(tmp_path / "x.npz"))
+    np.save(folder / "extra.npy", np.zeros(3))
+    with pytest.raises(BadInput, match="not what was asked for"):
+        broker.decide(asked, folder, reply, config, 0.0)
+    (folder / "extra.npy").unlink()
+    np.save(folder / "target_0.npy", np.zeros((5, 10), np.float32))  # fewer rows than asked
+    with pytest.raises(BadInput, match="rows were asked for"):
+        broker.decide(asked, folder, reply, config, 0.0)
+    np.save(folder / "target_0.npy", np.array([{"a": 1}] * 300, dtype=object), allow_pickle=True)  # a pickle
+    with pytest.raises(BadInput, match="not a plain .npy"):
+        broker.decide(asked, folder, reply, config, 0.0)

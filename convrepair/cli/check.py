@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -51,7 +55,8 @@ def check(
     SOURCE may be a golden file (`--save-outputs`): then the inputs it holds are the default data.
     Exit 0 equivalent, 1 discrepant or inconclusive, 2 bad input.
     """
-    from convrepair.check import CheckConfig, run_check
+    from convrepair import broker
+    from convrepair.check import CheckConfig
     from convrepair.lenses import lens_config
     from convrepair.plugins import default_registry
     from convrepair.report.progress import ForwardingProgress, for_terminal, relay, using
@@ -82,23 +87,36 @@ def check(
         inputs_to = staged.place(save_inputs) if save_inputs is not None else None
         outputs_to = staged.place(save_outputs) if save_outputs is not None else None
 
+        # the parent asks for samples and judges the tensors the worker hands back (convrepair.broker)
+        started, asked, evidence_dir = time.perf_counter(), broker.ask(registry, source, target, config), tempfile.mkdtemp(prefix="convrepair-evidence-")
+
         def job(send) -> dict:  # runs in the contained worker: every model is loaded there
             if inputs_to is not None or outputs_to is not None:
                 from convrepair.golden import save_reference
 
                 save_reference(registry, source, config, inputs_to, outputs_to)
             with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
-                report = run_check(registry, source, target, config)
-            return {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}
+                return broker.work(registry, source, target, config, asked.data.n, asked.indices, Path(evidence_dir))
 
-        with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
-            result, containment = run_contained(job, reads=[source, target, data], writes=staged.writes(),
+        with using(for_terminal(json_out, quiet=not human(json_out))) as progress, _removed(evidence_dir):
+            result, containment = run_contained(job, reads=[source, target, data], writes=[*staged.writes(), Path(evidence_dir)],
                                                 on_message=relay(progress),
                                                 trust_code=trust_model_code)
+            report = broker.decide(asked, Path(evidence_dir), result, config, started)
         staged.publish()
+    result = {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}
     payload = staged.relocate(result["payload"]) | {"containment": containment.to_json()}
     emit_json(json_out, payload)
     if human(json_out):
         render_check(payload)
         say(containment.summary(), json_out)
     raise typer.Exit(result["exit"])
+
+
+@contextlib.contextmanager
+def _removed(folder: str):
+    """Our own temporary folder (the worker's evidence), removed once judged."""
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

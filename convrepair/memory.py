@@ -1,0 +1,59 @@
+"""How much memory a batch may take: the process's resident and peak size, a model's measured
+bytes per sample, and the budget one batch is held to (issue 21: batches sized by memory, not count).
+
+Reads only /proc/self and /proc/meminfo (both readable in the contained worker) and getrusage.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+import numpy as np
+
+DEFAULT_SHARE = 0.25  # of the memory the machine has available when the job starts
+DEFAULT_CAP_MB = 4096  # … but never more than this for one batch by default
+_FLOOR_MB = 64  # a budget is never below this
+
+
+def rss() -> int:
+    """This process's resident size now, in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def peak() -> int:
+    """This process's peak resident size so far, in bytes."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def available() -> int | None:
+    """MemAvailable of the machine, in bytes (None where unknown)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def budget(memory_mb: int | None) -> int:
+    """Bytes one batch may take: the caller's number, else a share of what is available (capped)."""
+    if memory_mb:
+        return max(int(memory_mb), _FLOOR_MB) << 20
+    free = available()
+    default = DEFAULT_CAP_MB << 20
+    return max(min(int(free * DEFAULT_SHARE), default) if free else default, _FLOOR_MB << 20)
+
+
+def per_sample(rss_before: int, peak_before: int, count: int, data, outputs: list[np.ndarray]) -> int:
+    """Bytes one sample took in a batch of `count`: the growth of the peak (or of the resident size,
+    where the peak was set earlier by something bigger), never less than its inputs and outputs."""
+    grown = peak() - rss_before if peak() > peak_before else rss() - rss_before
+    carried = sum(x[:count].nbytes for x in data.inputs) + sum(o.nbytes for o in outputs)
+    return int(max(grown, carried, 1) / max(count, 1))
