@@ -207,3 +207,42 @@ def test_forced_replacement_of_a_folder_is_one_atomic_exchange(tmp_path):
         staged.publish()
     assert (final / "saved_model.pb").read_text() == "new" and not (final / "variables").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.savedmodel"]
+
+
+def test_containment_reports_exactly_what_holds():
+    """Landlock ABI 4 stops TCP alone: without the seccomp filter the network is not 'denied', and
+    nothing less than both is 'in force'."""
+    from convrepair.contain import Containment
+
+    tcp_only = Containment(4, False).to_json()
+    assert tcp_only["network"] == "tcp denied, other sockets open" and tcp_only["in_force"] is False
+    assert tcp_only["signals"] == "unrestricted"
+    both = Containment(6, True, memory_mb=512).to_json()
+    assert both["network"] == "denied" and both["in_force"] and both["signals"] == "own process group only"
+    assert both["memory_mb"] == 512
+
+
+# Runs the CLI under an outer seccomp filter that fails landlock_restrict_self, as a container's
+# profile may: the kernel offers Landlock (the probe sees it) but the worker cannot enforce it.
+# (landlock_restrict_self is 446 on every architecture.)
+NO_LANDLOCK_RESTRICT = """
+import ctypes, os, struct, sys
+insn = lambda code, jt, jf, k: struct.pack("=HBBI", code, jt, jf, k)
+program = insn(0x20, 0, 0, 0) + insn(0x15, 0, 1, 446) + insn(0x06, 0, 0, 0x00050000 | 1) + insn(0x06, 0, 0, 0x7FFF0000)
+buffer = ctypes.create_string_buffer(program, len(program))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(38, 1, 0, 0, 0) == 0 and libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0
+os.execv(sys.executable, [sys.executable, "-m", "convrepair", *sys.argv[1:]])
+"""
+
+
+def test_a_containment_that_cannot_hold_fails_closed_in_one_line(fixtures_dir, tmp_path, needs_containment):
+    proc = subprocess.run([sys.executable, "-c", NO_LANDLOCK_RESTRICT, "check", str(fixtures_dir / "torch_cnn.pt2"),
+                           str(fixtures_dir / "torch_cnn.pt2"), "--data", str(fixtures_dir / "digits_test_nchw.npz"),
+                           "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "containment could not be put in place, nothing ran" in lines[0] and "landlock_restrict_self" in lines[0]
