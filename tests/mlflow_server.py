@@ -26,12 +26,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(root: Path, start_timeout: float = 90.0) -> Iterator[str]:
-    """Yield the tracking URI of a server that lives for the block; its whole process group goes after."""
+def mlflow_server(root: Path, start_timeout: float = 90.0, port: int | None = None) -> Iterator[str]:
+    """Yield the tracking URI of a server that lives for the block; its whole process group goes after.
+    The same `root` and `port` again: the same server back after an outage."""
     root.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     uri = f"http://127.0.0.1:{port}"
-    log = (root / "server.log").open("w")
+    log = (root / "server.log").open("a")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],

@@ -90,7 +90,7 @@ def test_config_validate_exit_codes(tmp_path):
     failed = run_cli("config", "validate", bad, "--json", tmp_path / "v.json")
     assert failed.code == 2
     assert failed.stderr.strip().splitlines() == [f"convrepair: error: {bad}: repair.budget_secnds: unknown key "
-                                                  "(known: policy, budget_seconds, accept_improvement, prefer)"]
+                                                  "(known: policy, budget_seconds, accept_improvement, prefer, max_flip_rate)"]
     assert '"valid": false' in (tmp_path / "v.json").read_text()
     missing = run_cli("config", "validate", tmp_path / "nope.toml")
     assert missing.code == 2 and "nope.toml" in missing.stderr

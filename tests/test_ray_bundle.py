@@ -29,14 +29,24 @@ def test_inputs_travel_with_the_config_and_the_files_it_names_but_not_the_result
     from convrepair.daemon.config import load_model_config
 
     version = _registry(tmp_path)
+    shared = tmp_path / "registry" / "shared"
     node = tmp_path / "node"
-    bundle.unpack(bundle.pack_inputs(version), node)
+    bundle.unpack(bundle.pack_inputs(version, allowed=[shared]), node)  # data beside the model: granted with --allow-read
     mirror = bundle.mirrored(node / "fs", version)
     assert (mirror / "model.onnx").read_bytes() == b"model" and (mirror / "model.onnx.convrepair.json").exists()
     assert not (mirror / "convrepair").exists()
-    config = load_model_config(mirror.parent / "convrepair.toml", ["onnx"])  # relative paths resolve inside the mirror
-    assert config.data == bundle.mirrored(node / "fs", tmp_path / "registry" / "shared" / "data.npz").resolve()
+    config = load_model_config(mirror.parent / "convrepair.toml", ["onnx"],  # relative paths resolve inside the mirror
+                               allowed=[bundle.mirrored(node / "fs", shared)])
+    assert config.data == bundle.mirrored(node / "fs", shared / "data.npz").resolve()
     assert config.data.read_bytes() == b"samples"
+
+
+def test_a_file_no_job_may_read_never_leaves_the_daemon(tmp_path):
+    version = _registry(tmp_path)
+    shared = tmp_path / "registry" / "shared"
+    assert shared / "data.npz" not in bundle.input_files(version)  # not granted: the node never gets it
+    assert shared / "data.npz" not in bundle.input_files(version, allowed=[shared], never=[shared / "data.npz"])
+    assert shared / "data.npz" in bundle.input_files(version, allowed=[shared])
 
 
 def test_results_land_once_with_the_daemons_paths(tmp_path):

@@ -57,4 +57,4 @@ def test_two_processes_opening_an_old_queue_at_once_both_work(tmp_path):
         thread.join(timeout=30)
     assert not errors, errors
     columns = [row[1] for row in sqlite3.connect(path).execute("PRAGMA table_info(jobs)")]
-    assert columns[-3:] == ["executor", "host", "node"]
+    assert columns[-5:] == ["executor", "host", "node", "not_before", "waits"]

@@ -4,7 +4,7 @@ the daemon meets it. Exit 0 valid, 2 invalid (every problem on its own line, nam
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -20,8 +20,10 @@ app.add_typer(config_app, name="config")
 def validate(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="A convrepair.toml (paths in it are relative to its directory).")],
     json_out: JsonOption = None,
+    allow_read: Annotated[Optional[list[Path]], typer.Option("--allow-read", metavar="DIR", help="A folder (repeatable) the file may name besides its own, as given to the daemon.")] = None,
 ) -> None:
-    """Validate FILE as the daemon would: keys at every depth, values, targets, files it names."""
+    """Validate FILE as the daemon would: keys at every depth, values, targets, files it names
+    (each inside the model's folder or an --allow-read folder)."""
     import sys
     from dataclasses import asdict
 
@@ -29,7 +31,7 @@ def validate(
     from convrepair.plugins import default_registry
 
     try:
-        config = load_model_config(file, default_registry().targets())
+        config = load_model_config(file, default_registry().targets(), allowed=tuple(allow_read or ()))
     except ConfigError as exc:
         emit_json(json_out, {"schema": "convrepair.config-validation/v1", "file": str(file), "valid": False,
                              "problems": exc.problems})

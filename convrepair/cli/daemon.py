@@ -41,6 +41,9 @@ def daemon(
     ray_address: Annotated[Optional[str], typer.Option(metavar="HOST:PORT", help="Ray cluster to join (host:port of `ray start --head`; default: $RAY_ADDRESS, else one `ray start` made on this machine, else a private one).")] = None,
     parse_grace_seconds: Annotated[Optional[float], typer.Option(help="How long an unchanged version that does not parse as a whole model is waited for before its job fails (default: 10 quiet periods).")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", metavar="PATH", help="With --once: the queue's jobs afterwards as JSON to PATH ('-': stdout; the log stays on stderr).")] = None,
+    allow_read: Annotated[Optional[list[Path]], typer.Option("--allow-read", metavar="DIR", help="A folder (repeatable) whose files a model's convrepair.toml may name besides the model's own folder; nothing else is readable by a job.")] = None,
+    backoff_seconds: Annotated[float, typer.Option(help="A job that met a registry outage waits this long before it runs again (no attempt spent), doubling while the outage lasts.")] = 10.0,
+    max_backoff_seconds: Annotated[float, typer.Option(help="The longest such wait.")] = 300.0,
 ) -> None:
     """Watch REGISTRY and run convert → check → repair → sign for every new model version."""
     import signal
@@ -62,7 +65,8 @@ def daemon(
                           sign_key=sign_key.resolve() if sign_key else None, poll=poll, registry_kind=registry_kind,
                           http_port=None if no_http else http_port, http_host=http_host,
                           lease_seconds=lease_seconds, parse_grace_seconds=parse_grace_seconds,
-                          executor=executor.value, ray_address=ray_address)
+                          executor=executor.value, ray_address=ray_address, backoff_seconds=backoff_seconds,
+                          max_backoff_seconds=max_backoff_seconds, allow_read=tuple(p.resolve() for p in allow_read or ()))
     service = Daemon(config)
     signal.signal(signal.SIGTERM, service.stop)
     signal.signal(signal.SIGINT, service.stop)
@@ -73,16 +77,24 @@ def daemon(
 
 
 def _jobs(state_dir: Path) -> list[dict]:
-    """Every job of the queue as a dict (what `status --json` prints)."""
+    """Every job of the queue as a dict (what `status --json` prints); `result` as an object."""
+    import json
     from dataclasses import asdict
 
     from convrepair.daemon.queue import JobQueue
 
     queue = JobQueue(state_dir / "queue.sqlite")
     try:
-        return [asdict(job) for job in queue.jobs()]
+        jobs = [asdict(job) for job in queue.jobs()]
     finally:
         queue.close()
+    for job in jobs:
+        if isinstance(job["result"], str):
+            try:
+                job["result"] = json.loads(job["result"])
+            except ValueError:
+                pass  # kept as written
+    return jobs
 
 
 @app.command()

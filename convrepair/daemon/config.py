@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from convrepair.daemon.reads import outside
 from convrepair.errors import BadInput
 
 POLICIES = ("auto", "restore", "pso", "none")
@@ -46,6 +47,7 @@ class ConfigFile(_Strict):
     calibration: Optional[str] = None
     regression: bool = False
     lenses: Union[str, list[str]] = "all"
+    trust_model_code: bool = False  # load code-carrying formats (TorchScript, SavedModel) where no sandbox holds
     tolerances: Tolerances = Tolerances()
     repair: RepairSection = RepairSection()
 
@@ -79,6 +81,7 @@ class ModelConfig:
     prefer: str = "auto"
     max_flip_rate: float = 0.01
     errors: list[str] = field(default_factory=list)
+    trust_model_code: bool = False
 
 
 class ConfigError(BadInput):
@@ -173,9 +176,12 @@ def _merge_union(problems: list[str]) -> list[str]:
     return merged
 
 
-def load_model_config(path: Path, known_targets: list[str], check_files: bool = True) -> ModelConfig:
+def load_model_config(path: Path, known_targets: list[str], check_files: bool = True,
+                      allowed: tuple[Path, ...] | list[Path] = ()) -> ModelConfig:
     """Parse and validate, resolve the paths against the model directory and check the targets
     and files exist; raises ConfigError (a BadInput) listing every problem as `key: problem`.
+    Every file it names must resolve (symlinks followed) inside the model directory or an
+    `allowed` folder: the worker is granted what the config names (convrepair.daemon.reads).
     `check_files=False`: data and calibration are not looked for (a remote registry's config names
     artifacts that its job downloads first)."""
     path = Path(path)
@@ -191,7 +197,10 @@ def load_model_config(path: Path, known_targets: list[str], check_files: bool = 
         if not isinstance(value, str):
             return None
         resolved = (path.parent / value).resolve()
-        if check_files and not resolved.is_file():
+        if check_files and outside(path.parent / value, path.parent, allowed):
+            problems.append(f"{key}: {value} resolves to {resolved}, outside the model's folder {path.parent} "
+                            "(a job's models read only what lies there, or in a folder given with --allow-read)")
+        elif check_files and not resolved.is_file():
             problems.append(f"{key}: {value} does not exist (relative to {path.parent})")
         return resolved
 
@@ -203,4 +212,5 @@ def load_model_config(path: Path, known_targets: list[str], check_files: bool = 
     lenses = parse_lenses(",".join(config.lenses) or "none" if isinstance(config.lenses, list) else config.lenses)
     return ModelConfig(path, list(config.targets), data, calibration, config.tolerances.atol, config.tolerances.rtol,
                        config.repair.policy, config.repair.budget_seconds, config.regression, config.repair.accept_improvement,
-                       lenses, config.repair.prefer, max_flip_rate=config.repair.max_flip_rate)
+                       lenses, config.repair.prefer, trust_model_code=config.trust_model_code,
+                       max_flip_rate=config.repair.max_flip_rate)

@@ -1,7 +1,8 @@
 """/healthz and Prometheus /metrics on 127.0.0.1 (a thread of the daemon).
 
 `/healthz` is the readiness and liveness probe: 200 while the main loop ticks, the queue answers
-and the watcher runs; 503 with the reason otherwise. The daemon's thread reports its state into
+and the watcher runs; 503 with the reason otherwise. While the registry is unreachable it answers
+200 with `"status": "degraded"` and why: the daemon is well and waits (restarting it would not help). The daemon's thread reports its state into
 `Health`; this thread never touches the SQLite connection.
 """
 
@@ -29,6 +30,27 @@ class Health:
     observer: Any = None  # the watchdog observer thread, asked at each request
     queue_error: str | None = None
     last_tick: float = field(default_factory=time.monotonic)
+    degraded: dict[str, str] = field(default_factory=dict)  # what the daemon waits for (the registry), and why
+    degraded_since: float | None = None  # monotonic
+
+    def registry_seen(self, seen_by: str, problem: str | None) -> None:
+        """What the scans (`registry`) and the jobs (`jobs`) last saw of the registry and its
+        artifact store: an outage makes /healthz `degraded` until both see it well again."""
+        if problem is None:
+            self.degraded.pop(seen_by, None)
+        else:
+            self.degraded[seen_by] = problem if seen_by == "registry" else f"jobs wait for the registry: {problem}"
+        if not self.degraded:
+            self.degraded_since = None
+        elif self.degraded_since is None:
+            self.degraded_since = time.monotonic()
+
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """The HTTP status and body of /healthz."""
+        problems, degraded = self.problems(), dict(self.degraded)
+        state = "unhealthy" if problems else "degraded" if degraded else "ok"
+        return (503 if problems else 200), {"status": state, "problems": problems, "degraded": sorted(degraded.values()),
+                                            "watcher": self.watcher}
 
     def problems(self) -> list[str]:
         out = []
@@ -55,25 +77,33 @@ class Metrics:
                                   ["model", "target", "outcome"], registry=self.registry, buckets=DURATION_BUCKETS)
         self.agreement = Gauge("convrepair_label_agreement_ratio", "Label agreement (0..1) of the last finished job's check",
                                ["model", "target"], registry=self.registry)
-        self.failed = Counter("convrepair_jobs_failed_total", "Job attempts that failed",
-                              ["model", "target", "retry"], registry=self.registry)
+        self.failed = Counter("convrepair_jobs_failed_total", "Job attempts that failed, by why (reason: timeout, "
+                              "bad-input, config-error, registry-unreachable …)", ["model", "target", "retry", "reason"],
+                              registry=self.registry)
         self.repairs = Counter("convrepair_repairs_applied_total", "Repairs applied", ["model"], registry=self.registry)
         Gauge("convrepair_build_info", "The running convrepair (always 1)", ["version"], registry=self.registry).labels(__version__).set(1)
         self.lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
     def observe(self, job, state: str, result) -> None:
-        """One finished attempt; `state` is the job's state after it (done | queued again | failed)."""
-        outcome = "retried" if state == "queued" else state  # done | retried | failed
+        """One finished attempt; `state` is the job's state after it (done | queued again | failed |
+        waiting: postponed for a registry outage, no attempt spent)."""
+        outcome = "retried" if state in ("queued", "waiting") else state  # done | retried | failed
         with self.lock:
             self.duration.labels(job.model, job.target, outcome).observe(result.seconds)
             if not result.ok:
-                self.failed.labels(job.model, job.target, "yes" if outcome == "retried" else "no").inc()
+                self.failed.labels(job.model, job.target, "yes" if outcome == "retried" else "no",
+                                   result.reason or "error").inc()
             payload = result.result or {}
             if payload.get("label_agreement") is not None:
                 self.agreement.labels(job.model, job.target).set(payload["label_agreement"])
             if payload.get("verdict") in ("repaired", "improved"):
                 self.repairs.labels(job.model).inc()
+
+    def failed_before_start(self, model: str, target: str, reason: str) -> None:
+        """A job failed without running (its model's config is invalid, its version was removed)."""
+        with self.lock:
+            self.failed.labels(model, target, "no", reason).inc()
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
@@ -94,15 +124,11 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTP
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            status = 200
             if self.path == "/healthz":
-                problems = metrics.health.problems()
-                status = 503 if problems else 200
-                body = json.dumps({"status": "unhealthy" if problems else "ok", "problems": problems,
-                                   "watcher": metrics.health.watcher}).encode()
-                kind = "application/json"
+                status, health = metrics.health.status()
+                body, kind = json.dumps(health).encode(), "application/json"
             elif self.path == "/metrics":
-                body, kind = metrics.render(), "text/plain; version=0.0.4"
+                status, body, kind = 200, metrics.render(), "text/plain; version=0.0.4"
             else:
                 self.send_error(404)
                 return
@@ -117,9 +143,9 @@ def serve(metrics: Metrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTP
 
     try:
         server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
+    except (OSError, OverflowError) as exc:  # OverflowError: a port past 65535 given through the API
+        if getattr(exc, "errno", None) == errno.EADDRINUSE:
             raise BadInput(f"port {port} on {host} is in use (another daemon?); pick another --http-port or use --no-http") from None
-        raise BadInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise BadInput(f"cannot listen on {host}:{port}: {getattr(exc, 'strerror', None) or exc}") from None
     threading.Thread(target=server.serve_forever, daemon=True, name="convrepair-http").start()
     return server

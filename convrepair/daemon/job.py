@@ -38,6 +38,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         return run_remote_job(spec, run_job)
     from convrepair.convert import convert, load_calibration
     from convrepair.daemon.config import load_model_config
+    from convrepair.daemon.reads import check_reads, companions
     from convrepair.ledger.log import now
     from convrepair.lenses import LensConfig
     from convrepair.plugins import default_registry
@@ -49,7 +50,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     final = version_dir / "convrepair" / spec["target"]
     if final.exists():  # finished before a crash: never a second log
         return _completed(final, spec)
-    config = load_model_config(version_dir.parent / "convrepair.toml", registry.targets())
+    allowed = [Path(p) for p in spec.get("allow_read") or []]
+    config = load_model_config(version_dir.parent / "convrepair.toml", registry.targets(), allowed=allowed)
+    reads = check_reads([*companions(Path(spec["model_file"])), config.data, config.calibration], version_dir.parent,
+                        allowed, never_readable(spec))
     scratch = final.parent / scratch_name(spec["job_id"], spec.get("attempt", 1))
     scratch.mkdir(parents=True)  # unique per attempt: an existing one is an error, never reused
     try:
@@ -67,8 +71,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 
         from convrepair.contain.worker import run_contained
 
-        report, containment = run_contained(contained, reads=[spec["model_file"], config.data, config.calibration],
-                                            writes=[scratch])
+        report, containment = run_contained(contained, reads=reads, writes=[scratch], trust_code=config.trust_model_code)
         report["containment"] = containment.to_json()
         _relocate_files(scratch, final)
         (scratch / REPORT).write_text(json.dumps(relocated(report, scratch, final), indent=2))
@@ -81,6 +84,19 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
             return _completed(final, spec)
         raise
     return _completed(final, spec)
+
+
+def never_readable(spec: dict[str, Any]) -> list[Path]:
+    """What a job's models may never read, whatever its config names: the service key and the keys
+    beside it, and the daemon's state (queue, lock, logs) — a remote job's own downloads aside."""
+    never: list[Path] = []
+    if spec.get("sign_key"):
+        key = Path(spec["sign_key"])
+        never += [key, *(p for p in key.parent.glob("*.key") if p != key)] if key.parent.is_dir() else [key]
+    state = Path(spec["state_dir"]) if spec.get("state_dir") else None
+    if state is not None and state.is_dir():
+        never += [entry for entry in state.iterdir() if entry.name != "downloads"]
+    return never
 
 
 def _completed(final: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +135,17 @@ def _relocate_files(scratch: Path, final: Path) -> None:
             path.write_text(json.dumps(moved, indent=2))
 
 
+def failure_label(exc: BaseException) -> str:
+    """A short, bounded label for why a job failed (the `reason` of convrepair_jobs_failed_total)."""
+    from convrepair.errors import ConvrepairError
+
+    if getattr(exc, "transient", False):
+        return "registry-unreachable"
+    if isinstance(exc, ConvrepairError):
+        return "".join("-" + c.lower() if c.isupper() else c for c in type(exc).__name__).lstrip("-")  # BadInput: bad-input
+    return "os-error" if isinstance(exc, OSError) else "internal-error"
+
+
 def main(argv: list[str] | None = None) -> int:
     from convrepair.errors import ConvrepairError, exception_text
 
@@ -126,14 +153,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(sys.stdin.read() if argv[0] == "-" else Path(argv[0]).read_text())  # the daemon sends it on stdin
     try:
         result = run_job(spec)
-    except ConvrepairError as exc:  # the model, data or config: the same again next time
-        print(json.dumps({"status": "failed", "error": exc.one_line(), "retry": getattr(exc, "transient", False)}))
+    except ConvrepairError as exc:  # the model, data or config: the same again next time; an outage: wait for it
+        transient = bool(getattr(exc, "transient", False))
+        print(json.dumps({"status": "failed", "error": exc.one_line(), "retry": transient, "transient": transient,
+                          "reason": failure_label(exc)}))
         return EXIT_FAILED
     except OSError as exc:  # the machine (disk full, a file system hiccup): may go differently
-        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": True}))
+        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": True,
+                          "reason": failure_label(exc)}))
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - the job fails, the daemon lives on; a bug repeats itself
-        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": False}))
+        print(json.dumps({"status": "failed", "error": f"{type(exc).__name__}: {exception_text(exc, 300)}", "retry": False,
+                          "reason": failure_label(exc)}))
         return EXIT_FAILED
     print(json.dumps(result))
     return 0

@@ -4,7 +4,9 @@ A job is keyed by (model, version, target, sha256 of the inputs): the same conte
 processed twice, and a changed file makes a new job. A claim is `BEGIN IMMEDIATE`; a running
 job's lease is renewed by its heartbeat, so a daemon restarted after a crash requeues orphans —
 only once their lease has run out, never a job another process may still be running. A failed
-job goes back to the queue only when trying again can change the outcome (`retry`).
+job goes back to the queue only when trying again can change the outcome (`retry`). A job that
+met an outage of its registry (`postpone`) spends no attempt: it waits out a backoff (`not_before`)
+and runs when the server is back.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class Job:
     executor: str | None = None  # added columns (PLACEMENT): which executor ran the job, and where
     host: str | None = None
     node: str | None = None  # Ray's node id (None for a local worker process)
+    not_before: float | None = None  # added columns (WAITING): a postponed job is not claimed before this time
+    waits: int | None = None  # how often it was postponed in a row (the backoff's exponent)
 
 
 PLACEMENT = ("executor", "host", "node")
+WAITING = {"not_before": "REAL", "waits": "INTEGER NOT NULL DEFAULT 0"}
 
 
 class JobQueue:
@@ -56,15 +61,16 @@ class JobQueue:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")
         self.db.executescript(SCHEMA)
-        self._add_columns(PLACEMENT)
+        self._add_columns({name: "TEXT" for name in PLACEMENT})
+        self._add_columns(WAITING)
 
-    def _add_columns(self, names: tuple[str, ...]) -> None:
+    def _add_columns(self, columns: dict[str, str]) -> None:
         """Queues made before a column existed get it (appended, so `Job(*row)` still lines up)."""
         have = {row[1] for row in self.db.execute("PRAGMA table_info(jobs)")}
-        for name in names:
+        for name, kind in columns.items():
             if name not in have:
                 try:
-                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} TEXT")
+                    self.db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
                 except sqlite3.OperationalError as exc:  # another process added it first
                     if "duplicate column" not in str(exc):
                         raise
@@ -96,7 +102,8 @@ class JobQueue:
         now = time.time()
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            row = self.db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
+            row = self.db.execute("SELECT id FROM jobs WHERE state = 'queued' AND (not_before IS NULL OR not_before <= ?) "
+                                  "ORDER BY id LIMIT 1", (now,)).fetchone()
             if row is None:
                 self.db.execute("COMMIT")
                 return None
@@ -120,9 +127,25 @@ class JobQueue:
             state = "done"
         else:
             state = "queued" if retry and job.attempts < self.max_attempts else "failed"
-        self.db.execute("UPDATE jobs SET state = ?, updated = ?, lease_until = NULL, error = ?, result = ? WHERE id = ?",
-                        (state, time.time(), error, result, job_id))
+        self.db.execute("UPDATE jobs SET state = ?, updated = ?, lease_until = NULL, error = ?, result = ?, not_before = NULL, "
+                        "waits = 0 WHERE id = ?", (state, time.time(), error, result, job_id))
         return state
+
+    def postpone(self, job_id: int, error: str | None, backoff: float, max_backoff: float) -> float:
+        """Back to the queue without spending the attempt (the registry was unreachable, not the job
+        wrong): claimable again after `backoff` * 2^(times postponed in a row), at most `max_backoff`
+        seconds; returns that delay."""
+        job = self.get(job_id)
+        delay = min(backoff * 2 ** min(job.waits or 0, 30), max_backoff)
+        now = time.time()
+        self.db.execute("UPDATE jobs SET state = 'queued', attempts = MAX(attempts - 1, 0), waits = waits + 1, updated = ?, "
+                        "lease_until = NULL, error = ?, not_before = ? WHERE id = ?", (now, error, now + delay, job_id))
+        return delay
+
+    def next_due(self) -> float | None:
+        """Seconds until the earliest postponed job may be claimed (None: none is postponed)."""
+        row = self.db.execute("SELECT MIN(not_before) FROM jobs WHERE state = 'queued' AND not_before IS NOT NULL").fetchone()
+        return None if row[0] is None else max(0.0, row[0] - time.time())
 
     def requeue_orphans(self, keep: set[int] = frozenset()) -> list[int]:
         """Running jobs whose lease ran out (their daemon or worker died) go back to the queue;

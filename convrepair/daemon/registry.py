@@ -56,8 +56,12 @@ class _Watch:
 
 
 class DirectoryRegistry:
-    def __init__(self, root: Path, quiet_seconds: float = 5.0, parse_grace_seconds: float | None = None):
+    problem = None  # a local directory has no outages (a remote registry says here why it cannot be reached)
+
+    def __init__(self, root: Path, quiet_seconds: float = 5.0, parse_grace_seconds: float | None = None,
+                 allow_read: tuple[Path, ...] = ()):
         self.root = Path(root)
+        self.allow_read = tuple(allow_read)  # folders a config may name besides its model's own
         self.quiet_seconds = quiet_seconds
         #: how long an unchanged version that does not parse is waited for before its job may fail on it
         self.parse_grace_seconds = 10 * quiet_seconds if parse_grace_seconds is None else parse_grace_seconds
@@ -122,7 +126,7 @@ class DirectoryRegistry:
     def model_config(self, model_dir: Path, known_targets: list[str]) -> ModelConfig:
         from convrepair.daemon.config import load_model_config
 
-        return load_model_config(Path(model_dir) / CONFIG, known_targets)
+        return load_model_config(Path(model_dir) / CONFIG, known_targets, allowed=self.allow_read)
 
     def finished(self, version: Version, target: str) -> bool:
         return self.results_dir(version, target).exists()

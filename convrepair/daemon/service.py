@@ -12,11 +12,11 @@ it reads or writes wakes it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from convrepair.daemon.executors import Dispatched, Lost, open_executor
@@ -24,36 +24,14 @@ from convrepair.daemon.http import Health
 from convrepair.daemon.job import scratch_name
 from convrepair.daemon.lock import StateLock
 from convrepair.daemon.logs import event
+from convrepair.daemon.options import DaemonConfig, RegistryUnavailable
 from convrepair.daemon.queue import JobQueue
+from convrepair.daemon.scan import Scanner
 from convrepair.daemon.systemd import notify
 from convrepair.errors import BadInput
-from convrepair.fsutil import combined_digest, file_digests
 
 TICK_SECONDS = 5.0  # the loop wakes at least this often (health, leases), scanning or not
 MIN_SCAN_GAP = 0.5  # a burst of change events (a large copy) is one scan per this long
-
-
-@dataclass
-class DaemonConfig:
-    registry: Path
-    state_dir: Path
-    once: bool = False
-    workers: int = 1
-    quiet_seconds: float = 5.0
-    scan_interval: float = 2.0  # rescans while a version waits for its quiet period
-    rescan_seconds: float = 60.0  # a full scan when nothing happened (events a watcher can miss)
-    job_timeout: float = 900.0
-    lease_seconds: float = 30.0  # a running job's lease, renewed while it runs; once run out, it is requeued
-    parse_grace_seconds: float | None = None  # default: 10 quiet periods
-    memory_mb: int = 8192
-    grace_seconds: float = 30.0
-    sign_key: Path | None = None
-    poll: bool = False
-    registry_kind: str = "directory"
-    http_port: int | None = None
-    http_host: str = "127.0.0.1"
-    executor: str = "local"  # local worker processes, or "ray" (convrepair.daemon.executors)
-    ray_address: str | None = None
 
 
 class Daemon:
@@ -67,9 +45,11 @@ class Daemon:
         self.lock = StateLock(Path(config.state_dir))  # before anything touches the queue
         try:
             self.registry = kinds[config.registry_kind].open(str(config.registry), quiet_seconds=config.quiet_seconds,
-                                                             parse_grace_seconds=config.parse_grace_seconds)
+                                                             parse_grace_seconds=config.parse_grace_seconds,
+                                                             allow_read=tuple(config.allow_read))
             self._remote = getattr(self.registry, "remote", False)  # e.g. MLflow: jobs fetch and publish (registry.RemoteRegistry)
             self.queue = JobQueue(Path(config.state_dir) / "queue.sqlite")
+            self.scanner = Scanner(self.registry, self.queue, self._remote)
         except BaseException:
             self.lock.release()
             raise
@@ -77,64 +57,38 @@ class Daemon:
         self.wake = threading.Event()
         self.running: dict[int, Dispatched] = {}
         self.health = Health(stall_seconds=max(60.0, 12 * TICK_SECONDS),
-                             watcher="none" if config.once else ("poll" if config.poll else "inotify"))
+                             watcher="none" if config.once else ("poll" if config.poll or self._remote else "inotify"))
         self.metrics = None
         self.observer = None
         self._counts: dict[str, int] = {}
         self.waiting = 0  # versions not ready yet at the last scan
-        self._digests: dict[tuple, str] = {}
         self._renewed: dict[int, float] = {}
 
     # --- scanning ---------------------------------------------------------------------------
 
     def scan(self) -> int:
         """Queue a job for every ready version and target that has no finished result."""
-        from convrepair.plugins import default_registry
-
-        added, waiting = 0, 0
-        known_targets = default_registry().targets()
-        for model_dir in self.registry.models():
-            try:
-                config = self.registry.model_config(model_dir, known_targets)
-                config_error = None
-            except BadInput as exc:
-                config, config_error = None, exc.one_line()
-            for version in self.registry.versions(model_dir):
-                pending = [t for t in (config.targets if config else ["<config>"])
-                           if not (config and self.registry.finished(version, t))]
-                if not pending:
-                    continue
-                if not self.registry.ready(version):
-                    waiting += version.model_file is not None
-                    continue
-                digest = self.registry.input_digest(version) if self._remote else self._digest(version.model_file)
-                for target in pending:
-                    job_id = self.queue.enqueue(version.model, version.version, target, digest)
-                    if job_id is None:
-                        continue
-                    added += 1
-                    if config_error:
-                        self.queue.fail(job_id, config_error)
-                        event("failed", job=job_id, model=version.model, error=config_error)
-                    else:
-                        event("queued", job=job_id, model=version.model, version=version.version, target=target)
-        self.waiting = waiting
-        return added
-
-    def _digest(self, path: Path) -> str:
-        """sha256 of a model, re-hashed only when a file's size or mtime changed (scans are frequent)."""
-        files = sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file())
-        key = (str(path), tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
-        if key not in self._digests:
-            self._digests[key] = combined_digest(file_digests(path))
-        return self._digests[key]
+        found = self.scanner.scan()
+        for queued in found.queued:
+            if queued.error:
+                event("failed", logging.WARNING, job=queued.job, model=queued.model, reason="config-error", error=queued.error)
+                if self.metrics:
+                    self.metrics.failed_before_start(queued.model, queued.target, "config-error")
+            else:
+                event("queued", job=queued.job, model=queued.model, version=queued.version, target=queued.target)
+        self.waiting = found.waiting
+        self.health.registry_seen("registry", getattr(self.registry, "problem", None))
+        return len(found.queued)
 
     # --- running ----------------------------------------------------------------------------
 
     def _spec(self, job) -> dict:
         version = self.registry.version(job.model, job.version)
         spec = {"job_id": job.id, "attempt": job.attempts, "version_dir": str(version.path), "model_file": str(version.model_file),
-                "target": job.target, "sign_key": str(self.config.sign_key) if self.config.sign_key else None}
+                "target": job.target, "sign_key": str(self.config.sign_key) if self.config.sign_key else None,
+                # never readable by the job's models, whatever a config names (convrepair.daemon.reads)
+                "state_dir": str(Path(self.config.state_dir).resolve()),
+                "allow_read": [str(Path(p).resolve()) for p in self.config.allow_read]}
         if self._remote:  # the job downloads the version itself and writes its results back (registry.run_remote_job)
             spec.update(remote=True, registry_kind=self.config.registry_kind, registry=str(self.config.registry),
                         model=job.model, version=job.version, downloads=str(Path(self.config.state_dir).resolve() / "downloads"))
@@ -161,7 +115,10 @@ class Daemon:
                 spec = self._spec(job)
             except KeyError:
                 self.queue.finish(job.id, False, f"{job.model}/{job.version} is no longer in the registry")
-                event("failed", job=job.id, model=job.model, version=job.version, error="version removed")
+                event("failed", logging.WARNING, job=job.id, model=job.model, version=job.version, reason="version-removed",
+                      error="version removed")
+                if self.metrics:
+                    self.metrics.failed_before_start(job.model, job.target, "version-removed")
                 continue
             self.running[job.id] = dispatched = self.executor.submit(job, spec)
             self.queue.placed(job.id, self.executor.name, dispatched.where.host, dispatched.where.node)
@@ -185,12 +142,27 @@ class Daemon:
             if not result.ok:  # the job removes its own scratch; a killed one cannot
                 for scratch in self._scratch_dirs(job):
                     _remove(scratch)
+            if result.transient:  # the registry, not the job: no attempt spent, wait for the server with backoff
+                delay = self.queue.postpone(job_id, result.error, self.config.backoff_seconds, self.config.max_backoff_seconds)
+                self.health.registry_seen("jobs", result.error)
+                if self.metrics:
+                    self.metrics.observe(job, "waiting", result)
+                event("waiting-for-registry", logging.WARNING, job=job_id, model=job.model, version=job.version,
+                      target=job.target, reason=result.reason, error=result.error, retry_in_s=round(delay, 2))
+                continue
+            if self._remote:  # not an outage: health recovers, and a job that got through polls again now
+                self.health.registry_seen("jobs", None)
+                if result.ok:
+                    getattr(self.registry, "recovered", lambda: None)()
             state = self.queue.finish(job_id, result.ok, result.error, json.dumps(result.result) if result.result else None,
                                       retry=result.retry)
             if self.metrics:
                 self.metrics.observe(job, state, result)
-            event(state, job=job_id, model=job.model, version=job.version, target=job.target, seconds=round(result.seconds, 2),
-                  error=result.error, retry=None if result.ok else result.retry)
+            log = getattr(self.executor, "log_path", lambda _job: None)(job)
+            event(state, logging.INFO if result.ok else logging.WARNING, job=job_id, model=job.model, version=job.version,
+                  target=job.target, seconds=round(result.seconds, 2), reason=None if result.ok else result.reason or "error",
+                  error=result.error, retry=None if result.ok else result.retry,
+                  log=str(log) if log is not None and not result.ok else None)
 
     def _tick(self) -> None:
         """Health and metrics from the daemon's own thread; leases that ran out go back to the queue."""
@@ -221,7 +193,8 @@ class Daemon:
         config = self.config
         observer = None
         self.executor = open_executor(config.executor, memory_mb=config.memory_mb, job_timeout=config.job_timeout,
-                                      ray_address=config.ray_address, remote_registry=self._remote)
+                                      ray_address=config.ray_address, remote_registry=self._remote, workers=config.workers,
+                                      log_dir=Path(config.state_dir) / "logs")
         try:
             if config.http_port is not None:  # first: a port in use stops the daemon with one line
                 from convrepair.daemon.http import Metrics, serve
@@ -230,6 +203,7 @@ class Daemon:
                 serve(self.metrics, config.http_port, config.http_host)
             event("starting", convrepair=__version__, registry=str(config.registry), registry_kind=config.registry_kind,
                   state_dir=str(Path(config.state_dir).resolve()), watcher=self.health.watcher, workers=config.workers,
+                  **self.executor.describe(),
                   http=f"{config.http_host}:{config.http_port}" if config.http_port is not None else "off", pid=os.getpid())
             if not config.once and not self._remote:
                 from convrepair.daemon.registry import is_result_path
@@ -243,6 +217,8 @@ class Daemon:
                     self.health.watcher = "none (watchdog is not installed: scans every --scan-interval)"
             self._tick()
             self.scan()
+            if config.once and "registry" in self.health.degraded:  # nothing was looked at: not "no models here"
+                raise RegistryUnavailable(self.health.degraded["registry"])
             if config.once and not self.registry.models():
                 event("empty", registry=str(config.registry),
                       reason="no models here (a model is a folder with convrepair.toml and numbered version folders)")
@@ -270,8 +246,10 @@ class Daemon:
             if config.once and not self.running and not self.waiting and not any(self._counts.get(s) for s in ("queued", "running")):
                 event("finished", **{state: self._counts.get(state, 0) for state in ("done", "failed")})
                 return
+            self._give_up_on_outage()
             now = time.monotonic()
-            timeout = 0.2 if self.running else TICK_SECONDS
+            due = self.queue.next_due()  # a postponed job's backoff ends
+            timeout = min(0.2 if self.running else TICK_SECONDS, TICK_SECONDS if due is None else max(0.05, due))
             # while a version waits for its quiet period, look often enough to see it settle; else events suffice
             every = min(config.scan_interval, max(config.quiet_seconds / 2, 0.25)) if self.waiting else \
                 config.scan_interval if observer is None and not config.once else None
@@ -286,6 +264,18 @@ class Daemon:
                 self.scan()
                 last_scan = time.monotonic()
             notify("WATCHDOG=1")
+
+    def _give_up_on_outage(self) -> None:
+        """`--once` waits out a registry outage as long as one job may take, then stops with one
+        line; its jobs stay queued (no attempt spent) for the next run."""
+        since = self.health.degraded_since
+        if not self.config.once or self.running or since is None:
+            return
+        if time.monotonic() - since > self.config.job_timeout:
+            left = self._counts.get("queued", 0)
+            why = "; ".join(self.health.degraded.values())
+            raise RegistryUnavailable(f"registry {self.config.registry} stayed unreachable for {self.config.job_timeout:.0f} s: "
+                                      f"{why} ({left} job(s) left queued for the next run)")
 
     def _stop_running(self) -> None:
         deadline = time.monotonic() + self.config.grace_seconds

@@ -390,14 +390,21 @@ def render_status(jobs: list[dict[str, Any]]) -> None:
     import datetime as dt
 
     table = Table(title="convrepair jobs", title_justify="left")
-    for column in ("id", "model", "version", "target", "state", "attempts", "updated", "error / result"):
+    for column in ("id", "model", "version", "target", "state", "attempts", "executor", "node", "updated", "error / result"):
         table.add_column(column)
     styles = {"queued": "yellow", "running": "cyan", "done": "green", "failed": "red"}
     for job in jobs:
         when = dt.datetime.fromtimestamp(job["updated"]).strftime("%H:%M:%S")
         detail = job["error"] or ""
-        if not detail and job["result"]:
-            detail = str(__import__("json").loads(job["result"]).get("verdict", ""))
+        result = job["result"]
+        if isinstance(result, str):  # a queue row as stored (`status --json` gives it as an object)
+            result = __import__("json").loads(result)
+        if not detail and result:
+            detail = str(result.get("verdict", ""))
+        node = job.get("host") or ""
+        if job.get("node"):  # Ray's node id: its first 8 hex digits say which
+            node = f"{node} ({job['node'][:8]})" if node else job["node"][:8]
         table.add_row(str(job["id"]), job["model"], job["version"], job["target"],
-                      f"[{styles.get(job['state'], '')}]{job['state']}[/]", str(job["attempts"]), when, detail[:80])
+                      f"[{styles.get(job['state'], '')}]{job['state']}[/]", str(job["attempts"]), job.get("executor") or "",
+                      node, when, detail[:80])
     show(table)

@@ -77,6 +77,7 @@ class MlflowRegistry:
         self._cursor = 0
         self._next_poll = 0.0
         self._failures = 0
+        self.problem: str | None = None  # why the last poll could not reach the server (None: it could)
 
     @property
     def client(self):
@@ -127,19 +128,25 @@ class MlflowRegistry:
             old = sorted(name for name in configs if name in self._polled)
             found = self._search(new, 0) + self._search(old, self._cursor - OVERLAP_MS)
         except RegistryError as exc:
+            self.problem = exc.one_line()
             self._failures += 1
             delay = min(self.poll_seconds * 2 ** self._failures, 300.0)
             self._next_poll = now + delay
             log.warning(json.dumps({"event": "registry-unreachable", "registry": self.uri, "error": exc.one_line(),
                                     "retry_in_s": delay}))
             return
-        self._failures, self._next_poll = 0, now + self.poll_seconds
+        self._failures, self._next_poll, self.problem = 0, now + self.poll_seconds, None
         self._configs = configs
         self._polled |= set(new)
         for mv in found:
             self._cursor = max(self._cursor, int(mv.last_updated_timestamp or 0))
             if TAG_PROMOTED_FROM not in (mv.tags or {}):  # our own promoted copies are not jobs
                 self._versions[(mv.name, str(mv.version))] = _version(mv)
+
+    def recovered(self) -> None:
+        """A job just reached the server: the next scan polls at once instead of waiting out the backoff."""
+        if self.problem is not None:
+            self._failures, self._next_poll = 0, 0.0
 
     def _enabled_models(self) -> dict[str, str | None]:
         """Name → convrepair.toml content (None: no config) of every model convrepair watches."""
@@ -237,6 +244,24 @@ class MlflowRegistry:
         from convrepair_plugins.mlflow.review import verify_uri
 
         return verify_uri(self, uri, trust, require_approval, chain)
+
+    def with_target(self, uri: str, target: str | None) -> str:
+        """URI narrowed to TARGET (`--target`): models:/NAME/VERSION/TARGET."""
+        from convrepair_plugins.mlflow.review import with_target
+
+        return with_target(uri, target)
+
+    def open_log(self, uri: str, trust: Path):
+        """Context manager: the log behind URI as a local file (for `show`)."""
+        from convrepair_plugins.mlflow.review import open_log
+
+        return open_log(self, uri, trust)
+
+    def list_logs(self, uri: str, trust: Path) -> list[dict[str, Any]]:
+        """`review --registry models:/NAME`: every log of the model, verified."""
+        from convrepair_plugins.mlflow.review import list_model
+
+        return list_model(self, uri, trust)
 
 
 def _version(mv) -> MlflowVersion:

@@ -9,12 +9,14 @@ exactly-once results); an executor only runs what the daemon leased and says how
                                         worker or node — the daemon stops renewing its lease, and
                                         the queue hands the job out again once the lease runs out
     kill(dispatched)                    stop it (shutdown)
+    describe() -> dict                  where jobs run, for the start line (executor, node …)
     close()
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -58,11 +60,13 @@ class Executor(Protocol):
 
     def kill(self, dispatched: Dispatched) -> None: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
 def open_executor(kind: str, *, memory_mb: int, job_timeout: float, ray_address: str | None = None,
-                  num_cpus: float = 1.0, remote_registry: bool = False) -> Executor:
+                  num_cpus: float = 1.0, remote_registry: bool = False, workers: int = 1, log_dir: Path | None = None) -> Executor:
     """The executor named `kind` (`local` or `ray`); BadInput when it cannot start.
 
     `remote_registry`: jobs fetch and publish through the registry themselves (MLflow); the Ray
@@ -74,7 +78,7 @@ def open_executor(kind: str, *, memory_mb: int, job_timeout: float, ray_address:
     if kind == "local":
         from convrepair.daemon.executors.local import LocalExecutor
 
-        return LocalExecutor(memory_mb=memory_mb, job_timeout=job_timeout)
+        return LocalExecutor(memory_mb=memory_mb, job_timeout=job_timeout, workers=workers, log_dir=log_dir)
     if kind == "ray":
         from convrepair.daemon.executors.ray import RayExecutor
 

@@ -2,7 +2,9 @@
 
 Inputs travel under `fs/<absolute path on the daemon>`: the version directory (model, sidecars;
 not the results), the model's `convrepair.toml` and the data and calibration files it names, so
-the config's relative paths resolve the same way in the worker's scratch. The results folder
+the config's relative paths resolve the same way in the worker's scratch. A file the config names
+travels only when a job may read it (inside the model's folder or an `--allow-read` folder, never
+a key or the daemon's state: `convrepair.daemon.reads`); the job on the node refuses the rest. The results folder
 travels back the same way; the daemon moves it into the registry and points every path in its
 JSON files (report, job record, sidecars) at the registry, exactly as a local job leaves them.
 """
@@ -24,8 +26,12 @@ def config_file(version_dir: Path) -> Path:
     return Path(version_dir).parent / "convrepair.toml"
 
 
-def input_files(version_dir: Path) -> list[Path]:
-    """What a job reads: the version's files, its model's config and the files the config names."""
+def input_files(version_dir: Path, allowed: list[Path] = (), never: list[Path] = ()) -> list[Path]:
+    """What a job reads: the version's files, its model's config and the files the config names
+    that a job may read (`allowed` folders besides the model's; `never` these)."""
+    from convrepair.daemon.reads import check_reads
+    from convrepair.errors import BadInput
+
     version_dir = Path(os.path.abspath(version_dir))
     files = [p for p in sorted(version_dir.rglob("*"))
              if p.is_file() and p.relative_to(version_dir).parts[0] != RESULTS]
@@ -39,15 +45,19 @@ def input_files(version_dir: Path) -> list[Path]:
         value = raw.get(key)
         if isinstance(value, str):
             named = Path(os.path.normpath(config.parent / value))
+            try:
+                check_reads([named], config.parent, allowed, never)
+            except BadInput:
+                continue  # not shipped: the job names the problem itself
             if named.is_file() and named not in files:
                 files.append(named)
     return files
 
 
-def pack_inputs(version_dir: Path) -> bytes:
+def pack_inputs(version_dir: Path, allowed: list[Path] = (), never: list[Path] = ()) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for path in input_files(version_dir):
+        for path in input_files(version_dir, allowed, never):
             archive.add(path, arcname=str(mirrored(Path("fs"), path)), recursive=False)
     return buffer.getvalue()
 

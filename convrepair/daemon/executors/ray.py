@@ -48,9 +48,10 @@ def run_on_node(inputs: bytes, spec: dict[str, Any], memory_mb: int, timeout: fl
         bundle.unpack(inputs, scratch)
         root = scratch / "fs"
         local = dict(spec, version_dir=str(bundle.mirrored(root, spec["version_dir"])),
-                     model_file=str(bundle.mirrored(root, spec["model_file"])), sign_key=None)
+                     model_file=str(bundle.mirrored(root, spec["model_file"])), sign_key=None, state_dir=None,
+                     allow_read=[str(bundle.mirrored(root, p)) for p in spec.get("allow_read") or []])
         local.pop("scratch", None)
-        proc = worker.start(local, memory_mb)
+        proc = worker.start(local, memory_mb, threads=max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         started = time.monotonic()
         while (result := worker.collect(proc, started, timeout)) is None:
             time.sleep(0.2)
@@ -58,6 +59,7 @@ def run_on_node(inputs: bytes, spec: dict[str, Any], memory_mb: int, timeout: fl
         results = bundle.pack_dir(final) if result.ok and final.is_dir() else None
         return {"ok": result.ok and results is not None, "result": result.result, "retry": getattr(result, "retry", False),
                 "error": result.error or (None if results is not None else "the job left no results folder"),
+                "reason": result.reason, "transient": result.transient,
                 "seconds": result.seconds, "results": results, "worker_root": str(root), **where}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -98,6 +100,12 @@ class RayExecutor:
         self.gpus = ray.cluster_resources().get("GPU", 0)
         self.task = ray.remote(run_on_node)
 
+    def describe(self) -> dict[str, Any]:
+        """For the start line: the cluster and the daemon's own node in it."""
+        context = self.ray.get_runtime_context()
+        return {"executor": self.name, "node": context.get_node_id(), "host": socket.gethostname(),
+                "ray_address": getattr(context, "gcs_address", None), "cluster_cpus": self.ray.cluster_resources().get("CPU", 0)}
+
     def resources(self, spec: dict[str, Any]) -> dict[str, Any]:
         """What one job asks of the cluster."""
         options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": 0}
@@ -111,7 +119,10 @@ class RayExecutor:
         final = _final(spec)
         if final.exists():  # a result landed before the daemon could record it: sign it, never redo
             return Dispatched(job, time.monotonic(), self._completed(final, spec, {}))
-        inputs = self.ray.put(bundle.pack_inputs(Path(spec["version_dir"])))
+        from convrepair.daemon.job import never_readable
+
+        inputs = self.ray.put(bundle.pack_inputs(Path(spec["version_dir"]), [Path(p) for p in spec.get("allow_read") or []],
+                                                 never_readable(spec)))
         remote_spec = {key: value for key, value in spec.items() if key != "sign_key"}
         ref = self.task.options(**self.resources(spec), max_retries=0, retry_exceptions=False,
                                 name=f"convrepair-job-{job.id}").remote(inputs, remote_spec, self.memory_mb, self.job_timeout)
@@ -127,16 +138,18 @@ class RayExecutor:
             if seconds <= self.job_timeout + QUEUE_SLACK:
                 return None
             self.ray.cancel(handle["ref"], force=True)
-            return WorkerResult(False, None, f"Ray task timed out after {seconds:.0f} s", seconds, retry=True)
+            return WorkerResult(False, None, f"Ray task timed out after {seconds:.0f} s", seconds, retry=True, reason="timeout")
         try:
             out = self.ray.get(handle["ref"])
         except self.ray.exceptions.RayTaskError as exc:  # our task code raised: a bug, reported as such
-            return WorkerResult(False, None, f"Ray task failed: {exception_text(exc.cause or exc, 300)}", seconds)
+            return WorkerResult(False, None, f"Ray task failed: {exception_text(exc.cause or exc, 300)}", seconds,
+                                reason="internal-error")
         except self.ray.exceptions.RayError as exc:  # worker or node died, object lost, cancelled
             return Lost(f"{type(exc).__name__}: {exception_text(exc, 200)}")
         dispatched.where = Where(out["host"], out["node"], out["pid"])
         if not out["ok"]:
-            return WorkerResult(False, out["result"], out["error"], seconds, retry=out["retry"])
+            return WorkerResult(False, out["result"], out["error"], seconds, retry=out["retry"], reason=out.get("reason"),
+                                transient=bool(out.get("transient")))
         # an attempt's scratch name: the daemon clears what a crash left there when it claims the job again
         scratch = _final(handle["spec"]).parent / scratch_name(dispatched.job.id, f"{dispatched.job.attempts}-landing")
         extra = {"executor": {"kind": self.name, "host": out["host"], "node": out["node"], "pid": out["pid"]}}
@@ -145,7 +158,7 @@ class RayExecutor:
             return self._completed(_final(handle["spec"]), handle["spec"], out["result"] or {}, seconds)
         except (OSError, ValueError) as exc:
             return WorkerResult(False, None, f"could not write the results: {type(exc).__name__}: {exception_text(exc, 200)}",
-                                seconds, retry=True)
+                                seconds, retry=True, reason="os-error")
 
     def _completed(self, final: Path, spec: dict[str, Any], payload: dict, seconds: float = 0.0) -> WorkerResult:
         """The result in its registry place, signed there by the daemon (only when no log is there yet)."""
