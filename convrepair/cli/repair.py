@@ -12,6 +12,7 @@ from convrepair.cli.common import (
     EpsilonsOption,
     JsonOption,
     LensesOption,
+    MemoryOption,
     PgdStepOption,
     PgdStepsOption,
     TrustCodeOption,
@@ -45,6 +46,7 @@ def repair(
     pgd_step: PgdStepOption = None,
     synthetic: Annotated[bool, typer.Option("--synthetic", help="Without --data: repair against uniform random inputs, on purpose.")] = False,
     trust_model_code: TrustCodeOption = False,
+    memory_mb: MemoryOption = 8192,
     json_out: JsonOption = None,
     sign_key: Annotated[Optional[Path], typer.Option(help="Service key: write a signed repair log (pending approval).")] = None,
     log: Annotated[Optional[Path], typer.Option(help="Where the signed log goes (default: OUT.log.dsse.json).")] = None,
@@ -119,7 +121,7 @@ def repair(
             with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
                 result, containment = run_contained(job, reads=[source, target, previous, data],
                                                     writes=[*staged.writes(), evidence], on_message=relay(progress),
-                                                    trust_code=trust_model_code)
+                                                    trust_code=trust_model_code, memory_mb=memory_mb)
             payload, code = result["payload"], result["exit"]
             if target is not None:  # the verdict that is signed is ours, from the arrays, never the worker's word
                 from convrepair.repair.parent import judge_repair
