@@ -48,8 +48,13 @@ def to_onnx_ir(job: JobContext, handle: ModelHandle, dataset: Dataset, workdir: 
     if ref.format == "onnx":
         return OnnxIR(ref.path, "as is", 0.0, layouts)
     from convrepair.compare import compare_on
-    from convrepair.convert import convert
+    from convrepair.convert import convert, plan_route
 
+    try:
+        plan_route(job.registry, ref.format, "onnx")
+    except BadInput:  # a runtime format with no way back to ONNX (OpenVINO IR): say what the check still is
+        raise BadInput(f"output-level only: no lossless route from {ref.format} to ONNX, the IR of the layer-wise "
+                       "view; the outputs were compared, no layer was", ref.path) from None
     try:
         result = convert(job.registry, ref, "onnx", out=Path(tempfile.mkdtemp(dir=workdir)) / "ir.onnx", options=options)
     except Exception as exc:  # noqa: BLE001 - no IR means no layer-wise view, said plainly

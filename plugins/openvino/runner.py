@@ -1,0 +1,94 @@
+"""Recognise an OpenVINO IR and run it with the OpenVINO runtime on CPU.
+
+The IR is read as the folder that holds one `*.xml` (the graph) and its `*.bin` (the weights): a
+lone `.xml` names only half the model, so its hash and the worker's read grant would miss the
+weights. A lone `.xml` is recognised, and refused with what to pass instead.
+The CPU plugin is asked for f32 inference: left to itself it may run bf16 on CPUs that have it
+(AMX), and a check must know the precision it judges.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from convrepair.errors import BadInput, exception_text
+from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts
+from convrepair.plugins import LoadRequest
+from convrepair_plugins.openvino import PLUGIN
+
+_OV_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32",
+              "i8": "int8", "u8": "uint8", "boolean": "bool"}
+
+
+def _is_ir_xml(path: Path) -> bool:
+    if not path.is_file() or path.suffix != ".xml":
+        return False
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    return b"<net " in head
+
+
+def ir_xml(folder: Path) -> Path | None:
+    """The one IR graph in `folder` whose weights lie beside it, or None."""
+    found = [p for p in sorted(folder.glob("*.xml")) if _is_ir_xml(p) and p.with_suffix(".bin").is_file()]
+    return found[0] if len(found) == 1 else None
+
+
+def is_openvino(path: Path) -> bool:
+    return (path.is_dir() and ir_xml(path) is not None) or _is_ir_xml(path)
+
+
+class OpenVinoRunner(Runner):
+    def __init__(self, path: Path, layouts: list[str]):
+        import openvino as ov
+
+        xml = ir_xml(path) if path.is_dir() else None
+        if xml is None:
+            raise BadInput("is half of an OpenVINO IR: pass the folder that holds the .xml and its .bin "
+                           "(both are hashed and read together)", path)
+        self.path = path
+        core = ov.Core()
+        try:
+            model = core.read_model(str(xml), str(xml.with_suffix(".bin")))
+            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own RuntimeError subclasses
+            raise BadInput(f"is not a loadable OpenVINO IR: {exception_text(exc, 200)}", path) from None
+        self.request = self.compiled.create_infer_request()
+        shapes = [_shape(port.get_partial_shape()) for port in self.compiled.inputs]
+        resolved = input_layouts(layouts, shapes)
+        self.inputs = [TensorSpec(_name(port, i, "input"), shapes[i], _dtype(port), resolved[i])
+                       for i, port in enumerate(self.compiled.inputs)]
+        self.outputs = [TensorSpec(_name(port, i, "output"), _shape(port.get_partial_shape()), _dtype(port))
+                        for i, port in enumerate(self.compiled.outputs)]
+        self.device = "cpu"
+
+    def run(self, feeds):
+        feeds = conform_feeds(self.inputs, feeds, self.path)
+        try:
+            results = self.request.infer([feeds[spec.name] for spec in self.inputs])
+        except Exception as exc:  # noqa: BLE001
+            raise BadInput(f"OpenVINO fails to run this model on the given inputs: {exception_text(exc, 240)}", self.path) from None
+        return {spec.name: results[port].copy() for spec, port in zip(self.outputs, self.compiled.outputs)}
+
+
+def _name(port, index: int, kind: str) -> str:
+    try:
+        return port.get_any_name()
+    except RuntimeError:  # an unnamed port
+        return f"{kind}_{index}"
+
+
+def _dtype(port) -> str:
+    return _OV_DTYPES.get(port.get_element_type().get_type_name(), "float32")
+
+
+def _shape(partial) -> tuple[int | None, ...]:
+    if partial.rank.is_dynamic:
+        return ()
+    return tuple(dim.get_length() if dim.is_static else None for dim in partial)
+
+
+@PLUGIN.format("openvino", description="OpenVINO IR (folder with model.xml + model.bin)", suffix=".openvino",
+               detect=is_openvino)
+def load(request: LoadRequest) -> Runner:
+    return OpenVinoRunner(request.ref.path, request.declared_layouts)
