@@ -116,7 +116,7 @@ def normalize_argv(argv: list[str]) -> list[str]:
 TrustCodeOption = Annotated[bool, typer.Option(
     "--trust-model-code", help="Run TorchScript/SavedModel code even where no containment can be established.")]
 MemoryOption = Annotated[int, typer.Option(
-    "--memory-mb", min=0, help="Address-space limit of the contained worker, MB (0: none); as a daemon job's.")]
+    "--memory-mb", min=0, help="Memory limit of the contained worker (its private writable memory), MB; 0: none.")]
 
 # the lens options `check` and `repair` share
 LensesOption = Annotated[Optional[str], typer.Option(

@@ -76,9 +76,9 @@ def _become_worker(libc, launch: Launch, supervisor: int) -> None:
             os._exit(70)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        if launch.memory_mb:
-            limit = launch.memory_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if launch.memory_mb:  # RLIMIT_DATA (private writable memory), not RLIMIT_AS: CUDA reserves
+            limit = launch.memory_mb * 1024 * 1024  # vast PROT_NONE ranges that an address-space cap refuses
+            resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
         os.dup2(launch.task_r, 0)
         os.dup2(launch.output_w, 1)
         os.dup2(launch.output_w, 2)
