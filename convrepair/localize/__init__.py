@@ -146,7 +146,7 @@ def localize(
                           "what remains looks like float rounding (is the tolerance tighter than the model's own "
                           "float noise?)", {"threshold_rel_l2": threshold})
         first = None
-        if discrepant and (fault is None or fault.type == "unknown"):
+        if discrepant and (fault is None or fault.type in ("unknown", "precision")):
             first, fault = _from_static_diff(static, alignment.pairs, rows) or (None, fault)
         return Localization(first, fault, rows, ir_info, counts, None, unaligned, static)
     index = first_index if first_index is not None else 0
@@ -158,7 +158,7 @@ def localize(
     context = FaultContext(source_view, target_view, explained, input_evidence, precision, _unaligned_in(alignment, explained),
                            layout_changed)
     fault = explain(context)
-    if fault.type == "unknown" and discrepant:  # the static diff names a difference elsewhere: that is the lead
+    if fault.type in ("unknown", "precision") and discrepant:  # the static diff names a difference elsewhere: that is the lead
         found = _from_static_diff(static, alignment.pairs, rows)
         if found is not None:
             return Localization(found[0], found[1], rows, ir_info, counts, shadow, unaligned, static)
@@ -257,9 +257,10 @@ def _unfaithful_ir(ir_info: dict[str, Any], source_precision: str, precision: st
 
 def _from_static_diff(static, pairs, rows):
     """(first_divergent, Fault) from the static diff when the walk named no layer; None when it
-    names nothing. The verdict is never `unknown` while a parameter or attribute differs. Fused
-    pairs (BatchNorm folded in: weights differ by design) lead only when nothing else differs."""
-    static = sorted(static, key=lambda entry: bool(entry.get("fused")))
+    names nothing. The verdict is never `unknown` (nor `precision`) while a parameter or attribute
+    differs beyond the precision's tolerance. Fused pairs (BatchNorm folded in: weights differ by
+    design) are shown in the static diff but never lead."""
+    static = [entry for entry in static if not entry.get("fused")]
     if static:
         worst = static[0]
         index = next((i for i, (s, t) in enumerate(pairs) if t.node.name == worst["target_layer"]), None)

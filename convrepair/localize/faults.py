@@ -105,15 +105,26 @@ def match_param(source: np.ndarray, target: np.ndarray, layout_changed: bool = F
     return best
 
 
-def _pair_nodes(source: list[Node], target: list[Node]) -> list[tuple[Node, Node]]:
-    """Nodes of two segments paired by op type, in order."""
+def _pair_nodes(source: list[Node], target: list[Node], by_kind: bool = False) -> list[tuple[Node, Node]]:
+    """Nodes of two segments paired by op type, in order; with `by_kind`, those left over are then
+    paired by layer kind (an int8 graph's ConvInteger computes its source's Conv, with its pads)."""
     by_op: dict[str, list[Node]] = {}
     for node in source:
         by_op.setdefault(node.op, []).append(node)
-    pairs = []
+    pairs, left = [], []
     for node in target:
         if by_op.get(node.op):
             pairs.append((by_op[node.op].pop(0), node))
+        else:
+            left.append(node)
+    if by_kind:
+        by_kind_left: dict[str, list[Node]] = {}
+        for node in (n for nodes in by_op.values() for n in nodes):
+            if node.kind:
+                by_kind_left.setdefault(node.kind, []).append(node)
+        for node in left:
+            if node.kind and by_kind_left.get(node.kind):
+                pairs.append((by_kind_left[node.kind].pop(0), node))
     return pairs
 
 
@@ -251,7 +262,7 @@ def hyperparameters(ctx: FaultContext) -> Fault | None:
                     t_act.name,
                 )
     diffs = []
-    for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
+    for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment), by_kind=True):
         diffs += attribute_differences(ctx.source, ctx.target, s_node, t_node)
     if not diffs:
         return None
@@ -269,14 +280,19 @@ def hyperparameters(ctx: FaultContext) -> Fault | None:
 def structure(ctx: FaultContext) -> Fault | None:
     """Ops missing, added or rewired in the divergent layer's segment.
 
-    Skipped for reduced-precision targets: quantizers and TFLite rewrite graphs (integer kernels,
-    rescaling Mul/Add, Reshape of biases, fused activations), so op counts no longer mean a fault.
+    In fp32, op by op. Quantizers and fp16 converters rewrite ops (Conv → ConvInteger, rescaling
+    Mul/Add, Reshape of biases, Casts) but never what kind of layer is there: at reduced precision
+    layers are counted by kind, so a lost activation is still structure, not rounding.
     """
-    if ctx.precision != "fp32":
-        return None
     source_layer, target_layer = ctx.pair
-    s_ops = Counter(n.op for n in _core(source_layer.segment))
-    t_ops = Counter(n.op for n in _core(target_layer.segment))
+    s_core, t_core = _core(source_layer.segment), _core(target_layer.segment)
+    if ctx.precision == "fp32":
+        s_ops, t_ops = Counter(n.op for n in s_core), Counter(n.op for n in t_core)
+    else:
+        s_kinds, t_kinds = Counter(n.kind for n in s_core if n.kind), Counter(n.kind for n in t_core if n.kind)
+        changed = set(s_kinds - t_kinds) | set(t_kinds - s_kinds)
+        s_ops = Counter(n.op for n in s_core if n.kind in changed)
+        t_ops = Counter(n.op for n in t_core if n.kind in changed)
     missing, added = dict(s_ops - t_ops), dict(t_ops - s_ops)
     if not missing and not added:
         return None
