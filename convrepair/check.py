@@ -64,6 +64,7 @@ class CheckConfig:
     output_atol: dict[str, float] = field(default_factory=dict)  # per source output name (--atol NAME:VALUE)
     output_rtol: dict[str, float] = field(default_factory=dict)
     memory_mb: int | None = None  # what one batch may take (None: a share of the machine's free memory)
+    latent: bool | None = None  # latent-fault audit: None when the IRs are at hand, True always (--strict)
 
 
 @dataclass
@@ -298,7 +299,9 @@ def diagnose(job: JobContext, source: ModelHandle, target: ModelHandle, dataset:
                                    "unaligned": {}, "static_diff": [],
                                    "fault": {"type": "unknown", "detail": f"localization unavailable: {exc.one_line()}",
                                              "evidence": {}}}
+    from convrepair.localize.latent import check_latent  # differences the samples did not reveal (issue 18)
 
+    report.worker_reported |= check_latent(job, source, target, dataset, config.latent, report.localization, config.seed)
     if config.lenses:
         report.lenses = _lenses(job, source, target, dataset, plan, config)
 

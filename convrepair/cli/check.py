@@ -48,6 +48,7 @@ def check(
     load_inputs: Annotated[Optional[Path], typer.Option(help="Inputs saved by --save-inputs (the same as --data).")] = None,
     load_outputs: Annotated[Optional[Path], typer.Option(help="A golden file from --save-outputs in SOURCE's place: give only TARGET; needs only TARGET's framework.")] = None,
     trust_model_code: TrustCodeOption = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Audit every parameter and attribute (exporting IRs if need be); latent faults exit 1.")] = False,
     json_out: JsonOption = None,
 ) -> None:
     """Compare SOURCE and TARGET on sampled rounds of data; localize and type the fault when they differ.
@@ -79,7 +80,7 @@ def check(
     common_rtol, output_rtol = tolerance_values(rtol or [], "--rtol")
     config = CheckConfig(data, rounds, samples, seed, common_atol, common_rtol, top_k, localize,
                          output_atol=output_atol, output_rtol=output_rtol,
-                         lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step))
+                         lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step), latent=True if strict else None)
     from convrepair.contain.staging import StagedOutputs
     from convrepair.contain.worker import run_contained
 
@@ -105,10 +106,14 @@ def check(
             report = broker.decide(asked, Path(evidence_dir), result, config, started)
         staged.publish()
     result = {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}
+    if strict and result["payload"].get("latent"):  # latent faults count only when asked to
+        result["exit"] = 1
     payload = staged.relocate(result["payload"]) | {"containment": containment.to_json()}
     emit_json(json_out, payload)
     if human(json_out):
         render_check(payload)
+        for latent in payload.get("latent") or []:  # differences the samples did not reveal
+            say(f"latent {latent['type']} at {latent['node']}: {latent['detail']}", json_out)
         say(containment.summary(), json_out)
     raise typer.Exit(result["exit"])
 
