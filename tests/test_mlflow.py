@@ -15,7 +15,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("mlflow")
+try:
+    import mlflow  # noqa: F401
+except ImportError:
+    if os.environ.get("CI", "").lower() == "true":
+        raise  # CI must prove the MLflow registry, not skip it
+    pytest.skip("mlflow is not installed (pip install 'convrepair[mlflow]')", allow_module_level=True)
 
 from conftest import run_cli  # noqa: E402
 from mlflow_server import (  # noqa: E402

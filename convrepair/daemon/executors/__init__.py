@@ -69,12 +69,10 @@ def open_executor(kind: str, *, memory_mb: int, job_timeout: float, ray_address:
                   num_cpus: float = 1.0, remote_registry: bool = False, workers: int = 1, log_dir: Path | None = None) -> Executor:
     """The executor named `kind` (`local` or `ray`); BadInput when it cannot start.
 
-    `remote_registry`: jobs fetch and publish through the registry themselves (MLflow); the Ray
-    executor ships a directory registry's files and does not run those yet."""
+    `remote_registry`: jobs fetch and publish through the registry (MLflow): a local job does it
+    itself; for a Ray task the daemon fetches, ships the files, signs and publishes (executors.remote)."""
     from convrepair.errors import BadInput
 
-    if kind == "ray" and remote_registry:
-        raise BadInput("--executor ray runs jobs of a directory registry; use --executor local with this registry kind")
     if kind == "local":
         from convrepair.daemon.executors.local import LocalExecutor
 

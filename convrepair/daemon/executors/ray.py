@@ -25,7 +25,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from convrepair.daemon.executors import Dispatched, Lost, Where, bundle
+from convrepair.daemon.executors import Dispatched, Lost, Where, bundle, remote
+from convrepair.daemon.executors.remote import RemoteStage
 from convrepair.daemon.job import scratch_name
 from convrepair.daemon.worker import WorkerResult
 from convrepair.errors import BadInput, exception_text
@@ -99,6 +100,7 @@ class RayExecutor:
                     signal.signal(sig, handler)
         self.gpus = ray.cluster_resources().get("GPU", 0)
         self.task = ray.remote(run_on_node)
+        self.stage = RemoteStage()
 
     def describe(self) -> dict[str, Any]:
         """For the start line: the cluster and the daemon's own node in it."""
@@ -116,9 +118,15 @@ class RayExecutor:
         return options
 
     def submit(self, job, spec: dict[str, Any]) -> Dispatched:
+        if spec.get("remote"):  # MLflow: the daemon fetches (on a thread), ships, signs and publishes (executors.remote)
+            return Dispatched(job, time.monotonic(), {"stage": "fetch", "future": self.stage.fetch(spec), "remote": spec})
+        return Dispatched(job, time.monotonic(), self._start(job, spec))
+
+    def _start(self, job, spec: dict[str, Any]) -> dict[str, Any] | WorkerResult:
+        """The job's task on the cluster, its inputs shipped through the object store."""
         final = _final(spec)
         if final.exists():  # a result landed before the daemon could record it: sign it, never redo
-            return Dispatched(job, time.monotonic(), self._completed(final, spec, {}))
+            return self._completed(final, spec, {})
         from convrepair.daemon.job import never_readable
 
         inputs = self.ray.put(bundle.pack_inputs(Path(spec["version_dir"]), [Path(p) for p in spec.get("allow_read") or []],
@@ -126,13 +134,46 @@ class RayExecutor:
         remote_spec = {key: value for key, value in spec.items() if key != "sign_key"}
         ref = self.task.options(**self.resources(spec), max_retries=0, retry_exceptions=False,
                                 name=f"convrepair-job-{job.id}").remote(inputs, remote_spec, self.memory_mb, self.job_timeout)
-        return Dispatched(job, time.monotonic(), {"ref": ref, "spec": spec, "inputs": inputs})
+        return {"stage": "task", "ref": ref, "spec": spec, "inputs": inputs}
 
     def poll(self, dispatched: Dispatched) -> WorkerResult | Lost | None:
         handle = dispatched.handle
         if isinstance(handle, WorkerResult):
             return handle
         seconds = time.monotonic() - dispatched.started
+        if handle["stage"] in ("fetch", "publish"):  # the registry, on the daemon's threads
+            future = handle["future"]
+            if not future.done():
+                if seconds <= self.job_timeout + QUEUE_SLACK:
+                    return None
+                return WorkerResult(False, None, f"the registry {handle['stage']} took over {seconds:.0f} s", seconds,
+                                    retry=True, reason="timeout")
+            try:
+                value = future.result()
+            except Exception as exc:  # noqa: BLE001 - an outage, a missing artifact, a bad config: the job's outcome
+                return remote.failed(exc, seconds)
+            if handle["stage"] == "publish":
+                return WorkerResult(True, value, None, seconds)
+            done, local = value
+            if done is not None:
+                return WorkerResult(True, done, None, seconds)
+            return self._next(dispatched, self._start(dispatched.job, local), handle["remote"], seconds)
+        outcome = self._task_outcome(dispatched, handle, seconds)
+        return self._next(dispatched, outcome, handle.get("remote"), seconds) if isinstance(outcome, WorkerResult) else outcome
+
+    def _next(self, dispatched: Dispatched, outcome: dict[str, Any] | WorkerResult, remote_spec: dict[str, Any] | None,
+              seconds: float) -> WorkerResult | None:
+        """A task just started (None: still running), or a remote registry's signed results on their way back."""
+        if isinstance(outcome, dict):
+            dispatched.handle = {**outcome, "remote": remote_spec}
+            return None
+        if remote_spec is not None and outcome.ok:
+            dispatched.handle = {"stage": "publish", "remote": remote_spec,
+                                 "future": self.stage.publish(remote_spec, Path(outcome.result["results"]), outcome.result)}
+            return None
+        return outcome
+
+    def _task_outcome(self, dispatched: Dispatched, handle: dict[str, Any], seconds: float) -> WorkerResult | Lost | None:
         ready, _ = self.ray.wait([handle["ref"]], timeout=0)
         if not ready:
             if seconds <= self.job_timeout + QUEUE_SLACK:
@@ -176,10 +217,11 @@ class RayExecutor:
                                    **({"note": payload["note"]} if payload.get("note") else {})}, None, seconds)
 
     def kill(self, dispatched: Dispatched) -> None:
-        if isinstance(dispatched.handle, dict):
+        if isinstance(dispatched.handle, dict) and "ref" in dispatched.handle:  # a fetch or publish thread finishes alone
             self.ray.cancel(dispatched.handle["ref"], force=True)
 
     def close(self) -> None:
+        self.stage.close()
         self.ray.shutdown()
 
 
