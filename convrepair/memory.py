@@ -1,7 +1,7 @@
 """How much memory a batch may take: the process's resident and peak size, a model's measured
 bytes per sample, and the budget one batch is held to (issue 21: batches sized by memory, not count).
 
-Reads only /proc/self and /proc/meminfo (both readable in the contained worker) and getrusage.
+Reads only /proc/self and /proc/meminfo (both readable in the contained worker), getrusage and getrlimit.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import resource
 
 import numpy as np
 
-DEFAULT_SHARE = 0.25  # of the memory the machine has available when the job starts
+DEFAULT_SHARE = 0.25  # of the memory available (the machine's, and the process's own limit)
 DEFAULT_CAP_MB = 4096  # … but never more than this for one batch by default
 _FLOOR_MB = 64  # a budget is never below this
 
@@ -42,13 +42,19 @@ def available() -> int | None:
     return None
 
 
+def limit() -> int | None:
+    """The process's own memory limit (RLIMIT_DATA: a contained worker's `--memory-mb`), if any."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
 def budget(memory_mb: int | None) -> int:
-    """Bytes one batch may take: the caller's number, else a share of what is available (capped)."""
+    """Bytes one batch may take: the caller's number, else a share of what is available and of the
+    process's own limit (capped), so a batch never grows a worker into its `--memory-mb`."""
     if memory_mb:
         return max(int(memory_mb), _FLOOR_MB) << 20
-    free = available()
-    default = DEFAULT_CAP_MB << 20
-    return max(min(int(free * DEFAULT_SHARE), default) if free else default, _FLOOR_MB << 20)
+    shares = [int(room * DEFAULT_SHARE) for room in (available(), limit()) if room]
+    return max(min([DEFAULT_CAP_MB << 20, *shares]), _FLOOR_MB << 20)
 
 
 def per_sample(rss_before: int, peak_before: int, count: int, data, outputs: list[np.ndarray]) -> int:

@@ -32,3 +32,14 @@ def test_a_small_budget_makes_small_batches_with_the_same_outputs(tmp_path):
         assert small.bytes_per_sample >= 64 * 128 * 128 * 4  # at least its output, measured on the first batch
         assert tight.batch_for(small, 256) <= 16 < roomy.batch_for(large, 256)
         np.testing.assert_allclose(out_small, out_large, rtol=1e-6, atol=1e-6)
+
+
+def test_the_default_budget_is_a_share_of_the_workers_own_limit():
+    """A contained worker under `--memory-mb 2048` (RLIMIT_DATA) batches within a quarter of it."""
+    import subprocess
+    import sys
+
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_DATA, (2048 << 20, resource.RLIM_INFINITY)); "
+            "from convrepair import memory; print(memory.budget(None) >> 20, memory.budget(100) >> 20)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["512", "100"]
