@@ -31,6 +31,12 @@ _DEVICES = ("/dev/null", "/dev/zero")
 # an NVIDIA GPU: the device nodes (with ioctl) and what the driver reads about the bus
 _GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 _GPU_READ = ("/proc/driver/nvidia", "/sys/module/nvidia", "/dev/nvidia-caps")
+# helper programs a runtime ships inside its package and runs as part of its own work, by
+# (package, path inside it): ExecuTorch writes every .pte with its bundled `flatc`. They run under
+# the worker's own rules (same files, no sockets); nothing else may be executed.
+_PACKAGE_TOOLS = (("executorch", "data/bin/flatc"),)
+# the ELF interpreter those dynamically linked tools start through (execute is checked on it too)
+_ELF_INTERPRETERS = ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1")
 
 
 def python_installation() -> list[Path]:
@@ -72,6 +78,22 @@ def _plugin_packages_and_metadata() -> tuple[set[str], set[str]]:
     return packages, metadata
 
 
+def package_tools() -> list[Path]:
+    """The installed helper programs of `_PACKAGE_TOOLS` (a package not installed has none)."""
+    found = []
+    for package, inner in _PACKAGE_TOOLS:
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            continue
+        for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+            if os.path.isfile(os.path.join(folder, inner)):
+                found.append(Path(folder, inner))
+    if found:
+        found += [Path(os.path.realpath(p)) for p in _ELF_INTERPRETERS if os.path.exists(p)]
+    return found
+
+
 def model_files(paths: Iterable[Path]) -> list[Path]:
     """A model with what travels beside it: `NAME` (file or SavedModel folder) and `NAME.*`
     (its sidecar, kept calibration data, ONNX external data named after it).
@@ -95,6 +117,7 @@ def grants(reads: Iterable[Path], writes: Iterable[Path]) -> list[Grant]:
     if os.path.exists("/dev/nvidiactl"):
         rules += [Grant(Path(p), landlock.DEVICE) for p in (*_GPU_DEVICES, *glob.glob("/dev/nvidia[0-9]*"))]
         rules += [Grant(Path(p), landlock.READ) for p in _GPU_READ]
+    rules += [Grant(p, landlock.READ | landlock.EXECUTE) for p in package_tools()]
     rules += [Grant(p, landlock.READ) for p in model_files(reads)]
     rules += [Grant(Path(p), landlock.WRITE) for p in writes]
     return rules

@@ -1,0 +1,81 @@
+"""The ExecuTorch route: a .pt2 lowered to XNNPACK (.pte), run by ExecuTorch's runtime, checked
+against its source through the real CLI, inside the contained worker (which must let ExecuTorch run
+its bundled `flatc`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from convrepair.sidecar import read_sidecar
+
+pytestmark = pytest.mark.slow
+
+if importlib.util.find_spec("executorch") is None:
+    if os.environ.get("CI"):  # CI installs the [executorch] extra: a missing runtime is a failure there
+        raise RuntimeError("executorch is not installed (pip install -e '.[executorch]')")
+    pytest.skip("executorch is not installed", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def converted(fixtures_dir, tmp_path_factory):
+    """The fixture CNN converted once through the CLI, validated on the test split."""
+    from conftest import run_cli
+
+    out = tmp_path_factory.mktemp("executorch")
+    result = run_cli("convert", fixtures_dir / "torch_cnn.pt2", "--to", "executorch", "--data",
+                     fixtures_dir / "digits_test_nchw.npz", "--out-dir", out, "--json", out / "convert.json")
+    return result, out
+
+
+def test_pt2_converts_to_pte_and_checks_equivalent(converted):
+    result, out = converted
+    assert result.code == 0, result.stderr
+    (conversion,) = json.loads((out / "convert.json").read_text())["conversions"]
+    assert conversion["route"] == ["torch-to-executorch"] and conversion["output"]["format"] == "pte"
+    validation = conversion["validation"]
+    assert validation["verdict"] == "equivalent" and validation["label_agreement"] == 1.0 and validation["n"] == 400
+    sidecar = read_sidecar(out / "torch_cnn.pte")
+    assert sidecar.precision == "fp32" and sidecar.input_layout == ["NCHW"]
+    details = sidecar.steps[-1].details
+    assert details["delegated"]["delegate_calls"] >= 1 and details["localization"] == "output-level only"
+    for chatter in ("torchao", "cpuinfo", "pytree"):  # the runtime's stderr talk stays off the terminal
+        assert chatter not in result.stderr
+
+
+def test_runner_splits_batches_larger_than_the_memory_plan(converted, fixtures_dir):
+    from convrepair.model import model_ref
+    from convrepair.plugins import default_registry
+
+    _, out = converted
+    registry = default_registry()
+    x = np.load(fixtures_dir / "digits_test_nchw.npz")["x"][:75]
+    with registry.load(model_ref(out / "torch_cnn.pte", registry)) as runner:
+        assert runner.capacity is not None and runner.capacity < len(x)
+        (got,) = runner.run({runner.inputs[0].name: x}).values()
+    with registry.load(model_ref(fixtures_dir / "torch_cnn.pt2", registry), device="cpu") as source:
+        (want,) = source.run({source.inputs[0].name: x}).values()
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_program_with_other_dynamic_axes_is_refused_with_its_reason(tmp_path):
+    import torch
+
+    from convrepair.convert import convert
+    from convrepair.errors import BadInput
+    from convrepair.plugins import default_registry
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=1)
+
+    program = torch.export.export(Pool(), (torch.zeros(2, 5, 3),),
+                                  dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)},))
+    torch.export.save(program, tmp_path / "seq.pt2")
+    with pytest.raises(BadInput, match=r"dynamic axes \[1\] besides the batch"):
+        convert(default_registry(), tmp_path / "seq.pt2", "executorch", out=tmp_path / "seq.pte")
