@@ -22,8 +22,8 @@ import numpy as np
 from convrepair.compare import Accumulator, Comparison, clopper_pearson, pool
 from convrepair.data import Dataset, load_npz, random_inputs
 from convrepair.errors import BadInput
-from convrepair.job import JobContext, ModelHandle, opened
 from convrepair.evidence import Evidence, distinct, gather
+from convrepair.job import JobContext, ModelHandle, opened
 from convrepair.judge import (  # noqa: F401 - re-exported
     DataFacts,
     Tolerance,
