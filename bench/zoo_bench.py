@@ -172,14 +172,25 @@ def repair_run(source: Path, onnx: Path, fault: str, data: Path, holdout: Path, 
     return {
         "fault": fault, "applies": True, "node": node, "expected_type": expected,
         "detected": before.get("verdict") == "discrepant",
-        # the layer, or the op the explanation blames (a bias Add inside a segment, a lost Relu of the source)
-        "localized": node in (first.get("target_layer"), first.get("node"))
-                     or (node.startswith("injected") and fault_json.get("type") == expected),
+        # the op the explanation names (or its layer) is the injected one; for an inserted op: that
+        # op or the input it hangs on. A right type at the wrong place is not localized.
+        "localized": localized_at(node, first, faulty),
         "typed": fault_json.get("type") == expected, "type": fault_json.get("type"),
         "located_at": first.get("target_layer"), "verdict": report.get("verdict"),
         "repaired": report.get("verdict") == "repaired" and held_out == "equivalent", "held_out": held_out,
         "seconds": run.seconds, "peak_mb": run.peak_mb, "exit": run.code,
     }
+
+
+def localized_at(node: str, first: dict, faulty: Path) -> bool:
+    """Did localization name the injected node? (Its layer counts: a bias Add inside a segment, a
+    lost Relu of the source.) An op we inserted may also be named by the tensor it hangs on."""
+    from faults import hangs_on
+
+    named = {first.get("target_layer"), first.get("node")} - {None}
+    if node in named:
+        return True
+    return node.startswith("injected") and hangs_on(faulty, node) in named
 
 
 def write_json(path: Path, payload: dict) -> None:

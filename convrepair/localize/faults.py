@@ -159,26 +159,45 @@ def input_pipeline(ctx: FaultContext) -> Fault | None:
     evidence = ctx.input_evidence
     if not evidence or evidence.get("agree", True):
         return None
+    node = _input_op(ctx.source, ctx.target, evidence.get("target_tensor"))
     if evidence.get("permutation"):
         return Fault(
             "input_layout",
             f"the target's input reaches the first layer with its axes permuted {evidence['permutation']} "
             "(transposed or reshaped dimensions)",
-            evidence,
+            evidence, node,
         )
     if evidence.get("channel_reversed"):
-        return Fault("preprocessing", "the target's input channels are in reverse order (RGB ↔ BGR)", evidence)
+        return Fault("preprocessing", "the target's input channels are in reverse order (RGB ↔ BGR)", evidence, node)
     if evidence.get("affine_fit", {}).get("residual", 1.0) < 1e-3:
         fit = evidence["affine_fit"]
         return Fault(
             "preprocessing",
             f"the target's input is the source's × {fit['scale']:.6g} + {fit['offset']:.6g} "
             "(scale/offset of the input pipeline differs)",
-            evidence,
+            evidence, node,
         )
     if evidence.get("same_shape"):
-        return Fault("preprocessing", "the inputs already differ before the first layer", evidence)
+        return Fault("preprocessing", "the inputs already differ before the first layer", evidence, node)
     return None  # shapes differ with no axis order explaining it: structure checks decide
+
+
+def _input_op(source: GraphView, target: GraphView, tensor: str | None) -> str | None:
+    """The op on the target's path from its input to the first layer that the source does not have
+    (a Mul that rescales, a Transpose, a Gather of channels); None when every op there has a
+    namesake in the source or the path branches."""
+    chain, seen = [], set()
+    producer = target.producer.get(tensor) if tensor else None
+    while producer is not None and producer.index not in seen:
+        seen.add(producer.index)
+        chain.append(producer)
+        live = [name for name in producer.inputs if name and target.constant(name) is None]
+        if len(live) != 1:
+            break
+        producer = target.producer.get(live[0])
+    names = {node.name for node in source.nodes}
+    foreign = [node for node in chain if node.name not in names]
+    return foreign[-1].name if foreign else None  # nearest the input: where the difference enters
 
 
 @fault_check(20)
