@@ -25,18 +25,39 @@ def _trusted(trust: Path | None, start: Path) -> tuple[Path, dict]:
     return path, read_trust(path)
 
 
-def _remote_decision(log_file: Path, key: Path, decision: str, text: str, trust: Path | None, promote, json_out) -> bool:
-    """A decision on a log a remote registry holds (MLflow); False when LOG is a local path."""
+TargetOption = Annotated[Optional[str], typer.Option(
+    "--target", help="For an MLflow version processed for several targets: which one (as models:/NAME/VERSION/TARGET).")]
+
+
+def _remote(log_file: Path, target: str | None) -> tuple[object | None, str]:
+    """(the remote registry holding LOG, its URI narrowed to --target); (None, path) for a local log."""
     from convrepair.daemon.registry import registry_for_uri
-    from convrepair.ledger.keys import find_trust
+    from convrepair.errors import BadInput
 
     remote = registry_for_uri(str(log_file))
     if remote is None:
+        if target:
+            raise BadInput("--target names one of an MLflow version's targets; a local log is one target already", log_file)
+        return None, str(log_file)
+    return remote, remote.with_target(str(log_file), target) if hasattr(remote, "with_target") else str(log_file)
+
+
+def _remote_trust(trust: Path | None) -> Path:
+    from convrepair.ledger.keys import find_trust
+
+    return trust if trust is not None else find_trust(Path.cwd())
+
+
+def _remote_decision(log_file: Path, key: Path, decision: str, text: str, trust: Path | None, promote, json_out,
+                     target: str | None = None) -> bool:
+    """A decision on a log a remote registry holds (MLflow); False when LOG is a local path."""
+    remote, uri = _remote(log_file, target)
+    if remote is None:
         return False
-    out = remote.decide(str(log_file), key, decision, text, trust if trust is not None else find_trust(Path.cwd()), promote)
+    out = remote.decide(uri, key, decision, text, _remote_trust(trust), promote)
     emit_json(json_out, out)
     promoted = out.get("promoted")
-    say(f"{decision}: {log_file} (decision {out['index']} in the registry's transparency log)"
+    say(f"{decision}: {uri} (target {out.get('target')}; decision {out['index']} in the registry's transparency log)"
         + (f"\npromoted: {promoted['model_uri']} = version {promoted['version']}, verified" if promoted else ""), json_out)
     return True
 
@@ -82,13 +103,14 @@ def approve(
     model: Annotated[Optional[str], typer.Option(help="Promoted model name (default: the registry's, else the output's name).")] = None,
     version: Annotated[Optional[str], typer.Option(help="Promoted version (default: the registry's, else 1).")] = None,
     trust: TrustOption = None,
+    target: TargetOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Approve a verified repair log with a reviewer key: a signed decision in the registry's transparency log.
     LOG may be an MLflow URI (models:/NAME/VERSION, $MLFLOW_TRACKING_URI); then --promote @ALIAS."""
     from convrepair.ledger.decide import decide
 
-    if _remote_decision(log_file, key, "approved", comment, trust, promote, json_out):
+    if _remote_decision(log_file, key, "approved", comment, trust, promote, json_out, target):
         return
 
     trust_path, trusted = _trusted(trust, log_file)
@@ -118,12 +140,13 @@ def reject(
     key: Annotated[Path, typer.Option(help="Reviewer's private key.")],
     reason: Annotated[str, typer.Option(help="Why it is rejected.")],
     trust: TrustOption = None,
+    target: TargetOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Reject a verified repair log with a reviewer key (LOG may be an MLflow URI, models:/NAME/VERSION)."""
     from convrepair.ledger.decide import decide
 
-    if _remote_decision(log_file, key, "rejected", reason, trust, None, json_out):
+    if _remote_decision(log_file, key, "rejected", reason, trust, None, json_out, target):
         return
 
     trust_path, trusted = _trusted(trust, log_file)
@@ -142,16 +165,16 @@ def verify(
         "--checkpoint", metavar="FILE", help="Pinned checkpoint: the log must extend it (consistency proof); "
         "advanced to the current one when all holds, created on first use. Keep it where the registry's "
         "writers cannot write; without it a rollback of the whole decision store is not caught.")] = None,
+    target: TargetOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """Recompute every digest and check every signature; exit 0 only when all holds (fails closed)."""
-    from convrepair.daemon.registry import registry_for_uri
     from convrepair.ledger.keys import read_trust
     from convrepair.ledger.verify import verify as run_verify
 
-    remote = registry_for_uri(str(log_file))  # models:/NAME@approved: download what is served, verify that
+    remote, uri = _remote(log_file, target)  # models:/NAME@approved: download what is served, verify that
     if remote is not None:
-        result = remote.verify_log(str(log_file), trust, require_approval, chain)
+        result = remote.verify_log(uri, trust, require_approval, chain)
     else:
         result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint, trust=trust)
     emit_json(json_out, result.to_json())
@@ -169,25 +192,39 @@ def verify(
 
 @app.command()
 def review(
-    registry: Annotated[Path, typer.Option(help="Directory to search for signed logs.")] = Path("."),
+    registry: Annotated[Path, typer.Option(help="Directory to search for signed logs, or an MLflow model (models:/NAME).")] = Path("."),
     status: Annotated[str, typer.Option(help="pending | approved | rejected | invalid | all")] = "all",
-    html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML index of the logs.")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Also write an HTML index of the logs, with a review page per log.")] = None,
     trust: TrustOption = None,
     json_out: JsonOption = None,
 ) -> None:
     """List repair logs and their review status, each verified first (a forged one is `invalid`)."""
+    import contextlib
+
     from convrepair.ledger.review import list_logs
     from convrepair.report.terminal import render_review
 
     if status not in ("pending", "approved", "rejected", "invalid", "all"):
         raise typer.BadParameter("--status is pending, approved, rejected, invalid or all")
-    trust_path, trusted = _trusted(trust, registry)
-    rows = [row for row in list_logs(registry, trusted, trust_path) if status == "all" or row["status"] == status]
+    remote, uri = _remote(registry, None)
+    if remote is not None:
+        trust_path = _remote_trust(trust)
+        found = remote.list_logs(uri, trust_path)
+
+        def local(row):
+            return remote.open_log(row["log"], trust_path)
+    else:
+        trust_path, trusted = _trusted(trust, registry)
+        found = list_logs(registry, trusted, trust_path)
+
+        def local(row):
+            return contextlib.nullcontext(Path(row["log"]))
+    rows = [row for row in found if status == "all" or row["status"] == status]
     emit_json(json_out, rows)
     if human(json_out):
         render_review(rows, status)
     if html is not None:
-        _write_index(rows, status, registry, html, trust_path)
+        _write_index(rows, status, uri if remote is not None else registry, html, trust_path, local, remote is None)
         say(f"wrote {html} and a page per log in {_pages_dir(html)}/", json_out)
 
 
@@ -195,8 +232,9 @@ def _pages_dir(html: Path) -> Path:
     return html.parent / f"{html.stem}-pages"
 
 
-def _write_index(rows: list[dict], status: str, registry: Path, html: Path, trust_path: Path) -> None:
-    """The index and one review page per verified log beside it; every link relative to the index."""
+def _write_index(rows: list[dict], status: str, registry, html: Path, trust_path: Path, local, relative: bool) -> None:
+    """The index and one review page per verified log beside it; every link relative to the index.
+    LOCAL(row) is a context manager giving the row's log as a local file."""
     import os
     import re
 
@@ -209,16 +247,17 @@ def _write_index(rows: list[dict], status: str, registry: Path, html: Path, trus
     for row in rows:
         if row["status"] == "invalid":
             continue
-        envelope, _ = read_envelope(Path(row["log"]))
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", row["path"]).strip("_") or "log"
         page = pages / f"{name}.html"
-        with atomic_output(page) as tmp:
-            tmp.write_text(log_page(statement_of(envelope, Path(row["log"])), envelope, Path(row["log"]),
+        with local(row) as log, atomic_output(page) as tmp:
+            envelope, _ = read_envelope(log)
+            tmp.write_text(log_page(statement_of(envelope, log), envelope, log,
                                     verified=f"all checks hold (listed by `convrepair review`; trust {trust_path})"))
         row["page"] = os.path.relpath(page, html.parent)
-    shown = [dict(row, path=os.path.relpath(row["log"], html.parent)) for row in rows]
+    shown = [dict(row, path=os.path.relpath(row["log"], html.parent)) for row in rows] if relative else rows
+    root = os.path.relpath(registry, html.parent) if relative else str(registry)
     with atomic_output(html) as tmp:
-        tmp.write_text(review_page(shown, status, Path(os.path.relpath(registry, html.parent))))
+        tmp.write_text(review_page(shown, status, root))
 
 
 @app.command()
@@ -226,9 +265,21 @@ def show(
     log_file: LogArgument,
     html: Annotated[Optional[Path], typer.Option(help="Also write a self-contained HTML page.")] = None,
     trust: TrustOption = None,
+    target: TargetOption = None,
     json_out: JsonOption = None,
 ) -> None:
-    """What changed, where and why, with the numbers before and after (of a log that verifies)."""
+    """What changed, where and why, with the numbers before and after (of a log that verifies).
+    LOG may be an MLflow URI (models:/NAME/VERSION[/TARGET], models:/NAME@ALIAS)."""
+    remote, uri = _remote(log_file, target)
+    if remote is not None:
+        trust_path = _remote_trust(trust)
+        with remote.open_log(uri, trust_path) as local:
+            _show(local, html, trust_path, json_out, uri)
+        return
+    _show(log_file, html, trust, json_out, None)
+
+
+def _show(log_file: Path, html: Path | None, trust: Path | None, json_out, shown_as: str | None) -> None:
     from convrepair.ledger.decisions import Unverified
     from convrepair.ledger.dsse import read_envelope, statement_of
     from convrepair.ledger.verify import verify as run_verify
@@ -236,9 +287,9 @@ def show(
 
     trust_path, trusted = _trusted(trust, log_file)
     checked = run_verify(log_file, trusted, trust=trust_path)
-    log_file = Path(checked.log)
     if not checked.ok:
-        raise Unverified(f"not shown, it does not verify: {checked.reason}", log_file)
+        raise Unverified(f"not shown, it does not verify: {checked.reason}", shown_as or log_file)
+    log_file = Path(checked.log)
     envelope, _ = read_envelope(log_file)
     statement = statement_of(envelope, log_file)
     emit_json(json_out, statement)

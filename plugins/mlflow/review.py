@@ -1,5 +1,8 @@
-"""approve / reject / verify on MLflow-backed logs (`models:/NAME/VERSION`, `models:/NAME@ALIAS`,
-`runs:/RUN_ID/TARGET`), through the same ledger code as local logs.
+"""show / approve / reject / review / verify on MLflow-backed logs (`models:/NAME/VERSION[/TARGET]`,
+`models:/NAME@ALIAS[/TARGET]`, `runs:/RUN_ID/TARGET`; `models:/NAME` for review), through the same
+ledger code as local logs. A version the daemon processed for several targets holds one log per
+target: the URI (or `--target`) names one, and a URI that could mean several is refused, never
+picked silently. Decisions are tagged per target (`convrepair.<target>.decision`, …).
 
 The ledger works on a folder; MLflow holds its pieces. Each command rebuilds that folder in a
 temporary directory — the reviewer's trust file at its root, the registry's transparency log
@@ -20,8 +23,10 @@ window of one upload remains; the checkpoint signature still exposes a fork to `
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +58,47 @@ def is_mlflow_uri(text: str) -> bool:
     return str(text).startswith(("models:/", "runs:/"))
 
 
+@dataclass(frozen=True)
+class ModelUri:
+    name: str
+    version: str | None  # None: an alias, or the whole model (review)
+    alias: str | None
+    target: str | None
+
+
+def parse_models_uri(uri: str) -> ModelUri:
+    """models:/NAME[/VERSION|@ALIAS][/TARGET] (MLflow model names hold no '/')."""
+    rest = uri[len("models:/"):].strip("/")
+    head, _, target = rest.partition("/")
+    if "@" in head:
+        name, _, alias = head.partition("@")
+        parsed = ModelUri(name, None, alias, target or None)
+    else:
+        version, _, target = target.partition("/")
+        parsed = ModelUri(head, version or None, None, target or None)
+    if not parsed.name or (parsed.alias is not None and not parsed.alias) or "/" in (parsed.target or ""):
+        raise BadInput(f"{uri}: not an MLflow model URI (models:/NAME/VERSION[/TARGET], models:/NAME@ALIAS[/TARGET])")
+    return parsed
+
+
+def with_target(uri: str, target: str | None) -> str:
+    """URI naming TARGET (the CLI's --target), refused when the URI names another target."""
+    if not target:
+        return uri
+    if not uri.startswith("models:/"):
+        raise BadInput(f"{uri}: --target is for models:/ URIs (a runs:/ URI names its target)")
+    parsed = parse_models_uri(uri)
+    if parsed.target and parsed.target != target:
+        raise BadInput(f"{uri} names target {parsed.target}, --target says {target}; give one")
+    return uri if parsed.target else uri.rstrip("/") + f"/{target}"
+
+
+def targets_of(tags: dict[str, str]) -> list[str]:
+    """The targets the daemon finished on a version (its `convrepair.<target>.verdict` tags)."""
+    return sorted(key[len("convrepair."):-len(".verdict")] for key in tags
+                  if key.startswith("convrepair.") and key.endswith(".verdict") and key.count(".") >= 2)
+
+
 def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: str, trust: Path,
            promote_alias: str | None = None) -> dict[str, Any]:
     """Approve or reject the log behind URI; with `promote_alias`, also promote (see module doc)."""
@@ -79,9 +125,10 @@ def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: s
             raise RegistryError(f"mlflow {registry.uri}: another decision was recorded while this one was made; "
                                 "nothing was written, run the command again")
         _upload_tlog(registry, Path(tmp) / TLOG)
-        tags = {"convrepair.status": decision, "convrepair.decision": decision,
-                f"convrepair.{remote.target}.decision": decision, "convrepair.decision_entry": Path(record.path).name,
-                "convrepair.reviewer": record.reviewer, "convrepair.decision_text": text[:5000]}
+        target = remote.target  # every decision tag names its target: a version may hold several
+        tags = {"convrepair.status": decision, "convrepair.decision": decision, f"convrepair.{target}.status": decision,
+                f"convrepair.{target}.decision": decision, f"convrepair.{target}.decision_entry": Path(record.path).name,
+                f"convrepair.{target}.reviewer": record.reviewer, f"convrepair.{target}.decision_text": text[:5000]}
         _tag(registry, remote, tags)
         out = {"decision": decision, "log": uri, "model": remote.model, "version": remote.version, "target": remote.target,
                "run_id": remote.run_id, "record": Path(record.path).name, "index": record.sequence, "promoted": None}
@@ -98,7 +145,7 @@ def verify_uri(registry: MlflowRegistry, uri: str, trust: Path, require_approval
     trusted = read_trust(trust)
     with tempfile.TemporaryDirectory(prefix="convrepair-verify-") as tmp:
         mv = _model_version(registry, uri) if uri.startswith("models:/") else None
-        if mv is not None and TAG_PROMOTED_FROM in (mv.tags or {}):
+        if mv is not None and TAG_PROMOTED_FROM in (mv.tags or {}):  # what is served: one target, promoted
             served = _download_version(registry, mv, Path(tmp) / "served")
             logs = sorted(p for p in (served / "convrepair").glob("*.dsse.json") if p.name != "promotion.dsse.json")
             if not logs:
@@ -111,6 +158,46 @@ def verify_uri(registry: MlflowRegistry, uri: str, trust: Path, require_approval
         return result
 
 
+@contextlib.contextmanager
+def open_log(registry: MlflowRegistry, uri: str, trust: Path) -> Iterator[Path]:
+    """`show models:/…`: the log behind URI in its rebuilt ledger folder, for as long as the block runs."""
+    with tempfile.TemporaryDirectory(prefix="convrepair-show-") as tmp:
+        yield _rebuild(registry, uri, Path(tmp), trust).log
+
+
+def list_model(registry: MlflowRegistry, uri: str, trust: Path) -> list[dict[str, Any]]:
+    """`review --registry models:/NAME`: one row per (version, target) log of NAME, each verified
+    first (`convrepair.ledger.review` rows, named by their models:/NAME/VERSION/TARGET URI)."""
+    from convrepair.ledger.keys import read_trust
+    from convrepair.ledger.review import list_logs
+
+    parsed = parse_models_uri(uri)
+    if parsed.version is not None or parsed.alias is not None:
+        raise BadInput(f"{uri}: review lists a whole model: --registry models:/{parsed.name}")
+    trusted = read_trust(trust)
+    name = parsed.name.replace("'", "\\'")
+    versions = registry.server.call(f"listing the versions of {parsed.name}",
+                                    lambda: registry.client.search_model_versions(f"name='{name}'"))
+    rows = []
+    for mv in sorted(versions, key=lambda v: int(v.version)):
+        tags = mv.tags or {}
+        if TAG_PROMOTED_FROM in tags:
+            continue  # a promoted copy: its log is listed with the version it came from
+        for target in targets_of(tags):
+            where = f"models:/{mv.name}/{mv.version}/{target}"
+            with tempfile.TemporaryDirectory(prefix="convrepair-review-") as tmp:
+                try:
+                    remote = _rebuild(registry, where, Path(tmp), trust)
+                    found = list_logs(remote.log.parent, trusted)
+                except BadInput as exc:
+                    found = [{"status": "invalid", "verdict": tags.get(f"convrepair.{target}.verdict"), "reason": exc.one_line()}]
+            for row in found:
+                promoted = tags.get(f"convrepair.{target}.promoted_version")
+                rows.append(dict(row, log=where, path=where, model=mv.name, version=str(mv.version), target_name=target,
+                                 target=target, promoted=[f"models:/{mv.name}/{promoted}"] if promoted else []))
+    return rows
+
+
 # --- the ledger folder, rebuilt ------------------------------------------------------------
 
 
@@ -121,10 +208,12 @@ def _rebuild(registry: MlflowRegistry, uri: str, root: Path, trust: Path) -> Rem
         tags = mv.tags or {}
         if TAG_PROMOTED_FROM in tags:
             raise BadInput(f"{uri} is a promoted copy (of version {tags[TAG_PROMOTED_FROM]}); decide on the version it came from")
-        target, run_id = tags.get("convrepair.target"), tags.get("convrepair.run_id")
-        if not target or not run_id or f"convrepair.{target}.verdict" not in tags:
-            raise BadInput(f"{uri}: no convrepair results on this version yet (has the daemon processed it?)")
         model, version = mv.name, str(mv.version)
+        target = _pick_target(uri, f"models:/{model}/{version}", tags, parse_models_uri(uri).target)
+        run_id = tags.get(f"convrepair.{target}.run_id") or (tags.get("convrepair.run_id")
+                                                               if tags.get("convrepair.target") == target else None)
+        if not run_id:
+            raise BadInput(f"{uri}: no run recorded for target {target} (has the daemon finished it?)")
     elif uri.startswith("runs:/"):
         parts = uri[len("runs:/"):].strip("/").split("/")
         run_id = parts[0]
@@ -164,16 +253,30 @@ def _place_source(registry: MlflowRegistry, model: str, version: str, version_di
             item.rename(version_dir / item.name)
 
 
+def _pick_target(uri: str, where: str, tags: dict[str, str], wanted: str | None) -> str:
+    """The one target URI means: the named one, or the only one; several unnamed are refused."""
+    targets = targets_of(tags)
+    if not targets:
+        raise BadInput(f"{uri}: no convrepair results on this version yet (has the daemon processed it? "
+                       "`convrepair status` lists its jobs)")
+    if wanted is not None:
+        if wanted not in targets:
+            raise BadInput(f"{uri}: {where} has no results for target {wanted}; it has {', '.join(targets)}")
+        return wanted
+    if len(targets) > 1:
+        raise BadInput(f"{uri}: {where} has {len(targets)} targets ({', '.join(targets)}); name one: "
+                       f"{where}/{targets[0]} or --target {targets[0]}")
+    return targets[0]
+
+
 def _model_version(registry: MlflowRegistry, uri: str):
     client, server = registry.client, registry.server
-    rest = uri[len("models:/"):].strip("/")
-    if "@" in rest:
-        name, alias = rest.rsplit("@", 1)
-        return server.call(f"resolving {uri}", lambda: client.get_model_version_by_alias(name, alias))
-    if "/" not in rest:
-        raise BadInput(f"{uri}: name a version (models:/NAME/VERSION) or an alias (models:/NAME@ALIAS)")
-    name, version = rest.rsplit("/", 1)
-    return server.call(f"reading {uri}", lambda: client.get_model_version(name, version))
+    parsed = parse_models_uri(uri)
+    if parsed.alias is not None:
+        return server.call(f"resolving {uri}", lambda: client.get_model_version_by_alias(parsed.name, parsed.alias))
+    if parsed.version is None:
+        raise BadInput(f"{uri}: name a version (models:/NAME/VERSION[/TARGET]) or an alias (models:/NAME@ALIAS)")
+    return server.call(f"reading {uri}", lambda: client.get_model_version(parsed.name, parsed.version))
 
 
 def _download_version(registry: MlflowRegistry, mv, into: Path) -> Path:
