@@ -14,7 +14,6 @@ through `review.py`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,11 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+from convrepair.daemon.logs import event
 from convrepair.daemon.registry import Fetched
 from convrepair.errors import BadInput
 from convrepair_plugins.mlflow.client import RegistryError, Server
-
-log = logging.getLogger("convrepair.daemon")
 
 TAG_ENABLED = "convrepair.enabled"
 TAG_CONFIG = "convrepair.toml"
@@ -132,8 +130,7 @@ class MlflowRegistry:
             self._failures += 1
             delay = min(self.poll_seconds * 2 ** self._failures, 300.0)
             self._next_poll = now + delay
-            log.warning(json.dumps({"event": "registry-unreachable", "registry": self.uri, "error": exc.one_line(),
-                                    "retry_in_s": delay}))
+            event("registry-unreachable", logging.WARNING, registry=self.uri, error=exc.one_line(), retry_in_s=delay)
             return
         self._failures, self._next_poll, self.problem = 0, now + self.poll_seconds, None
         self._configs = configs
@@ -167,7 +164,7 @@ class MlflowRegistry:
             except RegistryError as exc:
                 if exc.transient:
                     raise
-                log.warning(json.dumps({"event": "model-unavailable", "model": name, "error": exc.one_line()}))
+                event("model-unavailable", logging.WARNING, model=name, error=exc.one_line())
         return {name: self.config_text(name, tags) for name, tags in found.items()}
 
     def config_text(self, model: str, tags: dict[str, str]) -> str | None:
@@ -240,10 +237,11 @@ class MlflowRegistry:
         alias = str(promote).lstrip("@") if promote else None
         return decide(self, uri, key, decision, text, trust, alias or None)
 
-    def verify_log(self, uri: str, trust: Path, require_approval: bool = False, chain: bool = False):
+    def verify_log(self, uri: str, trust: Path, require_approval: bool = False, chain: bool = False,
+                   pinned: Path | None = None):
         from convrepair_plugins.mlflow.review import verify_uri
 
-        return verify_uri(self, uri, trust, require_approval, chain)
+        return verify_uri(self, uri, trust, require_approval, chain, pinned)
 
     def with_target(self, uri: str, target: str | None) -> str:
         """URI narrowed to TARGET (`--target`): models:/NAME/VERSION/TARGET."""
