@@ -174,7 +174,8 @@ def verify(
 
     remote, uri = _remote(log_file, target)  # models:/NAME@approved: download what is served, verify that
     if remote is not None:
-        result = remote.verify_log(uri, trust, require_approval, chain)
+        pin = {"pinned": checkpoint} if checkpoint is not None else {}  # a pin is never dropped silently
+        result = remote.verify_log(uri, trust, require_approval, chain, **pin)
     else:
         result = run_verify(log_file, read_trust(trust), require_approval, chain, checkpoint, trust=trust)
     emit_json(json_out, result.to_json())

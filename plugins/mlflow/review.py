@@ -137,8 +137,10 @@ def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: s
         return out
 
 
-def verify_uri(registry: MlflowRegistry, uri: str, trust: Path, require_approval: bool = False, chain: bool = False):
-    """`verify models:/NAME@approved`: download what MLflow serves and verify it (fails closed)."""
+def verify_uri(registry: MlflowRegistry, uri: str, trust: Path, require_approval: bool = False, chain: bool = False,
+               pinned: Path | None = None):
+    """`verify models:/NAME@approved`: download what MLflow serves and verify it (fails closed);
+    PINNED: the caller's pinned checkpoint, as for a local log."""
     from convrepair.ledger.keys import read_trust
     from convrepair.ledger.verify import verify
 
@@ -150,10 +152,10 @@ def verify_uri(registry: MlflowRegistry, uri: str, trust: Path, require_approval
             logs = sorted(p for p in (served / "convrepair").glob("*.dsse.json") if p.name != "promotion.dsse.json")
             if not logs:
                 raise BadInput(f"{uri}: no signed repair log among the served artifacts")
-            result = verify(logs[0], trusted, require_approval, chain)
+            result = verify(logs[0], trusted, require_approval, chain, pinned)
         else:
             remote = _rebuild(registry, uri, Path(tmp), trust)
-            result = verify(remote.log, trusted, require_approval, chain)
+            result = verify(remote.log, trusted, require_approval, chain, pinned)
         result.log = uri
         return result
 
