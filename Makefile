@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# onnx2tf imports tf_keras, whose wheel requires the `tensorflow` distribution (not tensorflow-cpu): the
+	# release matching the installed TensorFlow, without its dependencies (docs/ROUTES.md, onnx2tf)
+	$(BIN)/python -m pip install --quiet --no-deps "$$($(BIN)/python -c 'import tensorflow as tf; print("tf-keras~=" + tf.__version__.rsplit(".", 1)[0] + ".0")')"
 	touch $@
 
 fixtures: $(FIXTURE_STAMP)
