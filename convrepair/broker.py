@@ -49,7 +49,8 @@ def ask(registry: PluginRegistry, source: Path, target: Path, config: CheckConfi
 
     validate_config(config)
     refs = [model_ref(path, registry) for path in (source, target)]
-    sidecars = [read_sidecar(ref.path) for ref in refs]
+    # a file without a sidecar may say its own precision (a quantized .tflite: parsed, not loaded)
+    sidecars = [read_sidecar(ref.path) or registry.implied_sidecar(ref) for ref in refs]
     if config.data is not None:
         count, labels, arrays = npz_facts(config.data)
         data = DataFacts(count, labels, str(config.data), True, tuple(value_range(x) for x in arrays))

@@ -10,6 +10,8 @@ tolerances, and both were typed `preprocessing`.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -76,6 +78,25 @@ def test_full_integer_tflite_agrees_with_its_source(quantized, fixtures_dir, io)
     assert report.verdict == "equivalent", report.reasons
     assert report.pooled.label_agreement >= 0.97
     assert report.tolerance.enforced is False  # judged as int8 (from the file itself: no sidecar)
+
+
+def test_cli_check_judges_a_sidecarless_int8_model_at_int8(quantized, fixtures_dir, tmp_path, cli):
+    """The parent decides the precision before the worker runs: it parses the flatbuffer (no model runs)."""
+    result = cli("check", fixtures_dir / "keras_cnn.keras", quantized["int8"], "--data", fixtures_dir / "digits_test_nhwc.npz",
+                 "--rounds", "1", "--samples", "100", "--json", tmp_path / "check.json")
+    assert result.code == 0, result.stderr
+    report = json.loads((tmp_path / "check.json").read_text())
+    assert report["verdict"] == "equivalent" and report["tolerance"]["origin"] == "default for int8"
+
+
+def test_precision_is_read_from_the_flatbuffer_without_loading_it(quantized, tmp_path):
+    from convrepair_plugins.tensorflow.runners import tflite_precision
+
+    assert {tflite_precision(path) for path in quantized.values()} == {"int8"}
+    broken = tmp_path / "broken.tflite"
+    broken.write_bytes(quantized["int8"].read_bytes()[:64])
+    with pytest.raises(BadInput, match="not a readable TFLite flatbuffer"):
+        tflite_precision(broken)
 
 
 @pytest.mark.parametrize("io", VARIANTS)

@@ -224,22 +224,12 @@ def _io_dtype(detail: dict, quantization: Quantization | None) -> str:
 def tflite_precision(path: Path) -> str:
     """What a flatbuffer computes in, from its own tensors: `int8` when any tensor is quantized
     (int8/uint8/int16 codes with a scale: full-integer, or int8 weights only), `fp16` when float16
-    weights are dequantized at load, else `fp32`. For a .tflite that came without a sidecar."""
-    tf = import_tensorflow()
-    try:
-        with quiet():
-            details = tf.lite.Interpreter(model_path=str(path)).get_tensor_details()
-    except Exception as exc:  # noqa: BLE001
-        raise BadInput(f"is not a loadable TFLite model: {exception_text(exc, 200)}", path) from None
-    kinds = set()
-    for detail in details:
-        dtype = np.dtype(detail["dtype"])
-        scales = (detail.get("quantization_parameters") or {}).get("scales")
-        if dtype.kind in "iu" and scales is not None and np.size(scales) and np.any(scales):
-            kinds.add("int8")
-        elif dtype == np.float16:
-            kinds.add("fp16")
-    return "int8" if "int8" in kinds else "fp16" if "fp16" in kinds else "fp32"
+    weights are dequantized at load, else `fp32`. For a .tflite that came without a sidecar; the
+    file is parsed, not loaded (the parent process asks this before any model runs)."""
+    from convrepair_plugins.tensorflow.flatbuffer import tensor_kinds
+
+    kinds = tensor_kinds(path)
+    return "int8" if "quantized" in kinds else "fp16" if "float16" in kinds else "fp32"
 
 
 @PLUGIN.format("tflite", description="TensorFlow Lite flatbuffer (.tflite)", suffix=".tflite", detect=is_tflite,
