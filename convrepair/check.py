@@ -58,7 +58,7 @@ class CheckConfig:
     rtol: float | None = None
     top_k: int = 1
     localize: bool | None = None  # None: localize when discrepant
-    batch_size: int = 256
+    batch_size: int = 64  # at most; fewer where the memory budget says so (ORT's arena keeps what a batch grew it to)
     subset: np.ndarray | None = None  # restrict sampling to these data indices (repair's splits)
     lenses: LensConfig | None = None  # reliability lenses to run on the sampled data
     output_atol: dict[str, float] = field(default_factory=dict)  # per source output name (--atol NAME:VALUE)
@@ -259,7 +259,8 @@ def judge_evidence(evidence: Evidence, plan: list[tuple[int, np.ndarray]], data:
     classifier = classifier_of(evidence.source[0], names[0][0], source_sidecar or target_sidecar)
     floor = None
     if evidence.nudged is not None and needs_floor(config, precision):
-        floor = noise_floor([s[evidence.floor_positions] for s in evidence.source], evidence.nudged, evidence.floor_method)
+        floor = noise_floor([s[evidence.floor_positions] for s in evidence.source], evidence.nudged, evidence.floor_method,
+                            len(evidence.indices))
     tolerance = tolerance_for(config, names[0], precision, classifier, floor)
     parts: list[Comparison] = []
     rounds: list[RoundResult] = []

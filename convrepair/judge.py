@@ -6,8 +6,8 @@ or converter, so the parent process can judge tensors a contained worker handed 
 - Classifier or not is decided from the output's shape and meaning (probabilities, its name, the
   sidecar's labels), never by "two dimensions" alone: an embedding has no top-1 label.
 - fp32 is judged against the source's own float noise: the source is run again on its inputs
-  nudged by one part in a million (`PERTURBATION`) — over every sample of the check, up to
-  `FLOOR_SAMPLES` spread across all rounds — and a conversion may add up to `NOISE_FACTOR` times
+  nudged by one part in a million (`PERTURBATION`) — on `FLOOR_SAMPLES` samples spread evenly
+  over every round (all of them when fewer) — and a conversion may add up to `NOISE_FACTOR` times
   the 99th percentile of the relative error per sample this causes, and lose at most
   `SQNR_MARGIN_DB` of its SQNR (never held tighter than `MIN_LIMIT`). `--atol/--rtol` still
   enforce a user's numbers.
@@ -39,7 +39,8 @@ NOISE_QUANTILE = 0.99  # the source's noise per output: this quantile over the s
 SQNR_MARGIN_DB = 20.0  # … and lose at most this much SQNR against it
 MIN_FLOOR = 1e-7  # relative noise no fp32 computation is below (about one ulp)
 MIN_LIMIT = 1e-5  # a conversion within this relative error per sample (≈ 100 dB SQNR) is always fp32-equivalent
-FLOOR_SAMPLES = 512  # the floor is measured on every sample of the check, up to this many (spread over all rounds)
+FLOOR_SAMPLES = 128  # the floor is measured on this many samples spread evenly over every round (all, when fewer):
+# every sample (500 by default) would cost a check 1.4× its CPU time for the same p99 (docs/CHECK.md)
 FLOOR_SAMPLES_SINGLE = 64  # integer inputs cannot be nudged: this many samples run one at a time instead
 BATCH_SAMPLES = 16  # samples of the target run one at a time against their batched outputs
 BATCH_LIMIT = 1e-4  # relative change per sample beyond which outputs depend on the batch they ran in
@@ -157,7 +158,7 @@ def spread(count: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, most).round().astype(np.int64))
 
 
-def noise_floor(reference: list[np.ndarray], moved: list[np.ndarray], method: str) -> dict[str, Any]:
+def noise_floor(reference: list[np.ndarray], moved: list[np.ndarray], method: str, of: int | None = None) -> dict[str, Any]:
     """Per output: how far the source's own outputs moved (`moved`: on nudged inputs, or one sample
     at a time), as the `NOISE_QUANTILE` of the relative error per sample and as SQNR; and the limits
     a conversion is held to."""
@@ -172,7 +173,8 @@ def noise_floor(reference: list[np.ndarray], moved: list[np.ndarray], method: st
         outputs.append({"rel_p99": floor, "limit": max(NOISE_FACTOR * floor, MIN_LIMIT), "sqnr_db": round(float(sqnr), 2),
                         "sqnr_min_db": round(float(min(sqnr - SQNR_MARGIN_DB, -20 * np.log10(MIN_LIMIT))), 2)})
     samples = int(len(reference[0])) if reference else 0
-    return {"method": method, "samples": samples, "quantile": NOISE_QUANTILE, "factor": NOISE_FACTOR, "outputs": outputs}
+    return {"method": method, "samples": samples, "of": of if of is not None else samples, "quantile": NOISE_QUANTILE,
+            "factor": NOISE_FACTOR, "outputs": outputs}
 
 
 def batch_dependence(batched: list[np.ndarray], single: list[np.ndarray] | None, classifier: bool,

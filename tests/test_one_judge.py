@@ -98,12 +98,18 @@ def test_flips_outrank_the_guard_which_is_shown_beside_them(tmp_path, cli):
     assert "DISCREPANT" in result.stdout and "outside the input range" in result.stdout
 
 
-def test_the_noise_floor_is_measured_on_every_sample_at_a_high_quantile(tmp_path):
+def test_the_noise_floor_is_measured_over_every_round_at_a_high_quantile(tmp_path):
     """Old: the first 64 samples of round 1, whatever the check's size."""
+    from convrepair.evidence import floor_positions
+
     source = deep_cnn(tmp_path / "source.onnx")
     report = run_check(default_registry(), source, source, CheckConfig(data=_images(tmp_path / "x.npz"), localize=False))
     floor = report.tolerance.noise_floor
-    assert floor["samples"] == report.distinct == 300 and floor["quantile"] == 0.99
+    assert floor["samples"] == 128 and floor["of"] == report.distinct == 300 and floor["quantile"] == 0.99
+    positions = floor_positions(300, integer_inputs=False)
+    assert positions[0] == 0 and positions[-1] == 299 and np.diff(positions).max() <= 3  # spread over all rounds
+    small = run_check(default_registry(), source, source, CheckConfig(data=_images(tmp_path / "s.npz", n=90), localize=False))
+    assert small.tolerance.noise_floor["samples"] == small.tolerance.noise_floor["of"] == 90  # all, when fewer
 
 
 # --- the parent judges what the worker hands back (issue 19: the worker computes nothing signed) ------
