@@ -31,11 +31,10 @@ from convrepair.fsutil import sha256_file
 from convrepair.ledger import dsse
 from convrepair.ledger.keys import check_private_permissions, p256_path
 from convrepair.ledger.log import now
+from convrepair.ledger.modelsign import EVIDENCE_DIR, SIGNATURE_FILE, sign_model_dir, verify_model_dir  # noqa: F401 - re-exported
 
 PROMOTION_FILE = "promotion.dsse.json"
 PROMOTION_PREDICATE = "https://convrepair.dev/promotion/v1"
-EVIDENCE_DIR = "convrepair"
-SIGNATURE_FILE = "model.sig"
 _VERSION = re.compile(r"^[1-9][0-9]*$")
 _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -230,61 +229,6 @@ def _calibration(base: Path, sidecars: list[dict]) -> list[tuple[str, str]]:
             if isinstance(name, str) and isinstance(digest, str) and "/" not in name and name not in ("", ".", ".."):
                 found.append((name, digest))
     return found
-
-
-def sign_model_dir(model_dir: Path, p256_key: Path) -> Path:
-    """An OpenSSF model-signing bundle (key-based) over every file of MODEL_DIR, at convrepair/model.sig."""
-    import model_signing
-
-    signature = Path(model_dir) / EVIDENCE_DIR / SIGNATURE_FILE
-    # relative to the model: the bundle records it, and a verifier then skips the bundle itself
-    hashing = model_signing.hashing.Config().set_ignored_paths(paths=[f"{EVIDENCE_DIR}/{SIGNATURE_FILE}"], ignore_git_paths=True)
-    model_signing.signing.Config().use_elliptic_key_signer(private_key=p256_key).set_hashing_config(hashing).sign(
-        model_dir, signature)
-    return signature
-
-
-def verify_model_dir(model_dir: Path, public_pem: str) -> tuple[bool, str]:
-    """Check the model-signing bundle as `model_signing verify key` does, with a trusted P-256 key."""
-    import tempfile
-
-    import model_signing
-
-    signature = Path(model_dir) / EVIDENCE_DIR / SIGNATURE_FILE
-    if not signature.is_file():
-        return False, f"no {EVIDENCE_DIR}/{SIGNATURE_FILE}"
-    with tempfile.NamedTemporaryFile("w", suffix=".pub") as handle:
-        handle.write(public_pem)
-        handle.flush()
-        try:
-            model_signing.verifying.Config().use_elliptic_key_verifier(public_key=handle.name).verify(model_dir, signature)
-        except Exception as exc:  # noqa: BLE001 - model_signing raises ValueError and its own errors alike
-            return False, _hex_digests(" ".join(str(exc).split()))[:400] or type(exc).__name__
-    return True, "OpenSSF model-signing bundle verifies"
-
-
-_DIGEST = re.compile(r"Digest\(algorithm=['\"]?([\w-]+)['\"]?, digest_value=(b'(?:[^'\\]|\\.)*'|b\"(?:[^\"\\]|\\.)*\")\)")
-
-
-def _hex_digests(message: str) -> str:
-    """model_signing's mismatch message with every digest as hex (it quotes the raw bytes)."""
-    import ast
-
-    head, sep, listed = message.partition(": [")
-    if sep:
-        try:
-            items = ast.literal_eval("[" + listed)
-            message = f"{head}: " + "; ".join(str(item) for item in items)
-        except (ValueError, SyntaxError):
-            pass
-
-    def as_hex(match: re.Match) -> str:
-        try:
-            return f"{match.group(1)}:{ast.literal_eval(match.group(2)).hex()}"
-        except (ValueError, SyntaxError):
-            return f"{match.group(1)}:(unreadable digest)"
-
-    return _DIGEST.sub(as_hex, message)
 
 
 def check_promotion(result, log_path: Path, log_digest: str, trusted: dict) -> dict[str, Path]:

@@ -35,6 +35,7 @@ from convrepair.errors import BadInput
 from convrepair.fsutil import sha256_file
 from convrepair_plugins.mlflow.client import RegistryError
 from convrepair_plugins.mlflow.registry import EXPERIMENT, LOG, TAG_PROMOTED_FROM, MlflowRegistry
+from convrepair_plugins.mlflow.uris import parse_models_uri, pick_target, targets_of, with_target  # noqa: F401
 
 LEDGER_RUN = "convrepair transparency log"
 TLOG = "transparency"
@@ -56,47 +57,6 @@ class RemoteLog:
 
 def is_mlflow_uri(text: str) -> bool:
     return str(text).startswith(("models:/", "runs:/"))
-
-
-@dataclass(frozen=True)
-class ModelUri:
-    name: str
-    version: str | None  # None: an alias, or the whole model (review)
-    alias: str | None
-    target: str | None
-
-
-def parse_models_uri(uri: str) -> ModelUri:
-    """models:/NAME[/VERSION|@ALIAS][/TARGET] (MLflow model names hold no '/')."""
-    rest = uri[len("models:/"):].strip("/")
-    head, _, target = rest.partition("/")
-    if "@" in head:
-        name, _, alias = head.partition("@")
-        parsed = ModelUri(name, None, alias, target or None)
-    else:
-        version, _, target = target.partition("/")
-        parsed = ModelUri(head, version or None, None, target or None)
-    if not parsed.name or (parsed.alias is not None and not parsed.alias) or "/" in (parsed.target or ""):
-        raise BadInput(f"{uri}: not an MLflow model URI (models:/NAME/VERSION[/TARGET], models:/NAME@ALIAS[/TARGET])")
-    return parsed
-
-
-def with_target(uri: str, target: str | None) -> str:
-    """URI naming TARGET (the CLI's --target), refused when the URI names another target."""
-    if not target:
-        return uri
-    if not uri.startswith("models:/"):
-        raise BadInput(f"{uri}: --target is for models:/ URIs (a runs:/ URI names its target)")
-    parsed = parse_models_uri(uri)
-    if parsed.target and parsed.target != target:
-        raise BadInput(f"{uri} names target {parsed.target}, --target says {target}; give one")
-    return uri if parsed.target else uri.rstrip("/") + f"/{target}"
-
-
-def targets_of(tags: dict[str, str]) -> list[str]:
-    """The targets the daemon finished on a version (its `convrepair.<target>.verdict` tags)."""
-    return sorted(key[len("convrepair."):-len(".verdict")] for key in tags
-                  if key.startswith("convrepair.") and key.endswith(".verdict") and key.count(".") >= 2)
 
 
 def decide(registry: MlflowRegistry, uri: str, key: Path, decision: str, text: str, trust: Path,
@@ -211,7 +171,7 @@ def _rebuild(registry: MlflowRegistry, uri: str, root: Path, trust: Path) -> Rem
         if TAG_PROMOTED_FROM in tags:
             raise BadInput(f"{uri} is a promoted copy (of version {tags[TAG_PROMOTED_FROM]}); decide on the version it came from")
         model, version = mv.name, str(mv.version)
-        target = _pick_target(uri, f"models:/{model}/{version}", tags, parse_models_uri(uri).target)
+        target = pick_target(uri, f"models:/{model}/{version}", tags, parse_models_uri(uri).target)
         run_id = tags.get(f"convrepair.{target}.run_id") or (tags.get("convrepair.run_id")
                                                                if tags.get("convrepair.target") == target else None)
         if not run_id:
@@ -253,22 +213,6 @@ def _place_source(registry: MlflowRegistry, model: str, version: str, version_di
     for item in sorted(got.iterdir()) if got.is_dir() else [got]:
         if not (version_dir / item.name).exists():
             item.rename(version_dir / item.name)
-
-
-def _pick_target(uri: str, where: str, tags: dict[str, str], wanted: str | None) -> str:
-    """The one target URI means: the named one, or the only one; several unnamed are refused."""
-    targets = targets_of(tags)
-    if not targets:
-        raise BadInput(f"{uri}: no convrepair results on this version yet (has the daemon processed it? "
-                       "`convrepair status` lists its jobs)")
-    if wanted is not None:
-        if wanted not in targets:
-            raise BadInput(f"{uri}: {where} has no results for target {wanted}; it has {', '.join(targets)}")
-        return wanted
-    if len(targets) > 1:
-        raise BadInput(f"{uri}: {where} has {len(targets)} targets ({', '.join(targets)}); name one: "
-                       f"{where}/{targets[0]} or --target {targets[0]}")
-    return targets[0]
 
 
 def _model_version(registry: MlflowRegistry, uri: str):
