@@ -47,7 +47,7 @@ def int8_review(fixtures_dir, tmp_path_factory) -> Path:
     result = run_cli("repair", fixtures_dir / "torch_cnn.pt2", int8, "--out", root / "job" / "patched.onnx",
                      "--data", fixtures_dir / "digits_all_nchw.npz", "--accept-improvement", "--prefer", "exact",
                      "--lenses", "all", "--sign-key", root / "keys" / "service.key", "--json", root / "repair.json")
-    assert result.code == 0, result.stderr
+    assert result.code in (0, 1), result.stderr  # `improved` (fewer flips, not equivalent) exits 1 and is still signed
     result = run_cli("approve", root / "job" / "patched.onnx.log.dsse.json", "--key", root / "keys" / "reviewer.key",
                      "--comment", "first conv in fp32; fewer flips")
     assert result.code == 0, result.stderr

@@ -285,7 +285,8 @@ def render_repair_cost(cost: dict[str, Any] | None) -> None:
     if mix_before and mix_after:
         def mix(m: dict[str, Any]) -> str:
             total = max(sum(m["parameters"].values()), 1)
-            return ", ".join(f"{kind} {count / total:.0%}" for kind, count in sorted(m["parameters"].items(), key=lambda kv: -kv[1]))
+            shares = sorted(((kind, count / total) for kind, count in m["parameters"].items()), key=lambda kv: -kv[1])
+            return ", ".join(f"{kind} {share:.0%}" for kind, share in shares if share >= 0.005) or "none"
         console.print(f"precision: parameters {mix(mix_before)} → {mix(mix_after)}; quantized ops "
                       f"{mix_before['quantized_ops']} → {mix_after['quantized_ops']}")
     if cost.get("layers_kept_fp32"):
