@@ -126,3 +126,63 @@ def test_pareto_front_and_boundary_order():
     near = np.array([[1.0, 0.0], [3.0, 2.0]])  # both 1 from the boundary
     order = boundary_order(near, np.array([1, 1]), np.array([[1.0, 0.0]]), np.array([0]))
     assert order[0] == 1
+
+
+@pytest.fixture(scope="module")
+def reduced(fixtures_dir, tmp_path_factory):
+    """The PyTorch and Keras fixtures in fp16 (Softmax kept in fp32 between Casts) and dynamic
+    int8 (the last dense layer is a MatMulInteger rescaled by a Mul)."""
+    from convrepair.convert import convert
+    from convrepair.plugins import default_registry
+
+    out = tmp_path_factory.mktemp("reduced")
+    return {(name, to): convert(default_registry(), fixtures_dir / name, to, out_dir=out / f"{name}-{to}").output.path
+            for name in ("torch_cnn.pt2", "keras_cnn.keras") for to in ("onnx-fp16", "onnx-int8")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, to", [("torch_cnn.pt2", "onnx-fp16"), ("torch_cnn.pt2", "onnx-int8"),
+                                      ("keras_cnn.keras", "onnx-fp16"), ("keras_cnn.keras", "onnx-int8")])
+def test_a_patch_is_searched_on_fp16_and_int8_graphs_and_keeps_their_precision(reduced, fixtures_dir, name, to):
+    """Issue 18: on fp16 and dynamic int8 targets the patch refused ("the last dense layer does not
+    feed the logits linearly"). Now the layer is found, its float input and weights are right
+    (the patched graph's logits move as the evaluator predicts), and the patch stays fp16 / int8."""
+    import onnx
+    import onnxruntime as ort
+
+    from convrepair.data import load_npz
+    from convrepair.localize.graph import GraphView
+    from convrepair.plugins import default_registry
+    from convrepair.repair.patch import last_dense_layer
+    from convrepair.repair.search import labels_of, search_patch
+
+    path = reduced[(name, to)]
+    model = onnx.load(str(path))
+    layer = last_dense_layer(GraphView(model))
+    assert layer.node.op == ("MatMulInteger" if to == "onnx-int8" else "MatMul" if "keras" in name else "Gemm")
+    assert (layer.quantization is not None) == (to == "onnx-int8")
+    registry = default_registry()
+    from convrepair.model import model_ref
+    from convrepair.sidecar import read_sidecar
+
+    with registry.load(model_ref(path, registry), read_sidecar(path), device="cpu") as runner:
+        data = load_npz(fixtures_dir / ("digits_test_nchw.npz" if "torch" in name else "digits_test_nhwc.npz"), runner.inputs)
+        data = data.take(np.arange(200))
+        current = labels_of(runner, data)
+        layouts = [spec.layout for spec in runner.inputs]
+    wanted = current.copy()
+    wanted[:10] = (current[:10] + 1) % 10  # ten samples to move: a search has negatives
+    patched, patch, stats = search_patch(model, None, data, layouts, wanted, current,
+                                         SearchConfig(budget_seconds=1, seed=0, device="cpu"), "pso")
+    assert patch.parameters > 0 and stats["negatives"] == 10
+    weight = next(i for i in patched.graph.initializer if i.name == layer.weight_name)
+    before = next(i for i in model.graph.initializer if i.name == layer.weight_name)
+    assert weight.data_type == before.data_type and weight.raw_data != before.raw_data  # same precision, new values
+    session = ort.InferenceSession(patched.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0]
+    x = data.inputs[0].astype(np.float16 if "float16" in feed.type else np.float32)
+    labels = session.run(None, {feed.name: x})[0].astype(np.float32).argmax(axis=1)
+    negatives, positives = np.arange(10), np.arange(10, 200)
+    # what the evaluator predicted over its cache is what the patched graph does
+    assert abs(float((labels[negatives] == wanted[negatives]).mean()) - stats["repair_rate_search"]) <= 0.2
+    assert abs(float((labels[positives] != wanted[positives]).mean()) - stats["break_rate_search"]) <= 0.05
