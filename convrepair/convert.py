@@ -213,13 +213,14 @@ class Validation:
         return self.__dict__ | {"agrees": self.agrees}
 
 
-def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int = 256) -> Validation:
+def validate(registry: PluginRegistry, result: ConversionResult, data: Path, batch_size: int | None = None) -> Validation:
     """Judge the output against its source on every sample of `data`, through check itself: one
     judge decides what each output is (class scores, embedding, regression), its tolerance and the
     verdict; there is no second comparison here."""
     from convrepair.check import CheckConfig, run_check
 
-    config = CheckConfig(data=Path(data), rounds=1, samples=2**31 - 1, localize=False, batch_size=batch_size)
+    config = CheckConfig(data=Path(data), rounds=1, samples=2**31 - 1, localize=False)
+    config.batch_size = batch_size or config.batch_size  # check's own batches: batch-dependent targets answer alike
     report = run_check(registry, result.source.path, result.output.path, config)
     pooled, n = report.pooled, report.pooled.n
     return Validation(
