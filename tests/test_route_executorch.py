@@ -32,6 +32,16 @@ def converted(fixtures_dir, tmp_path_factory):
     return result, out
 
 
+def test_the_route_is_a_plugin_through_the_entry_point_door():
+    from convrepair.plugins import default_registry
+
+    registry = default_registry()
+    record = next(r for r in registry.records if r.plugin is not None and r.plugin.name == "executorch")
+    assert record.entry_point == "executorch = convrepair_plugins.executorch"  # what `convrepair plugins` lists
+    assert record.plugin.unavailable_reason() is None
+    assert registry.converters["torch-to-executorch"].target == "executorch" and "pte" in registry.formats
+
+
 def test_pt2_converts_to_pte_and_checks_equivalent(converted):
     result, out = converted
     assert result.code == 0, result.stderr
