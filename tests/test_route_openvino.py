@@ -80,11 +80,16 @@ def test_fp16_and_int8_carry_their_precision_and_an_honest_verdict(routes, fixtu
     assert int8["validation"]["label_agreement"] >= 0.97  # NNCF on matched calibration data keeps the labels
 
 
-def test_int8_without_calibration_is_refused_with_what_to_pass(fixtures_dir, tmp_path, cli):
-    shutil.copy2(fixtures_dir / "torch_cnn.pt2", tmp_path / "torch_cnn.pt2")
-    result = cli("convert", tmp_path / "torch_cnn.pt2", "--to", "openvino-int8")
-    assert result.code == 2
-    assert "--calibration" in result.stderr.strip().splitlines()[-1]
+def test_int8_without_calibration_is_refused_with_what_to_pass(routes, tmp_path):
+    from convrepair.convert import convert
+    from convrepair.errors import BadInput
+
+    work, _ = routes
+    onnx_path = tmp_path / "cnn.onnx"
+    convert(default_registry(), work / "torch_cnn.pt2", "onnx", out=onnx_path)
+    with pytest.raises(BadInput, match="--calibration") as caught:
+        convert(default_registry(), onnx_path, "openvino-int8", out=tmp_path / "cnn.openvino")
+    assert caught.value.exit_code == 2 and not (tmp_path / "cnn.openvino").exists()
 
 
 def scale_first_conv_weight(ir: Path, out: Path, factor: float) -> str:
