@@ -75,3 +75,23 @@ def test_the_daemon_never_lets_a_job_read_the_key_or_its_state_whatever_the_conf
     assert "service.key" in jobs["keyed"]["error"] and "may never read" in jobs["keyed"]["error"], jobs["keyed"]
     assert "queue.sqlite" in jobs["stateful"]["error"] and "may never read" in jobs["stateful"]["error"], jobs["stateful"]
     assert all(j["attempts"] <= 1 for j in jobs.values())  # refused, not retried
+
+
+def test_a_model_or_companion_that_links_out_of_its_folder_is_refused(tmp_path):
+    import pytest
+
+    from convrepair.daemon.reads import check_reads, companions
+    from convrepair.errors import BadInput
+
+    secret = tmp_path / "keys" / "service.key"
+    secret.parent.mkdir()
+    secret.write_text("secret")
+    version = tmp_path / "registry" / "m" / "1"
+    version.mkdir(parents=True)
+    (version / "model.onnx").write_bytes(b"model")
+    assert check_reads(companions(version / "model.onnx"), version.parent) == [version / "model.onnx"]
+    (version / "model.onnx.data").symlink_to(secret)  # external data that is the key
+    with pytest.raises(BadInput, match="outside the model's folder"):
+        check_reads(companions(version / "model.onnx"), version.parent)
+    with pytest.raises(BadInput, match="may never read"):  # granted by the operator, still never the key
+        check_reads(companions(version / "model.onnx"), version.parent, [secret.parent], never=[secret])

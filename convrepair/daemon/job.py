@@ -66,7 +66,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                                          atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
                                          max_restores=0 if config.policy == "none" else 5,
                                          lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer,
-                                         max_flip_rate=config.max_flip_rate)
+                                         max_flip_rate=config.max_flip_rate,
+                                         force=True)  # an equivalent target is still the version's deployable output, named in the log
             return run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
 
         from convrepair.contain.worker import run_contained
