@@ -193,3 +193,52 @@ def test_a_relu_lost_in_a_branch_before_a_concat_is_named_and_put_back(tmp_path)
     assert loc["fault"]["type"] == "graph_structure" and loc["fault"]["node"] == "relu_b", loc["fault"]
     repaired, expected, _ = _restored_outputs(source, target, loc)
     np.testing.assert_allclose(repaired, expected, rtol=1e-5, atol=1e-5)
+
+
+def _nhwc(path, like=None, reverse=False):
+    """An NHWC model whose first layer reads the image itself: a per-pixel dense layer (MatMul over
+    the channel axis, the last one), Relu, mean over H and W, then the classifier."""
+    from convrepair.sidecar import Sidecar, write_sidecar
+
+    body = [helper.make_node("MatMul", ["rgb", "w_px"], ["px"], name="pixel_dense"),
+            helper.make_node("Relu", ["px"], ["rp"], name="relu_px"),
+            helper.make_node("ReduceMean", ["rp"], ["feat"], name="mean_hw", axes=[1, 2], keepdims=0)]
+    if reverse:  # the injected fault, on the channel axis of NHWC
+        body.insert(0, helper.make_node("Gather", ["image", "bgr"], ["rgb"], name="injected_gather", axis=3))
+    else:
+        body.insert(0, helper.make_node("Identity", ["image"], ["rgb"], name="as_is"))
+    inits = {"w_px": np.random.default_rng(11).normal(0, 0.5, (3, 6)), "bgr": np.array([2, 1, 0], np.int64)}
+    tensors = [numpy_helper.from_array(np.asarray(v, np.int64 if k == "bgr" else np.float32), k) for k, v in inits.items()]
+    if like is not None:
+        source = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(like)).graph.initializer}
+        fc_w, fc_b = source["fc.w"], source["fc.b"]
+    else:
+        x = np.transpose(IMAGES, (0, 2, 3, 1))
+        feat = np.maximum(x @ inits["w_px"], 0).mean(axis=(1, 2))
+        mean, std = feat.mean(0), feat.std(0) + 1e-6
+        fc_w, fc_b = FC / std, -(FC / std) @ mean
+    tensors += [numpy_helper.from_array(fc_w.astype(np.float32), "fc.w"), numpy_helper.from_array(fc_b.astype(np.float32), "fc.b")]
+    graph = helper.make_graph([*body, helper.make_node("Gemm", ["feat", "fc.w", "fc.b"], ["logits"], name="fc", transB=1)], "g",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 8, 8, 3])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])], tensors)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    write_sidecar(path, Sidecar(input_layout=["NHWC"]))
+    return path
+
+
+def test_channels_reversed_on_an_nhwc_input_are_found_and_restored_on_the_channel_axis(tmp_path):
+    """RGB ↔ BGR of an NHWC input is a flip of axis 3, not of axis 1 (H): found there, and undone there."""
+    np.savez(tmp_path / "nhwc.npz", x=np.transpose(IMAGES, (0, 2, 3, 1)))
+    source = _nhwc(tmp_path / "source.onnx")
+    target = _nhwc(tmp_path / "target.onnx", like=source, reverse=True)
+    report = run_check(default_registry(), source, target, CheckConfig(data=tmp_path / "nhwc.npz", rounds=2, samples=50))
+    loc = report.localization
+    assert report.verdict == "discrepant"
+    assert loc["fault"]["type"] == "preprocessing" and loc["fault"]["evidence"]["channel_axis"] == 3, loc["fault"]
+    assert loc["fault"]["node"] == "injected_gather"
+    repaired, patch = restore(onnx.load(str(target)), GraphView(onnx.load(str(source))), loc)
+    feeds = {"image": np.transpose(IMAGES, (0, 2, 3, 1))}
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]  # noqa: E731
+    np.testing.assert_allclose(run(repaired), run(onnx.load(str(source))), rtol=1e-5, atol=1e-5)

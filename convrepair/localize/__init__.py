@@ -15,11 +15,10 @@ import numpy as np
 
 from convrepair.data import Dataset, feeds_for
 from convrepair.localize.align import align
-from convrepair.localize.capture import capture
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView
+from convrepair.localize.inputs import compare_first_inputs
 from convrepair.localize.ir import export_options
-from convrepair.localize.tensors import direct_diff, layout_permutations
 from convrepair.localize.walk import LayerRow, first_jump, shadow_run, walk
 from convrepair.model import TensorSpec
 
@@ -122,7 +121,7 @@ def localize(
         for key, layers in (("source_only", alignment.source_only), ("target_only", alignment.target_only))
         if layers
     }
-    input_evidence = _compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
+    input_evidence = compare_first_inputs(source_view, target_view, alignment.pairs, s_model, t_model, s_feeds, t_feeds,
                                            INPUT_AGREEMENT.get(precision, INPUT_AGREEMENT["fp32"]),
                                            dict(zip(target_view.inputs, target_ir.layouts or samples.layouts)))
     rows, first_index = walk(alignment.pairs, source_view, s_model, t_model, s_feeds, t_feeds, threshold)
@@ -274,48 +273,3 @@ def _from_static_diff(static, pairs, rows):
                       worst.get("evidence", {}), worst.get("node"))
         return first, fault
     return None  # (different op counts alone prove nothing: exporters write GAP as ReduceMean and so on)
-
-
-def _compare_first_inputs(source_view, target_view, pairs, s_model, t_model, s_feeds, t_feeds, agreement: float = 1e-4,
-                          layouts: dict[str, str] | None = None) -> dict[str, Any]:
-    """Does the first layer see the same input in both? If not: scale/offset, axis order or channel order.
-    Differences within `agreement` (rel_l2: rounding to the target's precision) are agreement.
-    Channels are reversed along the channel axis of the layout in force: the graph input's recorded
-    layout where the first layer reads the input itself (3 for NHWC), else ONNX's NCHW (1)."""
-    if not pairs:
-        return {}
-    s_first, t_first = pairs[0]
-    s_name, t_name = source_view.float_origin(s_first.node.inputs[0]), target_view.float_origin(t_first.node.inputs[0])
-    s_value = s_feeds[s_name] if s_name in s_feeds else capture(s_model, [s_name], s_feeds)[s_name]
-    t_value = t_feeds[t_name] if t_name in t_feeds else capture(t_model, [t_name], t_feeds)[t_name]
-    s_value, t_value = s_value.astype(np.float32), t_value.astype(np.float32)
-    direct = direct_diff(s_value, t_value) if s_value.shape == t_value.shape else None
-    evidence: dict[str, Any] = {"source_tensor": s_name, "target_tensor": t_name}
-    if direct is not None and direct.rel_l2 <= agreement:
-        return evidence | {"agree": True, "metric": direct.to_json()}
-    evidence["agree"] = False
-    evidence["same_shape"] = s_value.shape == t_value.shape
-    if direct is not None:
-        evidence["metric"] = direct.to_json()
-    for perm in layout_permutations(s_value.shape, t_value.shape):
-        if perm == tuple(range(s_value.ndim)):
-            continue
-        moved = direct_diff(np.transpose(s_value, perm), t_value)
-        if moved is not None and moved.rel_l2 <= 1e-4:
-            evidence["permutation"] = list(perm)
-            return evidence
-    if s_value.shape == t_value.shape:
-        axis = 3 if (layouts or {}).get(t_name, "NCHW").upper() == "NHWC" else 1
-        if s_value.ndim == 4 and s_value.shape[axis] > 1:
-            flipped = direct_diff(np.flip(s_value, axis), t_value)
-            if flipped.rel_l2 <= 1e-4:
-                evidence |= {"channel_reversed": True, "channel_axis": axis, "channels": int(s_value.shape[axis])}
-                return evidence
-        a = np.vstack([s_value.ravel(), np.ones(s_value.size)]).T
-        (scale, offset), *_ = np.linalg.lstsq(a, t_value.ravel(), rcond=None)
-        residual = float(np.linalg.norm(a @ np.array([scale, offset]) - t_value.ravel()) / max(np.linalg.norm(t_value), 1e-12))
-        rms = float(np.sqrt(np.mean(s_value.astype(np.float64) ** 2))) if s_value.size else 0.0
-        evidence["affine_fit"] = {"scale": float(scale), "offset": float(offset), "residual": residual}
-        if abs(scale - 1.0) <= agreement and abs(offset) <= agreement * max(rms, 1e-12) and residual <= 10 * agreement:
-            return evidence | {"agree": True, "rounding": True}  # ×1 ± rounding: the precision, not the pipeline
-    return evidence
