@@ -96,7 +96,7 @@ def convert(
 ) -> ConversionResult:
     # a ModelRef a job already resolved and hashed is taken as is
     source = source_path if isinstance(source_path, ModelRef) else model_ref(source_path, registry)
-    source_sidecar = read_sidecar(source.path) or Sidecar()
+    source_sidecar = read_sidecar(source.path) or registry.implied_sidecar(source) or Sidecar()  # a sidecar-less int8 .tflite stays int8
     route = plan_route(registry, source.format, target)
     chosen_by_user = out is not None
     original = (source_sidecar.source or {}).get("path")

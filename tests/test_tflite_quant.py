@@ -123,6 +123,17 @@ def test_converter_writes_int8_io_with_calibration(fixtures_dir, tmp_path):
                 options={"io": "int8"})
 
 
+def test_a_user_int8_tflite_converted_to_onnx_stays_int8_with_float_io(quantized, fixtures_dir, tmp_path):
+    import onnx
+
+    result = convert(default_registry(), quantized["int8"], "onnx", out=tmp_path / "digits.onnx")
+    assert read_sidecar(result.output.path).precision == "int8"  # judged at int8, not at fp32 noise
+    model = onnx.load(str(result.output.path))
+    assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [onnx.TensorProto.FLOAT] * 2
+    report = _check(fixtures_dir, result.output.path)
+    assert report.verdict == "equivalent" and report.pooled.label_agreement >= 0.97, report.reasons
+
+
 def test_quantization_rounds_and_saturates():
     from convrepair_plugins.tensorflow.runners import Quantization, io_quantization
 
