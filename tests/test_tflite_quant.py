@@ -143,3 +143,38 @@ def test_quantization_rounds_and_saturates():
     np.testing.assert_allclose(q.dequantize(codes), [0.0, 1.0, 1.5, 68.5, -59.0])
     assert io_quantization({"name": "ids", "dtype": np.int32, "quantization": (0.0, 0)}) is None  # token ids
     assert io_quantization({"name": "x", "dtype": np.float32, "quantization": (0.0, 0)}) is None
+
+
+def test_reading_the_precision_is_bounded_by_the_file_size(tmp_path):
+    """The parent parses untrusted files: 20 000 subgraph entries sharing one subgraph of 20 000
+    entries sharing one tensor would be 4e8 visits; the walk stops at the file's size instead."""
+    import time
+
+    import flatbuffers
+
+    from convrepair_plugins.tensorflow.flatbuffer import tensor_kinds
+
+    b, n = flatbuffers.Builder(0), 20_000
+    b.StartObject(2)
+    b.PrependInt8Slot(1, 0, 0)
+    tensor = b.EndObject()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(tensor)
+    tensors = b.EndVector()
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(0, tensors, 0)
+    subgraph = b.EndObject()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(subgraph)
+    subgraphs = b.EndVector()
+    b.StartObject(3)
+    b.PrependUOffsetTRelativeSlot(2, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    crafted = tmp_path / "crafted.tflite"
+    crafted.write_bytes(bytes(b.Output()))
+    started = time.perf_counter()
+    with pytest.raises(BadInput, match="more tensors than the file can hold"):
+        tensor_kinds(crafted)
+    assert time.perf_counter() - started < 5
