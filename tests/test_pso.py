@@ -186,3 +186,49 @@ def test_a_patch_is_searched_on_fp16_and_int8_graphs_and_keeps_their_precision(r
     # what the evaluator predicted over its cache is what the patched graph does
     assert abs(float((labels[negatives] == wanted[negatives]).mean()) - stats["repair_rate_search"]) <= 0.2
     assert abs(float((labels[positives] != wanted[positives]).mean()) - stats["break_rate_search"]) <= 0.05
+
+
+@pytest.mark.slow
+def test_a_patch_is_searched_on_a_static_qoperator_int8_graph(fixtures_dir, tmp_path):
+    """Static int8 in ONNX Runtime's QOperator format: QLinearMatMul → QLinearAdd → QLinearSoftmax.
+    The layer's input and the logits are dequantized with their own scales; the weight stays int8."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from convrepair.convert import convert
+    from convrepair.data import Dataset
+    from convrepair.localize.graph import GraphView
+    from convrepair.plugins import default_registry
+    from convrepair.repair.patch import last_dense_layer
+    from convrepair.repair.search import search_patch
+
+    fp32 = convert(default_registry(), fixtures_dir / "keras_cnn.keras", "onnx", out_dir=tmp_path / "k").output.path
+    digits = np.load(fixtures_dir / "digits_test_nhwc.npz")
+    x = digits["x"][:200].astype(np.float32)
+    name = onnx.load(str(fp32)).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{name: x[i:i + 50]} for i in range(0, 200, 50)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantize_static(str(fp32), str(tmp_path / "qop.onnx"), Reader(), quant_format=QuantFormat.QOperator,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(tmp_path / "qop.onnx"))
+    layer = last_dense_layer(GraphView(model))
+    assert layer.node.op == "QLinearMatMul" and layer.input_dequant is not None and layer.logits_dequant is not None
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    current = session.run(None, {name: x})[0].argmax(axis=1)
+    wanted = current.copy()
+    wanted[:10] = (current[:10] + 1) % 10
+    data = Dataset([x], None, ["NHWC"], "digits")
+    patched, patch, stats = search_patch(model, None, data, ["NHWC"], wanted, current,
+                                         SearchConfig(budget_seconds=1, seed=0, device="cpu"), "pso")
+    weight = next(i for i in patched.graph.initializer if i.name == layer.weight_name)
+    assert weight.data_type == onnx.TensorProto.INT8 and patch.parameters > 0
+    labels = ort.InferenceSession(patched.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {name: x})[0].argmax(axis=1)
+    assert abs(float((labels[:10] == wanted[:10]).mean()) - stats["repair_rate_search"]) <= 0.3
+    assert abs(float((labels[10:] != wanted[10:]).mean()) - stats["break_rate_search"]) <= 0.05

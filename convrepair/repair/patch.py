@@ -10,14 +10,14 @@ the layer's own scale and zero point, so the model stays quantized (and fast).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from convrepair.localize.graph import GraphView, Node
 from convrepair.repair.restore import RestoreUnavailable
 
-_LINEAR_AFTER = {"Add", "QuantizeLinear", "DequantizeLinear", "Identity", "Cast"}
+_LINEAR_AFTER = {"Add", "QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "QLinearAdd"}
 _PASS_THROUGH = ("Cast", "Identity")
 
 
@@ -31,13 +31,22 @@ class DenseLayer:
     input_tensor: str
     quantization: tuple[np.ndarray, np.ndarray, int, int] | None  # scale, zero (C, F), qmin, qmax
     input_dequant: tuple[np.ndarray, np.ndarray] | None = None  # QLinearMatMul: (scale, zero) of its quantized input
+    logits_dequant: tuple[np.ndarray, np.ndarray] | None = None  # QLinearSoftmax: (scale, zero) of its quantized logits
 
     def float_inputs(self, captured: np.ndarray) -> np.ndarray:
         """The float values entering the layer from what was captured at `input_tensor`."""
-        if self.input_dequant is None:
-            return captured.astype(np.float32)
-        scale, zero = self.input_dequant
-        return ((captured.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
+        return _dequantized(captured, self.input_dequant)
+
+    def float_logits(self, captured: np.ndarray) -> np.ndarray:
+        """The float logits from what was captured at `logits_tensor`."""
+        return _dequantized(captured, self.logits_dequant)
+
+
+def _dequantized(values: np.ndarray, quantization: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    if quantization is None:
+        return values.astype(np.float32)
+    scale, zero = quantization
+    return ((values.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)).astype(np.float32)
 
 
 def last_dense_layer(view: GraphView) -> DenseLayer:
@@ -45,11 +54,11 @@ def last_dense_layer(view: GraphView) -> DenseLayer:
     if not dense:
         raise RestoreUnavailable("the model has no dense layer to patch")
     node = dense[-1].node
-    logits = _logits(view)
+    logits, logits_dequant = _logits(view)
     if node.op == "MatMulInteger":
         return _matmul_integer(view, node, logits)
     if node.op == "QLinearMatMul":
-        return _qlinear_matmul(view, node, logits)
+        return replace(_qlinear_matmul(view, node, logits), logits_dequant=logits_dequant)
     weight_input = node.inputs[1]
     weight = view.constant(weight_input)
     if weight is None or weight.ndim != 2:
@@ -70,20 +79,24 @@ def last_dense_layer(view: GraphView) -> DenseLayer:
     return DenseLayer(node, weight_name, matrix.astype(np.float32), transposed, logits, node.inputs[0], quantization)
 
 
-def _logits(view: GraphView) -> str:
+def _logits(view: GraphView) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
     """The pre-softmax tensor: the model's output, or what its Softmax reads, through the Casts
-    an fp16 graph wraps around a Softmax it keeps in fp32."""
+    an fp16 graph wraps around a Softmax it keeps in fp32, or the DequantizeLinear after a
+    QLinearSoftmax (then with the logits' scale and zero point)."""
     tensor = view.outputs[0]
     for _ in range(4):
         producer = view.producer.get(tensor)
         if producer is None:
             break
         if producer.op in ("Softmax", "LogSoftmax"):
-            return producer.inputs[0]
-        if producer.op not in _PASS_THROUGH:
+            return producer.inputs[0], None
+        if producer.op == "QLinearSoftmax" and all(i in view.initializers for i in producer.inputs[1:3]):
+            return producer.inputs[0], (np.asarray(view.initializers[producer.inputs[1]], np.float32),
+                                        np.asarray(view.initializers[producer.inputs[2]]))
+        if producer.op not in (*_PASS_THROUGH, "DequantizeLinear"):
             break
         tensor = producer.inputs[0]
-    return view.outputs[0]
+    return view.outputs[0], None
 
 
 def _quantization(quantized: np.ndarray, scale: np.ndarray, zero: np.ndarray, axis: int, transposed: bool):

@@ -41,7 +41,7 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
     feeds = onnx_feeds(model, layouts, dataset)
     cache = capture(model, [layer.input_tensor, layer.logits_tensor], feeds)
     inputs = layer.float_inputs(cache[layer.input_tensor]).reshape(len(dataset), -1)
-    base = cache[layer.logits_tensor].astype(np.float32).reshape(len(dataset), -1)
+    base = layer.float_logits(cache[layer.logits_tensor]).reshape(len(dataset), -1)
     negatives = np.nonzero(current != wanted)[0] if negatives is None else np.asarray(negatives)
     agreeing = np.nonzero(current == wanted)[0]
     rng = np.random.default_rng(config.seed)
