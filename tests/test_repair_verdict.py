@@ -212,3 +212,19 @@ def test_dynamic_int8_with_no_held_out_flip_is_never_repaired(fixtures_dir, tmp_
         assert report.verdict == "already_equivalent" and report.output is None and not (tmp_path / "fixed.onnx").exists()
     assert all("agreement improved" not in a.reason or "selection split" in a.reason
                for a in report.attempts if a.kind == "precision_fallback" and a.accepted)
+
+
+def test_data_too_small_for_three_splits_is_one_line_not_a_crash(tmp_path):
+    """Two samples cannot make a search, a selection and a held-out split (the old halves left the
+    search empty for one sample and crashed in the sampling plan)."""
+    import synthetic
+
+    from convrepair.errors import BadInput
+    from convrepair.plugins import default_registry
+    from convrepair.repair import run_repair
+
+    source = synthetic.build_rgb_model(tmp_path / "rgb.onnx")
+    np.savez(tmp_path / "two.npz", x=np.random.default_rng(0).uniform(0, 1, (2, 3, 8, 8)).astype(np.float32))
+    with pytest.raises(BadInput, match="needs at least 3") as caught:
+        run_repair(default_registry(), source, source, tmp_path / "out.onnx", RepairConfig(data=tmp_path / "two.npz"))
+    assert "747 or more" in caught.value.one_line() and "has 2" in caught.value.one_line()

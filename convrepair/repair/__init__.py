@@ -29,7 +29,8 @@ from convrepair.localize.ir import export_options
 from convrepair.plugins import PluginRegistry
 from convrepair.repair.cost import repair_cost
 from convrepair.repair.outcome import (PREFERENCES, STRATEGIES, Attempt, Option, RepairConfig, RepairReport, choose_option,
-                                       SplitView, fault_type_of, final_verdict, three_splits)
+                                       SplitView, fault_type_of, final_verdict, samples_needed,
+                                       three_splits)
 from convrepair.repair.stages import carried_restores, precision_fallback, pso_attempt, restore_loop
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
@@ -59,6 +60,10 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
     base = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed)
     dataset = job_dataset(job, source, base)
     splits = three_splits(len(dataset), config.seed)
+    if any(not len(idx) for idx in splits.values()):
+        raise BadInput(f"repair splits the data into search, selection and held-out samples and needs at least 3 "
+                       f"(better {samples_needed(config.max_flip_rate) * 5 // 2} or more); the data has {len(dataset)}",
+                       config.data)
     search_idx, selection_idx, held_idx = splits["search"], splits["selection"], splits["held_out"]
 
     def check(path: Path, subset, localize=None, every_sample: bool = False) -> CheckReport:
