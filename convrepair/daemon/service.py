@@ -248,8 +248,8 @@ class Daemon:
                 return
             self._give_up_on_outage()
             now = time.monotonic()
-            due = self.queue.next_due()  # a postponed job's backoff ends
-            timeout = min(0.2 if self.running else TICK_SECONDS, TICK_SECONDS if due is None else max(0.05, due))
+            backoff = self.queue.next_due()  # a postponed job may run again then
+            timeout = min(0.2 if self.running else TICK_SECONDS, TICK_SECONDS if backoff is None else max(0.05, backoff))
             # while a version waits for its quiet period, look often enough to see it settle; else events suffice
             every = min(config.scan_interval, max(config.quiet_seconds / 2, 0.25)) if self.waiting else \
                 config.scan_interval if observer is None and not config.once else None
