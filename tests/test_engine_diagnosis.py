@@ -109,3 +109,28 @@ def test_a_bias_add_between_layers_is_named(tmp_path):
     loc = _check(source, target).localization
     assert loc["fault"]["type"] == "biases", loc["fault"]
     assert loc["fault"]["evidence"]["differences"][0]["target_node"] == "bias_add"
+
+
+def test_an_ir_far_from_its_model_is_not_walked():
+    """An IR further from its model than a layer may diverge cannot be walked layer by layer: the
+    localization says ir_unfaithful and names the IR's error (issue 18 item 3)."""
+    from convrepair.localize import _unfaithful_ir, ir_threshold
+
+    info = {"source": {"origin": "keras-to-onnx", "fidelity_max_abs": 0.4, "fidelity_rel_l2": 0.05, "threshold_rel_l2": 1e-3},
+            "target": {"origin": "as is", "fidelity_max_abs": 0.0, "fidelity_rel_l2": 0.0, "threshold_rel_l2": 2e-2}}
+    fault = _unfaithful_ir(info, "fp32", "fp16")
+    assert fault.type == "ir_unfaithful" and fault.evidence["model"] == "source"
+    assert "keras-to-onnx" in fault.detail and "0.05" in fault.detail
+    info["source"]["fidelity_rel_l2"] = 1e-6  # float noise of the export: walked
+    assert _unfaithful_ir(info, "fp32", "fp16") is None
+    assert ir_threshold("int8") > ir_threshold("fp16") > ir_threshold("fp32")
+
+
+def test_the_ir_fidelity_is_recorded_relative_to_the_model(fixtures_dir, tmp_path):
+    """A pt2 model's IR is exported and measured against it: the relative error is recorded beside
+    the absolute one, under the threshold the walk holds it to."""
+    registry = default_registry()
+    target = convert(registry, fixtures_dir / "torch_cnn.pt2", "onnx", out_dir=tmp_path / "onnx").output.path
+    report = _check(fixtures_dir / "torch_cnn.pt2", target, data=fixtures_dir / "digits_test_nchw.npz", localize=True)
+    ir = report.localization["ir"]["source"]
+    assert ir["origin"] != "as is" and 0.0 <= ir["fidelity_rel_l2"] < ir["threshold_rel_l2"], ir
