@@ -159,12 +159,21 @@ ZOO_FAULT_CASES = [
 ]
 
 
+def _named(first: dict, node: str, faulty: Path) -> bool:
+    """Localization named the injected node (or its layer); an op we inserted may also be named by
+    the tensor it hangs on (bench/zoo_bench.py scores the same way)."""
+    from faults import hangs_on
+
+    named = {first.get("target_layer"), first.get("node")} - {None}
+    return node in named or (node.startswith("injected") and hangs_on(faulty, node) in named)
+
+
 @pytest.mark.parametrize(("name", "fault"), ZOO_FAULT_CASES)
 def test_an_injected_fault_is_localized_typed_and_repaired(zoo, converted, name, fault, tmp_path):
     """FetaFix's fault classes injected into a zoo model's ONNX (fixtures/faults.py, as the zoo bench
     does): caught, localized to the injected op, typed right, repaired to `equivalent` on the
-    repair's held-out half. (MobileNetV2's zeroed bias is not here: it moves the outputs less than
-    the clean conversion does, see the README's fault matrix.)"""
+    repair's held-out split. The other classes are checked, localized and typed below (a repair
+    each would cost minutes of CI)."""
     from faults import inject_zoo_fault
 
     from convrepair.plugins import default_registry
@@ -179,6 +188,62 @@ def test_an_injected_fault_is_localized_typed_and_repaired(zoo, converted, name,
     located, first = before["localization"], before["localization"]["first_divergent"]
     assert before["verdict"] == "discrepant"
     assert located["fault"]["type"] == expected, located["fault"]
-    if not node.startswith("injected"):  # an input fix is localized by its type: the op it inserted is ours
-        assert node in (first["target_layer"], first["node"]), first
-    assert report["verdict"] == "repaired" and report["check_after"]["verdict"] == "equivalent", report["attempts"]
+    assert _named(first, node, faulty), (node, first)
+    assert report["check_after"]["verdict"] == "equivalent", report["attempts"]
+    assert report["verdict"] in ("repaired", "unproven"), report["verdict"]  # unproven: 48 samples bound little
+
+
+# Classes that do not apply to a model's graph: the injector refuses them (asserted), for this reason.
+NOT_APPLICABLE = {
+    ("mobilenetv2", "epsilon"): "tf2onnx folds every BatchNorm into its Conv",
+    ("resnet18", "epsilon"): "the torch exporter folds every BatchNorm into its Conv",
+    ("minilm", "pads"): "a transformer has no 3x3 Conv",
+    ("minilm", "input_scale"): "token ids, not an image",
+    ("minilm", "layout"): "token ids, not an image",
+    ("minilm", "channel_order"): "token ids, not an image",
+}
+OTHER_FAULT_CASES = [(m, f) for m in CI_ZOO for f in ("weights", "biases", "pads", "epsilon", "activation", "input_scale",
+                                                      "layout", "channel_order", "dropped_op")
+                     if (m, f) not in ZOO_FAULT_CASES]
+
+
+@pytest.fixture(scope="module")
+def zoo_jobs():
+    """One job per zoo model for the checks below: the source is loaded and exported to its IR once."""
+    from convrepair.job import JobContext
+    from convrepair.plugins import default_registry
+
+    jobs: dict[str, JobContext] = {}
+    yield lambda name: jobs.setdefault(name, JobContext(default_registry()).__enter__())
+    for job in jobs.values():
+        job.__exit__(None, None, None)
+
+
+@pytest.mark.parametrize(("name", "fault"), OTHER_FAULT_CASES)
+def test_every_other_fault_class_is_reported_typed_and_placed(zoo, converted, zoo_jobs, name, fault, tmp_path):
+    """Every fault class on every zoo model (with the repair test above): a discrepant check is
+    localized to the injected node and typed right; a fault the samples cannot see is reported as
+    a latent fault of the right type at that node (MobileNetV2's zeroed Conv__423 bias moves the
+    outputs by 1e-5, within the conversion's own float noise: equivalent, and latent)."""
+    from faults import inject_zoo_fault
+
+    from convrepair.check import CheckConfig, run_check
+    from convrepair.plugins import default_registry
+
+    folder, index = zoo
+    faulty = tmp_path / "faulty.onnx"
+    if (name, fault) in NOT_APPLICABLE:
+        with pytest.raises((KeyError, IndexError, StopIteration)):
+            inject_zoo_fault(converted[(name, "onnx")], faulty, fault)
+        return
+    node, expected = inject_zoo_fault(converted[(name, "onnx")], faulty, fault)
+    config = CheckConfig(data=folder / index[name]["data"], rounds=1, samples=48, latent=True)
+    report = run_check(default_registry(), folder / index[name]["model"], faulty, config, job=zoo_jobs(name)).to_json()
+    if report["verdict"] == "discrepant":
+        located = report["localization"]
+        assert located["fault"]["type"] == expected, located["fault"]
+        assert _named(located["first_divergent"], node, faulty), (node, located["first_divergent"])
+    else:
+        assert report["verdict"] == "equivalent", report["reasons"]
+        assert {(latent["node"], latent["type"]) for latent in report["latent"]} == {(node, expected)}, report["latent"]
+        assert report["latent"][0]["effect"]["measured"] is True
