@@ -59,3 +59,15 @@ def test_onnx2tf_default_flex_erf_is_refused_not_written(onnx_cnn, tmp_path):
     with pytest.raises(BadInput, match=r"FlexErf.*pseudo_ops"):
         convert(default_registry(), onnx_path, "onnx2tf-tflite", out=out, options={"pseudo_ops": "none"})
     assert not out.exists()
+
+
+def test_an_nhwc_input_is_kept_not_transposed_again(fixtures_dir, tmp_path):
+    """A Keras model's ONNX export is already NHWC; onnx2tf, taking every 4-D input for NCHW, would
+    make it (N, H, C, W) (measured on MobileNetV2: (-1, 96, 3, 96)). Such inputs keep their shape."""
+    for name in ("keras_cnn.keras", "keras_cnn.keras.convrepair.json"):
+        shutil.copy2(fixtures_dir / name, tmp_path / name)
+    result = convert(default_registry(), tmp_path / "keras_cnn.keras", "onnx2tf-tflite", out=tmp_path / "keras_cnn.tflite")
+    assert read_sidecar(result.output.path).input_layout == ["NHWC"]
+    report = run_check(default_registry(), tmp_path / "keras_cnn.keras", result.output.path,
+                       CheckConfig(data=fixtures_dir / "digits_test_nhwc.npz"))
+    assert report.verdict == "equivalent", report.reasons

@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from convrepair.errors import BadInput
+from convrepair.errors import BadInput, exception_text
 from convrepair.plugins import ConvertNotes, ConvertRequest, package_version
 from convrepair_plugins.onnx2tf import PLUGIN
 
@@ -36,21 +36,30 @@ def onnx_to_tflite(request: ConvertRequest) -> ConvertNotes:
     option = str(request.options.get("pseudo_ops", DEFAULT_PSEUDO_OPS))
     pseudo = [] if option.lower() == "none" else [op.strip().lower() for op in option.split(",") if op.strip()]
     folder = request.output.parent / "onnx2tf"
+    declared = list(request.sidecar.input_layout) if request.sidecar else []
+    initializers = {i.name for i in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name not in initializers]
+    # onnx2tf takes every 4-D input for NCHW and transposes it; an input already NHWC (a Keras
+    # export) would come out (N, H, C, W): keep those as they are
+    keep = [name for i, name in enumerate(names) if i < len(declared) and declared[i] != "NCHW"]
     with quiet():
         import onnx2tf
 
         try:
             onnx2tf.convert(input_onnx_file_path=str(request.source.path), output_folder_path=str(folder),
                             non_verbose=True, copy_onnx_input_output_names_to_tflite=True,
-                            replace_to_pseudo_operators=pseudo or None)
+                            replace_to_pseudo_operators=pseudo or None, keep_shape_absolutely_input_names=keep or None)
         except SystemExit as exc:  # onnx2tf ends with sys.exit(1) on a graph it cannot convert
             raise BadInput(f"onnx2tf cannot convert this model (it exited {exc.code}; run onnx2tf -i on it for its log)",
                            request.source.path) from None
+        except Exception as exc:  # noqa: BLE001 - onnx2tf or TF's converter refusing this graph
+            raise BadInput(f"onnx2tf cannot convert this model: {type(exc).__name__}: {exception_text(exc, 300)}",
+                           request.source.path) from exc
     written = sorted(folder.glob("*_float32.tflite"))
     if not written:
         raise BadInput(f"onnx2tf wrote no float32 .tflite (found {sorted(p.name for p in folder.iterdir())})", request.source.path)
     shutil.copyfile(written[0], request.output)
-    layouts = _layouts(model, request.output, list(request.sidecar.input_layout) if request.sidecar else [])
+    layouts = _layouts(model, request.output, declared, request.source.path)
     flex = _flex_ops(request.output)
     shutil.rmtree(folder, ignore_errors=True)
     if flex:
@@ -67,7 +76,7 @@ def onnx_to_tflite(request: ConvertRequest) -> ConvertNotes:
     )
 
 
-def _layouts(model, tflite: Path, declared: list[str]) -> list[str]:
+def _layouts(model, tflite: Path, declared: list[str], source: Path) -> list[str]:
     """Each input's layout in the .tflite: NHWC where onnx2tf transposed an NCHW input, else as before."""
     from convrepair_plugins.tensorflow.quiet import import_tensorflow
 
@@ -79,8 +88,13 @@ def _layouts(model, tflite: Path, declared: list[str]) -> list[str]:
     for index, (detail, shape) in enumerate(zip(interpreter.get_input_details(), onnx_shapes)):
         have = [None if d < 0 else int(d) for d in detail.get("shape_signature", detail["shape"])]
         before = declared[index] if index < len(declared) else "any"
-        transposed = len(shape) == 4 and have[1:] == [shape[2], shape[3], shape[1]] and have[1:] != shape[1:]
-        out.append("NHWC" if transposed else before)
+        if have == shape:
+            out.append(before)
+        elif before == "NCHW" and len(shape) == 4 and have[1:] == [shape[2], shape[3], shape[1]]:
+            out.append("NHWC")
+        else:  # a layout no sample has: refuse rather than feed it wrong
+            raise BadInput(f"onnx2tf changed input {index} from {shape} ({before}) to {have}, a layout convrepair "
+                           "cannot feed", source)
     return out
 
 
