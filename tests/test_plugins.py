@@ -70,7 +70,7 @@ def test_multi_hop_route_is_found_and_never_quantizes_on_the_way():
 
 
 def test_unknown_target_lists_the_known_ones():
-    with pytest.raises(BadInput, match="known: .*onnx"):
+    with pytest.raises(BadInput, match="unknown conversion target .coreml.; conversion targets: .*onnx"):
         plan_route(default_registry(), "keras", "coreml")
 
 
