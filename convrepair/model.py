@@ -10,15 +10,13 @@ import abc
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from convrepair.errors import BadInput, UnsafeModel
 from convrepair.fsutil import combined_digest, file_digests
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from convrepair.plugins import PluginRegistry
 
 #: Layouts a tensor can declare. "any" means the engine must not reinterpret its axes.
 LAYOUTS = ("NCHW", "NHWC", "NC", "any")
@@ -155,7 +153,16 @@ def refuse_pickles(path: Path) -> None:
         )
 
 
-def model_ref(path: str | Path, registry: PluginRegistry, fmt: str | None = None) -> ModelRef:
+class FormatDetector(Protocol):
+    """What `model_ref` needs of the plugin registry: the formats it knows and how it tells them apart
+    (a protocol, so this module sits below `plugins` and never imports it)."""
+
+    formats: dict[str, Any]
+
+    def detect_format(self, path: Path) -> str | None: ...
+
+
+def model_ref(path: str | Path, registry: FormatDetector, fmt: str | None = None) -> ModelRef:
     """Inspect `path` and return its `ModelRef`; a clear `BadInput` when it is not a usable model."""
     path = Path(path)
     if not path.exists():
