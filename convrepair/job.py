@@ -73,7 +73,7 @@ class JobContext:
         if handle is None:
             self.counts["resolve"] += 1
             ref = model_ref(path, self.registry, fmt)
-            handle = ModelHandle(ref, read_sidecar(ref.path))
+            handle = ModelHandle(ref, read_sidecar(ref.path) or self.registry.implied_sidecar(ref))
             self.models[key] = handle
         return handle
 

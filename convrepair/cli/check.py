@@ -16,6 +16,7 @@ from convrepair.cli.common import (
     EpsilonsOption,
     JsonOption,
     LensesOption,
+    MemoryOption,
     PgdStepOption,
     PgdStepsOption,
     TrustCodeOption,
@@ -48,6 +49,8 @@ def check(
     load_inputs: Annotated[Optional[Path], typer.Option(help="Inputs saved by --save-inputs (the same as --data).")] = None,
     load_outputs: Annotated[Optional[Path], typer.Option(help="A golden file from --save-outputs in SOURCE's place: give only TARGET; needs only TARGET's framework.")] = None,
     trust_model_code: TrustCodeOption = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing --save-inputs/--save-outputs files.")] = False,
+    memory_mb: MemoryOption = 8192,
     strict: Annotated[bool, typer.Option("--strict", help="Audit every parameter and attribute (exporting IRs if need be); latent faults exit 1.")] = False,
     json_out: JsonOption = None,
 ) -> None:
@@ -84,7 +87,7 @@ def check(
     from convrepair.contain.staging import StagedOutputs
     from convrepair.contain.worker import run_contained
 
-    with StagedOutputs() as staged:
+    with StagedOutputs(force=force) as staged:
         inputs_to = staged.place(save_inputs) if save_inputs is not None else None
         outputs_to = staged.place(save_outputs) if save_outputs is not None else None
 
@@ -102,7 +105,7 @@ def check(
         with using(for_terminal(json_out, quiet=not human(json_out))) as progress, _removed(evidence_dir):
             result, containment = run_contained(job, reads=[source, target, data], writes=[*staged.writes(), Path(evidence_dir)],
                                                 on_message=relay(progress),
-                                                trust_code=trust_model_code)
+                                                trust_code=trust_model_code, memory_mb=memory_mb)
             report = broker.decide(asked, Path(evidence_dir), result, config, started)
         staged.publish()
     result = {"payload": report.to_json(), "exit": 0 if report.verdict == "equivalent" else 1}
