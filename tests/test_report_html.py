@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
+from convrepair.report.terminal import human_size
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -86,13 +87,19 @@ def visible_text(dom: str) -> str:
 
 def expected_numbers(report: dict) -> list[str]:
     """What the decision card must say, formatted as the page formats it, from the repair's own JSON."""
-    held, after, choice = report["check_before_held_out"], report["check_after"], report["choice"]
+    held, after, choice, bound = report["check_before_held_out"], report["check_after"], report["choice"], report["held_out"]
     numbers = [f"{held['label_agreement']:.2%} → {after['label_agreement']:.2%}", f"{len(held['flips'])} → {len(after['flips'])}",
-               f"{held['disagreement_upper_bound']:.2%} → {after['disagreement_upper_bound']:.2%}",
+               f"one-sided 95% upper bound on the flip rate {bound['flip_rate_upper_bound_before']:.2%} → "
+               f"{bound['flip_rate_upper_bound_after']:.2%}", report["verdict_reason"],
                report["source"]["sha256"], report["target"]["sha256"], report["output"]["sha256"], str(report["splits"]["held_out"])]
     for option in choice["options"]:
-        numbers += [f"{option['held_out_label_agreement']:.2%}", f"{option['inference_ms']:.3g}"]
+        numbers += [f"{option['held_out_label_agreement']:.2%}", f"{option['inference_ms']:.3g}", human_size(option["bytes"])]
     numbers += [f"{choice['target']['inference_ms']:.3g}", str(choice["target"]["held_out_flips"])]
+    cost = report["cost"]  # the price on the card: size, latency and the output's precision mix
+    numbers += [f"({cost['size_ratio']:.2f}×)", f"{cost['before']['latency_ms']:.3g} ms → {cost['after']['latency_ms']:.3g} ms"]
+    mix = cost["after"]["precision"]["parameters"]
+    numbers += [f"{kind} {count:,} ({count / sum(mix.values()):.1%})" for kind, count in mix.items()]
+    numbers += report["lenses"]["robustness"]["flags"]  # lens flags on the card
     return numbers
 
 
@@ -111,20 +118,73 @@ def test_review_page_in_headless_chromium_shows_every_number_as_text(int8_review
         assert number in text, f"{number!r} is not on the rendered page"
     for words in ("torch_cnn", "torch_cnn.pt2", "torch_cnn.int8-dim.onnx", "patched.onnx", "pt2 → onnx", "onnx-int8",
                   report["verdict"], "approved", "first conv in fp32; fewer flips", "chain", "intact", "precision_fallback", "pso_patch",
-                  "chosen", "checks hold", "18.4 KB", "Per-layer divergence", "threshold: diverged", "above 0.1", "Label agreement per round", "seed 0",
-                  "relative L2 error", "Reliability lenses", "ECE"):
+                  "chosen", "checks hold", "Per-layer divergence", "threshold: diverged", "above 0.1", "Label agreement per round", "seed 0",
+                  "relative L2 error", "Reliability lenses", "ECE", "Cost of the repair", "Lens flags",
+                  "Fused: the target computes this layer together with the next one", "(the reference"):
         assert words in text, f"{words!r} is not on the rendered page"
     assert "\u2026" not in re.sub(r"<pre>.*?</pre>", "", dom.stdout, flags=re.S).split("Reliability lenses")[0]  # no cut names
     assert dom.stdout.count("<svg") >= 10
-    result = subprocess.run([chromium, *flags, "--window-size=1200,3000", f"--screenshot={shot}", page.as_uri()],
+    colours = screenshot(chromium, flags, page, shot, (1200, 3000))
+    assert len(colours) > 200  # charts and text, not a blank sheet
+    # the card's verdict badge is drawn in its colour near the top (orange: improved; green: repaired)
+    badge = {"improved": (0xC7, 0x77, 0x00), "repaired": (0x2E, 0x7D, 0x32)}[report["verdict"]]
+    assert badge in screenshot_colours(shot, top=300)
+
+
+VERDICT_COLOURS = {"approved": (0x2E, 0x7D, 0x32), "repaired": (0x2E, 0x7D, 0x32), "improved": (0xC7, 0x77, 0x00)}
+
+
+def screenshot(chromium: str, flags: list[str], page: Path, shot: Path, size: tuple[int, int]) -> set[tuple[int, int, int]]:
+    """A screenshot of `page` in headless Chromium, its colours; kept under $CONVREPAIR_SCREENSHOTS
+    when set (to look at)."""
+    result = subprocess.run([chromium, *flags, f"--window-size={size[0]},{size[1]}", f"--screenshot={shot}", page.as_uri()],
                             capture_output=True, timeout=120)
     assert result.returncode == 0, result.stderr[-800:]
+    keep = os.environ.get("CONVREPAIR_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / shot.name)
     from PIL import Image
 
     with Image.open(shot) as image:
-        assert image.size == (1200, 3000)
-        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
-        assert colours is not None and len(colours) > 200  # charts and text, not a blank sheet
+        assert image.size == size
+    return screenshot_colours(shot)
+
+
+def screenshot_colours(shot: Path, top: int | None = None) -> set[tuple[int, int, int]]:
+    from PIL import Image
+
+    with Image.open(shot) as image:
+        rgb = image.convert("RGB")
+        if top is not None:
+            rgb = rgb.crop((0, 0, rgb.width, top))
+        colours = rgb.getcolors(maxcolors=1 << 22)
+    assert colours is not None
+    return {colour for _, colour in colours}
+
+
+@pytest.mark.slow
+def test_review_index_in_headless_chromium_links_the_page(int8_review):
+    """The index (`review --html`) as a browser shows it: one row for the log, its columns, and a
+    relative link that leads to the log's page."""
+    chromium = _need_chromium()
+    index = int8_review / "index-browser.html"
+    result = run_cli("-q", "review", "--registry", int8_review, "--html", index)
+    assert result.code == 0, result.stderr
+    flags = [*FLAGS, f"--user-data-dir={int8_review / 'chromium-profile-index'}"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-800:]
+    text = visible_text(dom.stdout)
+    report = json.loads((int8_review / "repair.json").read_text())
+    held = report["check_before_held_out"]["label_agreement"], report["check_after"]["label_agreement"]
+    for words in ("1 log(s) (all)", "torch_cnn", report["verdict"], "approved", f"{held[0]:.2%} → {held[1]:.2%}"):
+        assert words in text, f"{words!r} is not on the rendered index"
+    links = re.findall(r'<a href="([^"]+)"', dom.stdout)
+    assert len(links) == 1 and not links[0].startswith(("/", "file:", "http"))
+    linked = (index.parent / html.unescape(links[0])).resolve()
+    assert linked.is_file() and "Repair review: torch_cnn" in linked.read_text()
+    colours = screenshot(chromium, flags, index, int8_review / "index.png", (1200, 500))
+    assert VERDICT_COLOURS["approved"] in colours and VERDICT_COLOURS[report["verdict"]] in colours
 
 
 @pytest.mark.slow

@@ -49,6 +49,10 @@ def _threshold(loc: dict[str, Any], precision: str | None) -> float | None:
     return DIVERGENCE.get(precision or evidence.get("precision") or "fp32", DIVERGENCE["fp32"])
 
 
+def _named_by_static_diff(loc: dict[str, Any]) -> bool:
+    return "named by the static diff" in str((loc.get("fault") or {}).get("detail", ""))
+
+
 def _evidence(repair: dict[str, Any], precision: str | None) -> list[dict[str, Any]]:
     from markupsafe import Markup
 
@@ -56,10 +60,15 @@ def _evidence(repair: dict[str, Any], precision: str | None) -> list[dict[str, A
     loc = (repair.get("check_before") or {}).get("localization") or {}
     if loc.get("layers"):
         threshold = _threshold(loc, precision)
-        charts.append({"svg": Markup(svg.layer_divergence(loc["layers"], threshold, "Per-layer divergence before repair (search half)")),
-                       "note": "Each dot is one aligned layer, coloured by status (green ok, red diverged, orange carried from an "
-                               "earlier layer; hollow: identical, 0, which a log axis cannot place); the dashed line is the threshold for "
-                               "this precision. Log axis: compare the printed values."})
+        static = _named_by_static_diff(loc)
+        labels = {svg.layer_label(r, threshold, static) for r in loc["layers"] if r.get("rel_l2") is not None}
+        meaning = " ".join(f"{label.capitalize()}: {svg.STATUS_MEANING[label]}." for label in svg.STATUS_MEANING
+                           if label in labels or label == "fused")  # fused: always explained, the static diff marks it too
+        charts.append({"svg": Markup(svg.layer_divergence(loc["layers"], threshold, "Per-layer divergence before repair (search half)",
+                                                          static)),
+                       "note": "Each dot is one aligned layer, coloured by status (hollow: identical, 0, which a log axis cannot "
+                               "place); the dashed line is the threshold for this precision, and only a dot right of it is called "
+                               f"diverged. {meaning} Log axis: compare the printed values."})
     paired = _rounds(repair.get("check_before_held_out"), repair.get("check_after"))
     if paired:
         names, before, after = paired
@@ -82,7 +91,9 @@ def log_page(statement: dict[str, Any], envelope: dict[str, Any], log_path: Path
     predicate = statement["predicate"]
     repair = predicate["repair"]
     card = decision_card(statement, envelope, log_path)
-    layers = ((repair.get("check_before") or {}).get("localization") or {}).get("layers") or []
+    loc = (repair.get("check_before") or {}).get("localization") or {}
+    threshold = _threshold(loc, card["precision"]) if loc.get("layers") else None
+    layers = [{**row, "label": svg.layer_label(row, threshold, _named_by_static_diff(loc))} for row in loc.get("layers") or []]
     env = _environment()
     view = lens_view(predicate.get("lenses"))
     lenses = env.get_template("lenses.html.j2").render(l=view) if view else ""

@@ -92,7 +92,8 @@ def _robustness(lenses: dict[str, Any]) -> dict[str, Any] | None:
     table += [{"attack": p["attack"], "epsilon": f"{p['epsilon']:g}", "accuracy": [p["accuracy"][r] for r in order]}
               for p in sorted(result["points"], key=lambda p: (p["attack"], p["epsilon"]))]
     return {**{k: result[k] for k in ("crafted_on", "gradients_via", "n", "input_range", "pgd_steps", "pgd_step", "reference")},
-            "charts": charts, "roles": order, "table": table, "flags": result.get("flags", [])}
+            "charts": charts, "roles": order, "table": table, "flags": result.get("flags", []), "notes": result.get("notes", []),
+            "compared": list((result.get("compared") or {}).items())}
 
 
 def _occlusion(lenses: dict[str, Any]) -> dict[str, Any] | None:

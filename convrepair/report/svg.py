@@ -15,7 +15,19 @@ import textwrap
 from typing import Any, Sequence
 
 COLOURS = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2"]
-STATUS_COLOURS = {"ok": "#54a24b", "diverged": "#d62728", "carried": "#f58518", "fused": "#4c78a8", "incomparable": "#999999"}
+STATUS_COLOURS = {"ok": "#54a24b", "diverged": "#d62728", "carried": "#f58518", "fused": "#4c78a8", "incomparable": "#999999",
+                  "first jump": "#9467bd", "named by the static diff": "#9467bd"}
+#: one line each, under the chart: what a status means
+STATUS_MEANING = {
+    "diverged": "the first layer whose relative L2 error is above the threshold",
+    "first jump": "below the threshold, the first layer whose error jumps more than tenfold over every layer before it: where "
+                  "small faults and rounding start",
+    "named by the static diff": "below the threshold, the layer whose parameters or attributes differ from the source's",
+    "carried": "after the first divergent layer, an error carried forward from it",
+    "fused": "the target computes this layer together with the next one (e.g. a BatchNorm folded into its Conv), so its "
+             "output differs by design and the next layer agrees again; not a fault",
+    "ok": "within the threshold",
+}
 LINESTYLES = ["-", "--", ":", "-."]  # identical series (a perfect repair) stay visible
 _ids = itertools.count()
 
@@ -76,8 +88,20 @@ def wrap_name(name: str, width: int = 40, most: int = 6) -> str:
     return "\n".join(lines[:most]) + (" …" if len(lines) > most else "")
 
 
+def layer_label(row: dict[str, Any], threshold: float | None, named_by_static_diff: bool = False) -> str:
+    """The status a chart with a threshold line may print for a layer: "diverged" only to the
+    right of the line. Localization also names a first layer below it (the first tenfold jump,
+    or the layer the static diff names); the chart says which, never "diverged" left of the line."""
+    status = row.get("status") or "?"
+    value = row.get("rel_l2")
+    if status == "diverged" and threshold is not None and value is not None and value <= threshold:
+        return "named by the static diff" if named_by_static_diff else "first jump"
+    return status
+
+
 @_draw
-def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, title: str) -> str:
+def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, title: str,
+                     named_by_static_diff: bool = False) -> str:
     """Relative L2 error per aligned layer as dots on a log axis (a dot, not a bar: its length
     would mean nothing on a log axis), the divergence threshold as a line, every value printed."""
     rows = [r for r in layers if r.get("rel_l2") is not None]
@@ -92,15 +116,16 @@ def layer_divergence(layers: list[dict[str, Any]], threshold: float | None, titl
     floor = lo / 10  # a log axis has no zero: an exact match sits on its left edge, drawn hollow and labelled
     values = [r["rel_l2"] if r["rel_l2"] > 0 else floor for r in rows]
     ys = list(range(len(rows)))
-    colours = [STATUS_COLOURS.get(r["status"], "#333") for r in rows]
+    labels = [layer_label(r, threshold, named_by_static_diff) for r in rows]
+    colours = [STATUS_COLOURS.get(label, "#333") for label in labels]
     exact = [r["rel_l2"] <= 0 for r in rows]
     ax.scatter([v for v, e in zip(values, exact) if not e], [y for y, e in zip(ys, exact) if not e],
                c=[c for c, e in zip(colours, exact) if not e], s=28, zorder=3)
     ax.scatter([v for v, e in zip(values, exact) if e], [y for y, e in zip(ys, exact) if e], facecolors="none",
                edgecolors=[c for c, e in zip(colours, exact) if e], s=28, zorder=3)
-    for y, value, row in zip(ys, values, rows):
+    for y, value, row, label in zip(ys, values, rows, labels):
         text = "0: identical" if row["rel_l2"] <= 0 else f"{row['rel_l2']:.3g}"
-        ax.annotate(f"{text} ({row['status']})", (value, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
+        ax.annotate(f"{text} ({label})", (value, y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlim(floor / 3, hi * 300)
     if threshold:

@@ -321,6 +321,8 @@ def render_lenses(lenses: dict[str, Any] | None) -> None:
         show(attacks)
         for flag in robustness["flags"]:
             console.print(f"  [bold red]flag:[/] {escape(flag)}")
+        for note in robustness.get("notes") or []:  # below the target but level with the source: the method, not the repair
+            console.print(f"  note: {escape(note)}")
     ensemble = (available(lenses, "uncertainty") or {}).get("ensemble")
     if ensemble:
         console.print(f"uncertainty over {', '.join(ensemble['models'])}: variation ratio {ensemble['variation_ratio_mean']:.3f}, "
