@@ -1,0 +1,81 @@
+"""The README is executable: the shell blocks a newcomer copies (the five-minute guide, the review
+path) run verbatim, in order, in a temp dir holding fixtures under the names the README uses.
+
+A block is runnable when `<!-- readme-test: NAME -->` stands right before its ```sh fence; setup
+lines (`git clone`, `pip install`) live in an unmarked block. Each line must exit 0, or the status
+the README states on it with a trailing `# exit N`."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import faults as fi
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv running the tests: .venv/bin under `make test`
+
+pytestmark = pytest.mark.slow
+
+_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*\n```sh\n(.*?)```", re.S)
+_EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
+
+
+def readme_blocks(name: str) -> list[str]:
+    """The command lines of every block marked NAME, in README order (comments kept: bash ignores them)."""
+    text = (ROOT / "README.md").read_text()
+    lines = [line for label, body in _BLOCK.findall(text) if label == name for line in body.splitlines()]
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _run_verbatim(lines: list[str], cwd: Path) -> None:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", COLUMNS="200")
+    for line in lines:
+        expected = int(m.group(1)) if (m := _EXIT.search(line)) else 0
+        proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == expected, f"README line exited {proc.returncode}, not {expected}:\n{line}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+
+
+def _workspace(tmp_path: Path, fixtures_dir: Path) -> Path:
+    """my_model.keras (the Keras CNN) and my_data.npz (real digits in its NHWC layout)."""
+    shutil.copy(fixtures_dir / "keras_cnn.keras", tmp_path / "my_model.keras")
+    shutil.copy(fixtures_dir / "digits_all_nhwc.npz", tmp_path / "my_data.npz")
+    return tmp_path
+
+
+def test_the_marked_blocks_exist_and_name_only_installed_commands():
+    for name in ("guide", "review"):
+        lines = readme_blocks(name)
+        assert lines, f"the README marks a `{name}` block"
+        for line in lines:
+            assert line.split()[0] in {"convrepair", "model_signing"}, line
+    assert (BIN / "convrepair").exists() and (BIN / "model_signing").exists()
+
+
+def test_five_minute_guide_runs_verbatim(tmp_path, fixtures_dir):
+    work = _workspace(tmp_path, fixtures_dir)
+    _run_verbatim(readme_blocks("guide"), work)
+    # what the guide says the reader ends with
+    assert (work / "page.html").stat().st_size > 0
+    assert (work / "approved" / "my_model" / "1" / "convrepair" / "model.sig").exists()
+
+
+def test_review_section_runs_verbatim(tmp_path, fixtures_dir):
+    """The review path on a broken conversion (conv2's pads made asymmetric), as the section says."""
+    from convrepair.convert import convert
+    from convrepair.plugins import default_registry
+    from convrepair.sidecar import read_sidecar, write_sidecar
+
+    work = _workspace(tmp_path, fixtures_dir)
+    clean = convert(default_registry(), work / "my_model.keras", "onnx", out_dir=tmp_path / "converted").output.path
+    broken = fi.inject(clean, work / "broken.onnx", fi.asymmetric_pads, "conv2")
+    write_sidecar(broken, read_sidecar(clean))
+    _run_verbatim(readme_blocks("review"), work)
+    assert (work / "index.html").stat().st_size > 0
+    assert (work / "repo" / "my_model" / "1" / "convrepair" / "model.sig").exists()
