@@ -22,6 +22,7 @@ import numpy as np
 from convrepair.compare import Accumulator, Comparison, clopper_pearson, pool
 from convrepair.data import Dataset, load_npz, random_inputs
 from convrepair.errors import BadInput
+from convrepair.events import stage
 from convrepair.evidence import Evidence, distinct, gather
 from convrepair.job import JobContext, ModelHandle, opened
 from convrepair.judge import (  # noqa: F401 - re-exported
@@ -39,7 +40,6 @@ from convrepair.judge import (  # noqa: F401 - re-exported
 )
 from convrepair.model import ModelRef
 from convrepair.plugins import PluginRegistry
-from convrepair.report.progress import stage
 from convrepair.sidecar import Sidecar
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convrepair import memory
+from convrepair.events import stage
 from convrepair.model import ModelRef, model_ref
-from convrepair.report.progress import stage
 from convrepair.sidecar import Sidecar, read_sidecar
 
 if TYPE_CHECKING:
@@ -104,14 +104,18 @@ class JobContext:
             subset = dataset.take(np.asarray(indices))
             parts: list[list[np.ndarray]] = []
             start = 0
-            if handle.bytes_per_sample is None and len(subset) > MEMORY_PROBE:
-                before, peak = memory.rss(), memory.peak()
-                parts.append(list(runner.run(feeds_for(runner.inputs, subset, 0, MEMORY_PROBE)).values()))
-                handle.bytes_per_sample = memory.per_sample(before, peak, MEMORY_PROBE, subset, parts[0])
-                start = MEMORY_PROBE
-            step = self.batch_for(handle, batch_size)
-            for begin in range(start, len(subset), step):
-                parts.append(list(runner.run(feeds_for(runner.inputs, subset, begin, min(begin + step, len(subset)))).values()))
+            with stage(f"running {handle.ref.path.name} on {len(subset)} samples", len(subset)) as progress:
+                if handle.bytes_per_sample is None and len(subset) > MEMORY_PROBE:
+                    before, peak = memory.rss(), memory.peak()
+                    parts.append(list(runner.run(feeds_for(runner.inputs, subset, 0, MEMORY_PROBE)).values()))
+                    handle.bytes_per_sample = memory.per_sample(before, peak, MEMORY_PROBE, subset, parts[0])
+                    start = MEMORY_PROBE
+                    progress.advance(MEMORY_PROBE)
+                step = self.batch_for(handle, batch_size)
+                for begin in range(start, len(subset), step):
+                    end = min(begin + step, len(subset))
+                    parts.append(list(runner.run(feeds_for(runner.inputs, subset, begin, end)).values()))
+                    progress.advance(end - begin)
             handle.outputs[key] = [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
         return handle.outputs[key]
 

@@ -58,7 +58,8 @@ def test_check_reports_loading_and_rounds(fixtures_dir):
         run_check(default_registry(), model, model, CheckConfig(data=fixtures_dir / "digits_test_nchw.npz", rounds=3, samples=20))
     names = [s["stage"] for s in recording.stages]
     assert any(name.startswith("loading torch_cnn.pt2") for name in names), names
-    assert {"stage": "comparing rounds", "total": 3, "advanced": 3} in recording.stages
+    # the samples of all rounds run once per model, counted as they go
+    assert {"stage": "running torch_cnn.pt2 on 60 samples", "total": 60, "advanced": 60} in recording.stages
 
 
 def _run_with_terminal_stderr(*args: str) -> tuple[int, str, str]:
@@ -92,12 +93,12 @@ def test_progress_on_a_terminal_and_never_with_json_to_stdout(fixtures_dir):
     data = fixtures_dir / "digits_test_nchw.npz"
     code, stdout, terminal = _run_with_terminal_stderr("check", model, model, "--data", data, "--rounds", "3", "--samples", "50")
     assert code == 0, terminal[-2000:]
-    assert "comparing rounds" in terminal and "loading torch_cnn.pt2" in terminal
-    assert "comparing rounds" not in stdout  # the report stays clean
+    assert "running torch_cnn.pt2 on" in terminal and "loading torch_cnn.pt2" in terminal
+    assert "running torch_cnn.pt2 on" not in stdout  # the report stays clean
     code, stdout, terminal = _run_with_terminal_stderr("check", model, model, "--data", data, "--rounds", "3", "--samples", "50",
                                                        "--json", "-")
     assert code == 0 and stdout.lstrip().startswith("{")
-    assert "comparing rounds" not in terminal and "loading" not in terminal
+    assert "running torch_cnn.pt2 on" not in terminal and "loading" not in terminal
 
 
 def test_no_display_unless_stderr_is_a_terminal(monkeypatch):

@@ -22,7 +22,7 @@ from convrepair.errors import BadInput, ConvrepairError, exception_text
 from convrepair.lenses import calibration, occlusion, robustness, uncertainty
 from convrepair.lenses.scores import LensUnavailable, as_log_probabilities, predict_scores
 from convrepair.model import Differentiable, Runner
-from convrepair.report.progress import track
+from convrepair.events import track
 
 #: name → `run(ctx)`; the order is the order of the report.
 LENSES: dict[str, Callable[[LensContext], Any]] = {

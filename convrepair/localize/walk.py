@@ -12,7 +12,7 @@ import numpy as np
 from convrepair.localize.capture import capture, run_segment, sweep
 from convrepair.localize.graph import GraphView
 from convrepair.localize.tensors import RunningDiff, TensorDiff, compare_tensors
-from convrepair.report.progress import track
+from convrepair.events import track
 
 SWEEP_BATCH = 8  # samples whose activations (every layer of both models) are held at once
 

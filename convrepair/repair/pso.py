@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convrepair.report.progress import track
+from convrepair.events import track
 
 
 @dataclass

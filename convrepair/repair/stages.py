@@ -16,7 +16,7 @@ from convrepair.repair.outcome import (Attempt, Option, better, divergence_moved
                                        violation_count)
 from convrepair.repair.restore import Patch, RestoreUnavailable, restore
 from convrepair.repair.transfer import CARRIERS
-from convrepair.report.progress import track
+from convrepair.events import track
 from convrepair.sidecar import write_sidecar
 
 
