@@ -23,14 +23,18 @@ BIN = Path(sys.executable).parent  # the venv running the tests: .venv/bin under
 
 pytestmark = pytest.mark.slow
 
-_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*\n```sh\n(.*?)```", re.S)
+_BLOCK = re.compile(r"<!-- readme-test: ([\w-]+) -->\s*\n```(\w+)\n(.*?)```", re.S)
 _EXIT = re.compile(r"#\s*exit\s+(\d+)\s*$")
 
 
+def marked_blocks(doc: Path, name: str, lang: str) -> list[str]:
+    """The bodies of every LANG block marked NAME in DOC, in order."""
+    return [body for label, fence, body in _BLOCK.findall(doc.read_text()) if label == name and fence == lang]
+
+
 def readme_blocks(name: str) -> list[str]:
-    """The command lines of every block marked NAME, in README order (comments kept: bash ignores them)."""
-    text = (ROOT / "README.md").read_text()
-    lines = [line for label, body in _BLOCK.findall(text) if label == name for line in body.splitlines()]
+    """The command lines of every sh block marked NAME, in README order (whole-line comments dropped)."""
+    lines = [line for body in marked_blocks(ROOT / "README.md", name, "sh") for line in body.splitlines()]
     return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
@@ -79,3 +83,42 @@ def test_review_section_runs_verbatim(tmp_path, fixtures_dir):
     _run_verbatim(readme_blocks("review"), work)
     assert (work / "index.html").stat().st_size > 0
     assert (work / "repo" / "my_model" / "1" / "convrepair" / "model.sig").exists()
+
+
+def test_mlflow_registration_snippet_runs_verbatim_and_the_daemon_takes_the_version(tmp_path, fixtures_dir):
+    """docs/DAEMON.md's producer snippet against a real `mlflow server`; `daemon --once` then
+    processes the version it registered."""
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI", "").lower() == "true":
+            raise  # CI must prove the snippet, not skip it
+        pytest.skip("mlflow is not installed (pip install 'convrepair[mlflow]')")
+    import json
+
+    from mlflow_server import ENV, client, mlflow_server
+
+    (snippet,) = marked_blocks(ROOT / "docs" / "DAEMON.md", "mlflow-register", "python")
+    work = tmp_path / "producer"
+    work.mkdir()
+    shutil.copy(fixtures_dir / "keras_cnn.keras", work / "model.keras")
+    shutil.copy(fixtures_dir / "digits_all_nhwc.npz", work / "data.npz")
+    with mlflow_server(tmp_path / "mlflow") as uri:
+        env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200",
+               "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        ran = subprocess.run([sys.executable, "-c", snippet], cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        keys = tmp_path / "keys"
+        made = subprocess.run(["convrepair", "keys", "init", "--name", "service", "--dir", str(keys), "--trust",
+                               str(keys / "trust.json"), "--role", "service"], env=env, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        state = tmp_path / "state"
+        daemon = subprocess.run(["convrepair", "daemon", f"{uri}?poll_seconds=1", "--registry-kind", "mlflow", "--once",
+                                 "--no-http", "--state-dir", str(state), "--sign-key", str(keys / "service.key")],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert daemon.returncode == 0, daemon.stdout[-3000:] + daemon.stderr[-3000:]
+        status = subprocess.run(["convrepair", "status", "--state-dir", str(state), "--json", "-"], env=env,
+                                capture_output=True, text=True)
+        jobs = {(j["model"], j["version"]): j["state"] for j in json.loads(status.stdout)}
+        assert jobs == {("digits", "1"): "done"}, jobs
+        assert client(uri).get_model_version("digits", "1").tags["convrepair.status"] == "pending-review"
