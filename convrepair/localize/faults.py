@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from convrepair import ops
-from convrepair.localize.graph import PRECISION_OPS, GraphView, Layer, Node
+from convrepair.localize.graph import INTEGER_OPS, PRECISION_OPS, GraphView, Layer, Node
 
 FAULT_TYPES = ("preprocessing", "input_layout", "weights", "biases", "hyperparameter", "graph_structure", "precision",
                "ir_unfaithful", "unknown")
@@ -106,12 +106,17 @@ def match_param(source: np.ndarray, target: np.ndarray, layout_changed: bool = F
 
 
 def _pair_nodes(source: list[Node], target: list[Node], by_kind: bool = False) -> list[tuple[Node, Node]]:
-    """Nodes of two segments paired by op type, in order; with `by_kind`, those left over are then
+    """Nodes of two segments paired by name where both have the op under one name (a quantizer may
+    reorder a segment's nodes), then by op type in order; with `by_kind`, those left over are then
     paired by layer kind (an int8 graph's ConvInteger computes its source's Conv, with its pads)."""
+    named = {(node.op, node.name): node for node in source}
+    pairs = [(named[(node.op, node.name)], node) for node in target if (node.op, node.name) in named]
+    taken = {id(node) for pair in pairs for node in pair}  # a namesake of the same op pairs first
+    source, target = [n for n in source if id(n) not in taken], [n for n in target if id(n) not in taken]
     by_op: dict[str, list[Node]] = {}
     for node in source:
         by_op.setdefault(node.op, []).append(node)
-    pairs, left = [], []
+    left = []
     for node in target:
         if by_op.get(node.op):
             pairs.append((by_op[node.op].pop(0), node))
@@ -145,6 +150,24 @@ def _fault_type(view: GraphView, node: Node, position: int) -> str:
     """The fault type a difference in this input is, from the op registry (weights by default)."""
     found = view.spec(node)
     return found.fault_type(position) if found else "weights"
+
+
+_QUANTIZERS = frozenset({"QuantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _rescales_quantized(view: GraphView, node: Node) -> bool:
+    """An elementwise op the quantizer wrote: it multiplies a dynamic quantizer's scale, or rescales
+    an integer op's output (through its Cast) back to real numbers."""
+    found = view.spec(node)
+    if found is None or not found.elementwise:
+        return False
+    for name in node.inputs:
+        producer = view.producer.get(name) if view.constant(name) is None else None
+        while producer is not None and producer.op == "Cast":
+            producer = view.producer.get(producer.inputs[0])
+        if producer is not None and (producer.op in _QUANTIZERS or producer.op in INTEGER_OPS):
+            return True
+    return False
 
 
 def _core(segment: list[Node]) -> list[Node]:
@@ -204,12 +227,14 @@ def _input_op(source: GraphView, target: GraphView, tensor: str | None) -> str |
 def parameters(ctx: FaultContext) -> Fault | None:
     source_layer, target_layer = ctx.pair
     findings = []
-    for s_node, t_node in _pair_nodes(_core(source_layer.segment), _core(target_layer.segment)):
+    # a quantizer's scale arithmetic has no counterpart among the source's parameters
+    t_core = [n for n in _core(target_layer.segment) if ctx.precision == "fp32" or not _rescales_quantized(ctx.target, n)]
+    for s_node, t_node in _pair_nodes(_core(source_layer.segment), t_core):
         s_params = dict(_constants(ctx.source, s_node))
         for position, t_value in _constants(ctx.target, t_node):
             s_value = s_params.get(position)
-            if s_value is None:
-                continue
+            if s_value is None or (np.issubdtype(t_value.dtype, np.integer) and np.issubdtype(s_value.dtype, np.floating)):
+                continue  # integer codes of a quantized tensor are no float parameter (its scale decides)
             matched = match_param(s_value.astype(np.float32), t_value.astype(np.float32), ctx.layout_changed)
             if matched is None:
                 continue
