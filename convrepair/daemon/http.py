@@ -19,6 +19,7 @@ from typing import Any
 from convrepair.errors import BadInput
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600)
+VERDICTS = ("repaired", "improved", "unproven", "already_equivalent", "not_repaired")  # anything else: "other"
 
 
 @dataclass
@@ -81,6 +82,9 @@ class Metrics:
                               "bad-input, config-error, registry-unreachable …)", ["model", "target", "retry", "reason"],
                               registry=self.registry)
         self.repairs = Counter("convrepair_repairs_applied_total", "Repairs applied", ["model"], registry=self.registry)
+        self.verdicts = Counter("convrepair_repair_verdicts_total", "Finished jobs by the verdict signed for them (computed "
+                                "by the job process from the held-out arrays)", ["model", "target", "verdict"],
+                                registry=self.registry)
         Gauge("convrepair_build_info", "The running convrepair (always 1)", ["version"], registry=self.registry).labels(__version__).set(1)
         self.lock = threading.Lock()
         self._counts: dict[str, int] = {}
@@ -97,7 +101,10 @@ class Metrics:
             payload = result.result or {}
             if payload.get("label_agreement") is not None:
                 self.agreement.labels(job.model, job.target).set(payload["label_agreement"])
-            if payload.get("verdict") in ("repaired", "improved"):
+            verdict = payload.get("verdict")
+            if result.ok and verdict is not None:
+                self.verdicts.labels(job.model, job.target, verdict if verdict in VERDICTS else "other").inc()
+            if verdict in ("repaired", "improved"):
                 self.repairs.labels(job.model).inc()
 
     def failed_before_start(self, model: str, target: str, reason: str) -> None:

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     from convrepair.convert import convert, load_calibration
     from convrepair.daemon.config import load_model_config
     from convrepair.daemon.reads import check_reads, companions
+    from convrepair.daemon.verdict import CONVERTED, REPAIRED, judge_job
     from convrepair.ledger.log import now
     from convrepair.lenses import LensConfig
     from convrepair.plugins import default_registry
@@ -56,23 +58,26 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                         allowed, never_readable(spec))
     scratch = final.parent / scratch_name(spec["job_id"], spec.get("attempt", 1))
     scratch.mkdir(parents=True)  # unique per attempt: an existing one is an error, never reused
+    evidence = Path(tempfile.mkdtemp(prefix="convrepair-evidence-"))  # the worker's held-out outputs, for us to judge
+    strategy = "restore" if config.policy == "none" else config.policy
+    repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
+                                 atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
+                                 max_restores=0 if config.policy == "none" else 5,
+                                 lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer,
+                                 max_flip_rate=config.max_flip_rate, evidence_dir=evidence,
+                                 force=True)  # an equivalent target is still the version's deployable output, named in the log
     try:
         def contained(_send) -> dict[str, Any]:  # the models run in a contained worker writing only to scratch
             calibration = load_calibration(config.calibration) if config.calibration else None
-            converted = convert(registry, Path(spec["model_file"]), spec["target"], out_dir=scratch / "converted", calibration=calibration)
-            out = scratch / "repaired" / converted.output.path.name
-            strategy = "restore" if config.policy == "none" else config.policy
-            repair_config = RepairConfig(data=config.data, strategy=strategy, budget_seconds=config.budget_seconds,
-                                         atol=config.atol, rtol=config.rtol, accept_improvement=config.accept_improvement,
-                                         max_restores=0 if config.policy == "none" else 5,
-                                         lenses=LensConfig(names=config.lenses) if config.lenses else None, prefer=config.prefer,
-                                         max_flip_rate=config.max_flip_rate,
-                                         force=True)  # an equivalent target is still the version's deployable output, named in the log
+            converted = convert(registry, Path(spec["model_file"]), spec["target"], out_dir=scratch / CONVERTED, calibration=calibration)
+            out = scratch / REPAIRED / converted.output.path.name
             return run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
 
         from convrepair.contain.worker import run_contained
 
-        report, containment = run_contained(contained, reads=reads, writes=[scratch], trust_code=config.trust_model_code)
+        report, containment = run_contained(contained, reads=reads, writes=[scratch, evidence], trust_code=config.trust_model_code)
+        # the verdict that is signed is ours, from the arrays, never the worker's word
+        report = judge_job(report, evidence, repair_config, scratch, Path(spec["model_file"]))
         report["containment"] = containment.to_json()
         _relocate_files(scratch, final)
         (scratch / REPORT).write_text(json.dumps(relocated(report, scratch, final), indent=2))
@@ -84,6 +89,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         if final.exists():
             return _completed(final, spec)
         raise
+    finally:
+        shutil.rmtree(evidence, ignore_errors=True)
     return _completed(final, spec)
 
 
@@ -108,8 +115,10 @@ def _completed(final: Path, spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("sign_key") and not (final / LOG).exists():
         started = json.loads((final / JOB).read_text())["started"] if (final / JOB).exists() else report.get("started")
         write_signed_log(report, final / LOG, Path(spec["sign_key"]), started)
-    return {"status": "done", "results": str(final), "verdict": report.get("verdict"),
-            "label_agreement": (report.get("check_before") or {}).get("label_agreement")}
+    held = report.get("held_out") or {}  # the parent's count on the held-out split; check_before is the worker's
+    agreement = held["label_agreement_before"] if "label_agreement_before" in held \
+        else (report.get("check_before") or {}).get("label_agreement")
+    return {"status": "done", "results": str(final), "verdict": report.get("verdict"), "label_agreement": agreement}
 
 
 def relocated(value: Any, scratch: Path, final: Path) -> Any:
