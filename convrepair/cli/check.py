@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from convrepair.cli.app import app
+from convrepair.cli.hints import after_check
 from convrepair.cli.common import (
     EpsilonsOption,
     JsonOption,
@@ -77,7 +78,8 @@ def check(
     if target is None:
         raise typer.BadParameter("TARGET is required: check SOURCE TARGET")
     registry = default_registry()
-    if data is None and registry.detect_format(source) == "golden":
+    golden = registry.detect_format(source) == "golden"
+    if data is None and golden:
         data = source  # a golden file holds the inputs its outputs belong to
     common_atol, output_atol = tolerance_values(atol or [], "--atol")
     common_rtol, output_rtol = tolerance_values(rtol or [], "--rtol")
@@ -118,6 +120,7 @@ def check(
         for latent in payload.get("latent") or []:  # differences the samples did not reveal
             say(f"latent {latent['type']} at {latent['node']}: {latent['detail']}", json_out)
         say(containment.summary(), json_out)
+    after_check(payload, source, target, data, strict, golden=golden, json_target=json_out)
     raise typer.Exit(result["exit"])
 
 

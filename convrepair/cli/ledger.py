@@ -132,6 +132,10 @@ def approve(
     say(f"approved: {log_file} (decision {record.sequence} in {record.path.parent.parent})"
         + (f"\npromoted to {promoted.destination} ({promoted.model} version {promoted.version})"
            f"\n  log:  {promoted.promoted_log}\nnext: {next_verify}" if promoted else ""), json_out)
+    if promoted is None:
+        from convrepair.cli.hints import after_approve
+
+        after_approve(log_file, _shown(trust_path) if trust_path else None, json_out)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from convrepair.cli.app import app
+from convrepair.cli.hints import after_repair
 from convrepair.cli.common import (
     EpsilonsOption,
     JsonOption,
@@ -77,13 +78,14 @@ def repair(
         load_private_key(sign_key)  # a bad key fails before any work
     started = now()
 
-    def sign(payload: dict) -> None:
+    def sign(payload: dict) -> Path | None:
         if sign_key is None:
-            return
+            return None
         from convrepair.ledger.log import write_signed_log
 
         path = write_signed_log(payload, log or out.with_name(out.name + ".log.dsse.json"), sign_key, started)
         say(f"signed log (pending approval): {path}", json_out)
+        return path
 
     config = RepairConfig(data=data, strategy=strategy, device=device, budget_seconds=budget_seconds, seed=seed,
                           atol=atol, rtol=rtol, optimiser=optimiser, accept_improvement=accept_improvement,
@@ -148,7 +150,9 @@ def repair(
         else:
             render_repair(payload)
         say(containment.summary(), json_out)
-    sign(payload)
+    signed = sign(payload)
+    if target is not None:
+        after_repair(payload, signed, out, json_out)
     raise typer.Exit(code)
 
 
