@@ -5,8 +5,7 @@ Expected: `litert_torch.convert(m, (x,), dynamic_shapes=({0: Dim("batch", min=2,
 same model without Flatten).
 Got (litert-torch 0.10.0, torch 2.13.0, jax 0.10.2): TypeError: Shapes must be 1D sequences of
 concrete values of integer type, got (JitTracer(int32[]), JitTracer(~int64[])) — in the jax lowering
-of the reshape. With an unbounded `Dim("batch")` torch.export itself reports "Constraints violated".
-A fixed-batch .tflite cannot be resized afterwards either: XNNPACK "failed to reshape" on
+of the reshape. A fixed-batch .tflite cannot be resized afterwards either: XNNPACK "failed to reshape" on
 `resize_tensor_input`, so a converted model serves exactly one batch size.
 Run: python docs/repro/litert_torch_dynamic_flatten.py  (needs litert-torch installed)
 """
