@@ -73,11 +73,12 @@ def test_runner_splits_batches_larger_than_the_memory_plan(converted, fixtures_d
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_a_program_with_other_dynamic_axes_is_refused_with_its_reason(tmp_path):
+def test_other_dynamic_axes_are_fixed_at_the_example_size_and_other_sizes_refused(tmp_path):
     import torch
 
     from convrepair.convert import convert
     from convrepair.errors import BadInput
+    from convrepair.model import model_ref
     from convrepair.plugins import default_registry
 
     class Pool(torch.nn.Module):
@@ -87,5 +88,12 @@ def test_a_program_with_other_dynamic_axes_is_refused_with_its_reason(tmp_path):
     program = torch.export.export(Pool(), (torch.zeros(2, 5, 3),),
                                   dynamic_shapes=({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=64)},))
     torch.export.save(program, tmp_path / "seq.pt2")
-    with pytest.raises(BadInput, match=r"dynamic axes \[1\] besides the batch"):
-        convert(default_registry(), tmp_path / "seq.pt2", "executorch", out=tmp_path / "seq.pte")
+    registry = default_registry()
+    convert(registry, tmp_path / "seq.pt2", "executorch", out=tmp_path / "seq.pte")
+    assert read_sidecar(tmp_path / "seq.pte").steps[-1].details["fixed_axes"] == {"x": {"1": 5}}
+    x = np.random.default_rng(0).normal(size=(3, 5, 3)).astype(np.float32)
+    with registry.load(model_ref(tmp_path / "seq.pte", registry)) as runner:
+        (got,) = runner.run({runner.inputs[0].name: x}).values()
+        np.testing.assert_allclose(got, x.mean(axis=1), atol=1e-6)
+        with pytest.raises(BadInput, match="expects shape"):
+            runner.run({runner.inputs[0].name: x[:, :4]})

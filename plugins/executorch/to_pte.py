@@ -2,8 +2,10 @@
 
 torch.export (again, over the program's module, with a bounded batch: ExecuTorch plans memory for
 the largest batch) -> `to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])` ->
-`to_executorch()`. Only the batch axis may be dynamic; a program with other dynamic axes (sequence
-length) is refused with that reason. The runner splits larger batches to fit the plan.
+`to_executorch()`. Only the batch axis stays dynamic: other dynamic axes (a sequence length) are
+fixed at the size of the program's own example inputs (recorded in the sidecar as `fixed_axes`; a
+batch of another length is then refused by the runner, exit 2), and a program that keeps no
+example inputs is refused. The runner splits larger batches to fit the plan.
 """
 
 from __future__ import annotations
@@ -36,12 +38,7 @@ def torch_to_executorch(request: ConvertRequest) -> ConvertNotes:
     if max_batch < 1:
         raise BadInput(f"option max_batch={max_batch}: must be at least 1")
     program = load_exported_program(path)
-    specs = exported_input_specs(program)
-    for name, shape, _ in specs:
-        dynamic = [axis for axis, dim in enumerate(shape) if dim is None and axis > 0]
-        if dynamic:
-            raise BadInput(f"input '{name}' has dynamic axes {dynamic} besides the batch; the ExecuTorch route "
-                           "plans memory for a dynamic batch only (export with those axes static)", path)
+    specs, fixed = _fix_inner_axes(program, exported_input_specs(program), path)
     with quiet():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.exir import to_edge_transform_and_lower
@@ -61,8 +58,26 @@ def torch_to_executorch(request: ConvertRequest) -> ConvertNotes:
         output_format="pte",
         precision="fp32",
         details={"partitioner": "XnnpackPartitioner", "max_batch": max_batch if any(batched) else None,
-                 "delegated": delegated, "localization": "output-level only"},
+                 "delegated": delegated, "localization": "output-level only"} | ({"fixed_axes": fixed} if fixed else {}),
     )
+
+
+def _fix_inner_axes(program, specs: list, path) -> tuple[list, dict]:
+    """Specs with every dynamic axis but the batch fixed at the program's example-input size."""
+    own = list(program.example_inputs[0]) if program.example_inputs else []
+    out, fixed = [], {}
+    for i, (name, shape, dtype) in enumerate(specs):
+        inner = [axis for axis, dim in enumerate(shape) if dim is None and axis > 0]
+        if inner and i >= len(own):
+            raise BadInput(f"input '{name}' has dynamic axes {inner} besides the batch and the program keeps no "
+                           "example inputs to fix them at; the ExecuTorch route plans memory for a dynamic batch "
+                           "only (export with those axes static)", path)
+        sizes = list(shape)
+        for axis in inner:
+            sizes[axis] = int(own[i].shape[axis])
+            fixed.setdefault(name, {})[str(axis)] = sizes[axis]
+        out.append((name, tuple(sizes), dtype))
+    return out, fixed
 
 
 def _delegated_share(lowered) -> dict:
