@@ -126,3 +126,46 @@ def test_a_lone_xml_is_refused_naming_the_folder_to_pass(routes, fixtures_dir):
     with pytest.raises(BadInput, match="pass the folder that holds the .xml and its .bin") as caught:
         run_check(default_registry(), work / "torch_cnn.pt2", xml, CheckConfig(data=fixtures_dir / "digits_test_nchw.npz"))
     assert caught.value.path == xml
+
+
+def _rel_l2(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
+
+
+def test_openvino_intermediates_pair_with_the_onnx_tensors_by_name(routes, fixtures_dir, tmp_path):
+    """The ground of OpenVINO layer-wise localization: the IR keeps the ONNX tensor names of its
+    layers, its own intermediate outputs (`add_outputs`) match ONNX Runtime's values of the same
+    tensors on the clean IR, and the first one that diverges on a faulty IR is the faulted layer."""
+    import onnx
+    import onnxruntime as ort
+
+    from conftest import run_cli
+    from convrepair.model import model_ref
+
+    work, by_target = routes
+    result = run_cli("convert", work / "torch_cnn.pt2", "--to", "onnx", "--out-dir", tmp_path, "-q")
+    assert result.code == 0, result.stderr
+    proto = onnx.load(str(tmp_path / "torch_cnn.onnx"))
+    onnx_names = [out for node in proto.graph.node for out in node.output]
+    x = np.load(fixtures_dir / "digits_test_nchw.npz")["x"][:16].astype(np.float32)
+    registry = default_registry()
+    clean = Path(by_target["openvino"]["output"]["path"])
+    with registry.load(model_ref(clean, registry)) as runner:
+        shared = [name for name in onnx_names if name in set(runner.tensor_names())]
+        assert {"/Conv_output_0", "/Relu_output_0", "/Conv_1_output_0", "/Gemm_output_0"} <= set(shared)
+        feeds = {runner.inputs[0].name: x}
+        values = runner.intermediates(shared, feeds)
+    del proto.graph.output[:]
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in shared)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = dict(zip(shared, session.run(shared, {session.get_inputs()[0].name: x})))
+    assert set(values) == set(shared)
+    assert max(_rel_l2(expected[n], values[n]) for n in shared) < 1e-5
+
+    faulty = tmp_path / "faulty.openvino"
+    scale_first_conv_weight(clean, faulty, 1.5)
+    with registry.load(model_ref(faulty, registry)) as runner:
+        values = runner.intermediates(shared, {runner.inputs[0].name: x})
+    first = next(n for n in shared if _rel_l2(expected[n], values[n]) > 1e-3)
+    assert first == "/Conv_output_0"

@@ -16,6 +16,7 @@ from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts
 from convrepair.plugins import LoadRequest
 from convrepair_plugins.openvino import PLUGIN
 
+CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32",
               "i8": "int8", "u8": "uint8", "boolean": "bool"}
 
@@ -46,11 +47,11 @@ class OpenVinoRunner(Runner):
         if xml is None:
             raise BadInput("is half of an OpenVINO IR: pass the folder that holds the .xml and its .bin "
                            "(both are hashed and read together)", path)
-        self.path = path
-        core = ov.Core()
+        self.path, self._xml = path, xml
+        self._core = core = ov.Core()
         try:
             model = core.read_model(str(xml), str(xml.with_suffix(".bin")))
-            self.compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+            self.compiled = core.compile_model(model, "CPU", CONFIG)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises its own RuntimeError subclasses
             raise BadInput(f"is not a loadable OpenVINO IR: {exception_text(exc, 200)}", path) from None
         self.request = self.compiled.create_infer_request()
@@ -69,6 +70,45 @@ class OpenVinoRunner(Runner):
         except Exception as exc:  # noqa: BLE001
             raise BadInput(f"OpenVINO fails to run this model on the given inputs: {exception_text(exc, 240)}", self.path) from None
         return {spec.name: results[port].copy() for spec, port in zip(self.outputs, self.compiled.outputs)}
+
+    def tensor_names(self) -> list[str]:
+        """Names of the IR's internal tensors in graph order (OpenVINO's ONNX frontend keeps the ONNX
+        tensor names of the layers it keeps; ops it fuses, such as a GELU's Div/Erf/Add, lose theirs)."""
+        model = self._core.read_model(str(self._xml), str(self._xml.with_suffix(".bin")))
+        return [name for op in model.get_ordered_ops() if op.get_type_name() not in _NOT_CHECKPOINTS
+                for port in op.outputs() for name in sorted(port.get_names())]
+
+    def intermediates(self, names: list[str], feeds) -> dict:
+        """The values of internal tensors by name, on `feeds`: the IR is read again with them added
+        as outputs (`Model.add_outputs`) and compiled like the model itself (CPU, f32). Names the IR
+        does not carry are left out. Extra outputs can keep the CPU plugin from fusing an op with
+        the next (a Conv with its Relu), so these are the layers' values, not the fused kernels'."""
+        wanted, ports = set(names), {}
+        model = self._core.read_model(str(self._xml), str(self._xml.with_suffix(".bin")))
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in _NOT_CHECKPOINTS:
+                continue
+            for port in op.outputs():
+                for name in port.get_names() & wanted:
+                    ports.setdefault(name, port)
+        if not ports:
+            return {}
+        model.add_outputs(list(ports.values()))
+        feeds = conform_feeds(self.inputs, feeds, self.path)
+        try:
+            compiled = self._core.compile_model(model, "CPU", CONFIG)
+            results = compiled.create_infer_request().infer([feeds[spec.name] for spec in self.inputs])
+        except Exception as exc:  # noqa: BLE001
+            raise BadInput(f"OpenVINO fails to run this model with its intermediate outputs: {exception_text(exc, 240)}",
+                           self.path) from None
+        found = {}
+        for port in compiled.outputs:
+            for name in port.get_names() & ports.keys():
+                found[name] = results[port].copy()
+        return found
+
+
+_NOT_CHECKPOINTS = {"Parameter", "Constant", "Result", "Convert", "ShapeOf"}
 
 
 def _name(port, index: int, kind: str) -> str:
