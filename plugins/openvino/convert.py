@@ -96,7 +96,10 @@ def _calibration_items(data: dict, names: list[str], limit: int = 300) -> list:
     import numpy as np
 
     values = list(data.values())
-    arrays = [np.asarray(data[n] if n in data else values[i], dtype=np.float32) for i, n in enumerate(names)]
+    arrays = [np.asarray(data[n] if n in data else values[i]) for i, n in enumerate(names)]
+    # real-valued inputs as f32; token ids and masks keep their integer type (cast to float, OpenVINO
+    # refuses them for an i64 port)
+    arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]
     count = min(int(arrays[0].shape[0]), limit)
     if len(arrays) == 1:
         return [arrays[0][i : i + 1] for i in range(count)]
