@@ -1,15 +1,21 @@
 """The zoo benchmark: cost of check / localize / repair / convert on real models, and the fault matrix.
 
-    python bench/zoo_bench.py [--size ci|full] [--only mobilenetv2,resnet18,minilm] [--faults all|none|weights,...]
+    python bench/zoo_bench.py [--size ci|full] [--only mobilenetv2,resnet18] [--routes onnx,onnx-int8]
+                              [--repeats 3] [--seed 0] [--samples N] [--faults all|none|weights,...]
     python bench/zoo_bench.py --tables run1.json run2.json     # print the tables of earlier runs, merged
 
 Every measured command runs as its own subprocess (the real CLI); its wall time and peak RSS
-(ru_maxrss from wait4, which covers the contained worker it forks) are taken in this one run and
-reported as ratios to plain inference of both models on the same samples (load + infer, the
-frameworks' own runners). `convert` is measured against the framework exporter alone.
+(ru_maxrss from wait4, which covers the contained worker it forks) are taken in this one run.
+Per (model, route), every contender (plain inference of both models on the same samples — the
+baseline —, check, check --localize, the convert itself, and on the ONNX route the exporter alone
+and a weights repair) runs --repeats times in one seeded shuffled order (printed); the report
+gives median and min–max, and ratios of medians (to plain inference; convert to the exporter
+alone). Warm, stated: the first plain inference after the route's conversion is reported apart
+(`plain_warmup_*`) and left out of the medians; every measured run is a fresh process (imports,
+model load) with the files in the OS page cache. A run that fails is listed, never in a median.
 The fault matrix injects FetaFix's fault classes (fixtures/faults.py ZOO_FAULTS) into each model's
-fp32 ONNX conversion and records, per fault: detected, localized to the injected node, typed right,
-repaired (the repaired model checked `equivalent` on held-out samples the repair never saw).
+fp32 ONNX conversion and records, once per fault: detected, localized to the injected node, typed,
+repaired (verdict `repaired` and the repair's own held-out split `equivalent`).
 """
 
 from __future__ import annotations
@@ -27,11 +33,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "fixtures")]
 
+from bench.repeat import Spread, ratio, schedule  # noqa: E402
 from bench.zoo.manifest import ZOO  # noqa: E402
+from bench.zoo_tables import print_tables  # noqa: E402
 
 PY = sys.executable
+BASELINES = ROOT / "bench" / "zoo_baselines.py"  # plain inference, the exporter alone: what a contender is compared with
 CWD = tempfile.gettempdir()  # an empty scratch folder once main() runs: `python -m` imports from its cwd
 HOLDOUT_CHECK = False  # --holdout-check: also check each repaired model on the zoo's separate holdout file
+REPEATS = 3  # --repeats: runs of every contender, the baseline included
+SEED = 0  # --seed: of the shuffled order
 
 
 @dataclass
@@ -62,87 +73,95 @@ def cli(*args) -> list:
     return [PY, "-m", "convrepair", *args]
 
 
-def plain_inference(source: str, target: str, data: str) -> None:
-    """The baseline: load both models with their frameworks' runners, infer every sample once."""
-    import numpy as np
-
-    from convrepair.data import batches, feeds_for, load_npz
-    from convrepair.model import model_ref
-    from convrepair.plugins import default_registry
-    from convrepair.sidecar import read_sidecar
-
-    registry = default_registry()
-    for path in (source, target):
-        ref = model_ref(Path(path), registry)
-        with registry.load(ref, read_sidecar(ref.path), device="cpu") as runner:
-            dataset = load_npz(Path(data), runner.inputs)
-            for start, stop in batches(len(dataset), 64):
-                runner.run(feeds_for(runner.inputs, dataset, start, stop))
-    del np
-
-
-def exporter_alone(source: str, out: str) -> None:
-    """The framework exporter with nothing of ours around it: tf2onnx or torch.onnx (dynamo)."""
-    if source.endswith(".keras"):
-        import keras
-        import tensorflow as tf
-        import tf2onnx
-
-        model = keras.saving.load_model(source, safe_mode=True)
-        specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
-        fn = tf.function(lambda x: model(x, training=False), autograph=False)
-        tf2onnx.convert.from_function(fn, input_signature=specs, opset=17, output_path=out)
-    else:
-        import torch
-
-        program = torch.export.load(source)
-        example = tuple(torch.zeros([2 if not str(d).isdigit() else int(d) for d in n.meta["val"].shape],
-                                    dtype=n.meta["val"].dtype) for n in program.graph.nodes
-                        if n.op == "placeholder" and n.name in program.graph_signature.user_inputs)
-        torch.onnx.export(program, example, dynamo=True, opset_version=18).save(out)
-
-
-def cost_rows(name: str, entry: dict, zoo: Path, work: Path, convert_only: bool = False) -> tuple[list[dict], dict[str, Path]]:
-    """Per route: check, check --localize, peak RSS, as ratios to plain inference; plus convert.
-    With `convert_only`, only the ONNX conversion the fault matrix needs."""
+def cost_rows(name: str, entry: dict, zoo: Path, work: Path, convert_only: bool = False,
+              routes: list[str] | None = None) -> tuple[list[dict], dict[str, Path]]:
+    """Per route: check, check --localize (and, on the ONNX route, repair and the exporter alone)
+    against plain inference, each `REPEATS` times in a seeded shuffled order; medians, min–max,
+    ratios of medians. With `convert_only`, only the ONNX conversion the fault matrix needs."""
     model = ZOO[name]
     source, data = zoo / entry["model"], zoo / entry["data"]
-    n = str(entry.get("samples") or 1000)
+    n = str(entry["samples"])
     rows, converted = [], {}
-    for route in ["onnx"] if convert_only else [*model.fp32_routes, *model.lossy_routes]:
-        base = converted.get("onnx") if route.startswith("onnx-") or route == "torch" else source
-        out_dir = work / route
-        conv = measure(cli("convert", base, "--to", route, "--out-dir", out_dir, "--force", "--json", work / f"c-{route}.json"),
-                       work / f"c-{route}.json")
+    wanted = ["onnx"] if convert_only else [r for r in [*model.fp32_routes, *model.lossy_routes] if not routes or r in routes]
+    for route in wanted:
+        base = source
+        if route.startswith("onnx-") or route == "torch":
+            if "onnx" not in converted:  # the ONNX these routes start from (not measured)
+                first = measure(cli("convert", source, "--to", "onnx", "--out-dir", work / "onnx", "--force", "--json",
+                                    work / "c-onnx.json"), work / "c-onnx.json")
+                if first.code == 0 and first.json:
+                    converted["onnx"] = Path(first.json["conversions"][0]["output"]["path"])
+            base = converted.get("onnx")
+            if base is None:
+                rows.append({"model": name, "route": route, "error": "the ONNX conversion it starts from failed"})
+                continue
+        convert_args = ["convert", base, "--to", route, "--force"]
+        conv = measure(cli(*convert_args, "--out-dir", work / route, "--json", work / f"c-{route}.json"), work / f"c-{route}.json")
         if conv.code != 0 or not conv.json:
-            rows.append({"model": name, "route": route, "error": "conversion failed"})
+            rows.append({"model": name, "route": route, "error": "conversion failed", "exit": conv.code})
             continue
         target = Path(conv.json["conversions"][0]["output"]["path"])
         converted[route] = target
         if convert_only:
             return [], converted
-        plain = measure([PY, __file__, "--infer", source, target, data])
-        check = measure(cli("check", source, target, "--data", data, "--rounds", "1", "--samples", n, "--no-localize",
-                            "--json", work / "k.json"), work / "k.json")
-        local = measure(cli("check", source, target, "--data", data, "--rounds", "1", "--samples", n, "--localize",
-                            "--json", work / "l.json"), work / "l.json")
-        rows.append({
-            "model": name, "route": route, "verdict": (check.json or {}).get("verdict"),
-            "plain_s": plain.seconds, "plain_mb": plain.peak_mb,
-            "check_s": check.seconds, "check_x": _ratio(check.seconds, plain.seconds),
-            "check_mb_x": _ratio(check.peak_mb, plain.peak_mb),
-            "localize_s": local.seconds, "localize_x": _ratio(local.seconds, plain.seconds),
-            "localize_mb_x": _ratio(local.peak_mb, plain.peak_mb),
-            "convert_s": conv.seconds, "convert_mb": conv.peak_mb,
-        })
+        check = ["check", source, target, "--data", data, "--rounds", "1", "--samples", n]
+        jobs = {
+            "plain": lambda: measure([PY, BASELINES, "infer", source, target, data, n]),
+            "check": lambda: measure(cli(*check, "--no-localize", "--json", work / "k.json"), work / "k.json"),
+            "localize": lambda: measure(cli(*check, "--localize", "--json", work / "l.json"), work / "l.json"),
+            "convert": lambda: measure(cli(*convert_args, "--out-dir", work / f"{route}-again", "--json", work / "c2.json")),
+        }
         if route == "onnx":
-            alone = measure([PY, __file__, "--export", source, work / "alone.onnx"])
-            rows[-1] |= {"exporter_mb": alone.peak_mb, "convert_mb_x": _ratio(conv.peak_mb, alone.peak_mb)}
-            repair = repair_run(source, target, "weights", zoo / entry["data"], zoo / entry["holdout"], work)
-            rows[-1] |= {"repair_s": repair["seconds"], "repair_x": _ratio(repair["seconds"], plain.seconds),
-                         "repair_mb_x": _ratio(repair["peak_mb"], plain.peak_mb), "repair_verdict": repair["verdict"]}
+            jobs["exporter"] = lambda: measure([PY, BASELINES, "export", source, work / "alone.onnx"])
+            jobs["repair"] = lambda: _as_run(repair_run(source, target, "weights", data, zoo / entry["holdout"], work))
+        warmup = jobs["plain"]()  # the first run of this (model, route) after its conversion: reported, not in the medians
+        order = schedule(list(jobs), REPEATS, f"{SEED}/{name}/{route}")
+        print(f"  {name} {route}: order (seed {SEED}): {', '.join(order)}", flush=True)
+        runs: dict[str, list[Run]] = {c: [] for c in jobs}
+        for contender in order:
+            runs[contender].append(jobs[contender]())
+        rows.append(cost_row(name, route, runs, order, warmup, conv))
         print(f"  {name} {route}: {rows[-1]}", flush=True)
     return rows, converted
+
+
+def _as_run(result: dict) -> Run:
+    return Run(result.get("seconds", 0.0), result.get("peak_mb", 0.0), result.get("exit", 2), result)
+
+
+def cost_row(name: str, route: str, runs: dict[str, list[Run]], order: list[str], warmup: Run, conv: Run) -> dict:
+    """Median, min–max and ratio of medians to plain inference; every failed run listed, none in a median."""
+    row = {"model": name, "route": route, "repeats": REPEATS, "seed": SEED, "order": order,
+           "warm": "every measured process starts fresh (imports and model load included) after one discarded "
+                   "plain-inference run of this model and route: files in the OS page cache",
+           "plain_warmup_s": warmup.seconds, "plain_warmup_mb": warmup.peak_mb,
+           "convert_first_s": conv.seconds, "convert_first_mb": conv.peak_mb,
+           "failures": [f"{c} run {i + 1}: exit {r.code}" for c, rs in runs.items() for i, r in enumerate(rs) if r.code not in (0, 1)]}
+    spreads = {}
+    for contender, results in runs.items():
+        ok = [r for r in results if r.code in (0, 1)]
+        for unit, attr in (("s", "seconds"), ("mb", "peak_mb")):
+            spread = spreads[contender, unit] = Spread.of([getattr(r, attr) for r in ok])
+            row[f"{contender}_{unit}"] = spread and spread.median
+            row[f"{contender}_{unit}_range"] = spread and [spread.low, spread.high]
+    for contender in ("check", "localize", "repair"):
+        if contender in runs:
+            row[f"{contender}_x"] = ratio(row[f"{contender}_s"], row["plain_s"])
+            row[f"{contender}_mb_x"] = ratio(row[f"{contender}_mb"], row["plain_mb"])
+    row["verdict"] = _verdicts([(r.json or {}).get("verdict") for r in runs["check"] + runs["localize"]])
+    if "repair" in runs:
+        row["repair_verdict"] = _verdicts([(r.json or {}).get("verdict") for r in runs["repair"]])
+    if "exporter" in runs:
+        row["convert_mb_x"] = ratio(row["convert_mb"], row["exporter_mb"])
+        row["convert_exporter_x"] = ratio(row["convert_s"], row["exporter_s"])
+    row["spread"] = {f"{c}_{u}": s.text() for (c, u), s in spreads.items() if s}
+    return row
+
+
+def _verdicts(values: list) -> str | None:
+    """One verdict when every run agrees; all of them, '|'-joined, when the runs disagree."""
+    seen = sorted({v for v in values if v})
+    return "|".join(seen) if seen else None
 
 
 def repair_run(source: Path, onnx: Path, fault: str, data: Path, holdout: Path, work: Path) -> dict:
@@ -199,32 +218,6 @@ def write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
-def _ratio(a, b):
-    return round(a / b, 2) if a and b else None
-
-
-def markdown(rows: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join("" if row.get(c) is None else str(row.get(c)) for c in columns) + " |")
-    return "\n".join(lines)
-
-
-def print_tables(cost: list[dict], matrix: list[dict], size: str) -> dict:
-    cost_columns = ["model", "route", "verdict", "plain_s", "plain_mb", "check_x", "check_mb_x", "localize_x",
-                    "localize_mb_x", "repair_x", "repair_mb_x", "repair_verdict", "convert_mb", "exporter_mb", "convert_mb_x"]
-    fault_columns = ["model", "fault", "node", "detected", "localized", "typed", "type", "repaired", "held_out", "seconds"]
-    applied = [r for r in matrix if r.get("applies")]
-    summary = {k: f"{sum(bool(r[k]) for r in applied)}/{len(applied)}" for k in ("detected", "localized", "typed", "repaired")}
-    print(f"\n## Zoo cost ({size} sizes; ratios to plain inference of both models on the same samples)\n")
-    print(markdown(cost, cost_columns))
-    print(f"\n## Fault matrix ({size} sizes)\n")
-    print(markdown(applied, fault_columns))
-    skipped = [f"{r['model']}/{r['fault']} ({r.get('why')})" for r in matrix if not r.get("applies")]
-    print(f"\nsummary: {summary}; not applicable: {skipped}")
-    return summary
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=["ci", "full"], default="ci")
@@ -237,20 +230,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="also check every repaired model on the zoo's holdout file (one more run per fault)")
     parser.add_argument("--no-cost", action="store_true", help="fault matrix only (convert to ONNX, no cost rows)")
     parser.add_argument("--tables", nargs="+", type=Path, help="print the tables of earlier runs' JSON files (merged)")
-    parser.add_argument("--infer", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--export", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every contender, plain inference included (default 3)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shuffled order of the runs (default 0)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples per check and plain inference (default: the zoo's data file at ci, 500 at full; "
+                             "never more than the data file holds)")
+    parser.add_argument("--routes", default=None, help="comma-separated routes to measure (default: every route of each model)")
     args = parser.parse_args(argv)
-    if args.infer:
-        plain_inference(*args.infer)
-        return 0
-    if args.export:
-        exporter_alone(*args.export)
-        return 0
     from bench.zoo.build import build
     from faults import ZOO_FAULTS
 
-    global HOLDOUT_CHECK, CWD
-    HOLDOUT_CHECK = args.holdout_check
+    global HOLDOUT_CHECK, CWD, REPEATS, SEED
+    HOLDOUT_CHECK, REPEATS, SEED = args.holdout_check, args.repeats, args.seed
+    if REPEATS < 1:
+        parser.error("--repeats must be at least 1")
     if args.tables:
         runs = [json.loads(Path(p).read_text()) for p in args.tables]
         print_tables([r for run in runs for r in run["cost"]], [r for run in runs for r in run["faults"]], runs[0]["size"])
@@ -267,8 +260,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             work = Path(scratch) / name
             work.mkdir()
-            entry = index[name] | {"samples": ZOO[name].sizes[args.size].samples}
-            rows, converted = cost_rows(name, entry, zoo, work, args.no_cost)
+            entry = index[name] | {"samples": args.samples or (500 if args.size == "full" else ZOO[name].sizes[args.size].samples)}
+            rows, converted = cost_rows(name, entry, zoo, work, args.no_cost, args.routes and args.routes.split(","))
             cost += rows
             for fault in faults:
                 if "onnx" not in converted:
@@ -277,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
                                                     zoo / entry["data"], zoo / entry["holdout"], work)
                 matrix.append(row)
                 print(f"  {name} {fault}: {row}", flush=True)
-            write_json(args.json, {"size": args.size, "partial": True, "cost": cost, "faults": matrix})
+            write_json(args.json, {"size": args.size, "repeats": REPEATS, "seed": SEED, "partial": True, "cost": cost, "faults": matrix})
     summary = print_tables(cost, matrix, args.size)
-    payload = {"size": args.size, "models": {n: index[n] for n in names}, "cost": cost, "faults": matrix, "summary": summary}
+    payload = {"size": args.size, "repeats": REPEATS, "seed": SEED, "models": {n: index[n] for n in names}, "cost": cost, "faults": matrix, "summary": summary}
     write_json(args.json, payload)
     print(f"\nwritten {args.json}")
     return 0
