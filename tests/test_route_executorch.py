@@ -97,3 +97,16 @@ def test_other_dynamic_axes_are_fixed_at_the_example_size_and_other_sizes_refuse
         np.testing.assert_allclose(got, x.mean(axis=1), atol=1e-6)
         with pytest.raises(BadInput, match="expects shape"):
             runner.run({runner.inputs[0].name: x[:, :4]})
+
+
+def test_a_torchscript_hop_is_refused_by_name(fixtures_dir, tmp_path):
+    """A route through onnx2torch can fall back to TorchScript; the .pte step names that, not a zip error."""
+    from convrepair.errors import BadInput
+    from convrepair.model import model_ref
+    from convrepair.plugins import ConvertRequest, default_registry
+    from convrepair_plugins.executorch.to_pte import torch_to_executorch
+
+    registry = default_registry()
+    request = ConvertRequest(model_ref(fixtures_dir / "torch_cnn.pt", registry), tmp_path / "out.pte")
+    with pytest.raises(BadInput, match=r"needs a torch.export program \(.pt2\), and the step before wrote torchscript"):
+        torch_to_executorch(request)

@@ -26,6 +26,7 @@ MAX_BATCH = 32  # memory is planned for this batch; larger batches are run in pi
     options={"max_batch": f"largest batch the program plans memory for (default {MAX_BATCH})"},
 )
 def torch_to_executorch(request: ConvertRequest) -> ConvertNotes:
+    refuse_non_pt2(request, "ExecuTorch")
     import torch
 
     from convrepair_plugins.executorch.quiet import quiet
@@ -88,3 +89,12 @@ def _delegated_share(lowered) -> dict:
     left = sorted({str(n.target).split(".")[-2] if "." in str(n.target) else str(n.target) for n in calls
                    if n not in delegates and "getitem" not in str(n.target)})
     return {"delegate_calls": len(delegates), "portable_ops": left}
+
+
+def refuse_non_pt2(request: ConvertRequest, route: str) -> None:
+    """A route that starts from torch.export needs a .pt2; a hop before it may have fallen back to
+    TorchScript (onnx2torch's module that torch.export cannot trace), which is refused by name here
+    instead of failing to open as a .pt2."""
+    if request.source.format != "pt2":
+        raise BadInput(f"the {route} route needs a torch.export program (.pt2), and the step before wrote "
+                       f"{request.source.format} (torch.export could not trace that module)", request.source.path)

@@ -26,6 +26,9 @@ def _program(request: ConvertRequest):
     from convrepair_plugins.torch.runner import exported_input_specs
     from convrepair_plugins.torch.safe_load import load_exported_program
 
+    from convrepair_plugins.executorch.to_pte import refuse_non_pt2
+
+    refuse_non_pt2(request, "LiteRT")
     program = load_exported_program(request.source.path)
     specs = exported_input_specs(program)
     batch = int(request.options.get("batch", 1))
