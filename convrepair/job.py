@@ -5,6 +5,10 @@ localize → repair → lenses, and closed once. It owns, per model file: its `M
 and hashed once), its sidecar, its runner, its ONNX IR (per export options) and the outputs it
 already computed on the job's data. It lives inside one process (a contained worker runs a whole
 `run_check`/`run_repair`); what leaves it are JSON-able reports.
+
+ONNX IRs come from `convrepair.onnx_ir` (below this module): from the IR cache across jobs (where
+`ir_export.export_ahead` left them before the job's worker started), else exported for the job.
+`prepare_ir` has one ready before any model is loaded, for a caller that knows it will localize.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ from convrepair.sidecar import Sidecar, read_sidecar
 if TYPE_CHECKING:
     from convrepair.data import Dataset
     from convrepair.localize.graph import GraphView
-    from convrepair.localize.ir import OnnxIR
     from convrepair.model import Runner
+    from convrepair.onnx_ir import Exports, OnnxIR
     from convrepair.plugins import PluginRegistry
 
 
@@ -53,7 +57,10 @@ class ModelHandle:
 class JobContext:
     """Opened once per job; `model(path)` gives the same `ModelHandle` every time it is asked."""
 
-    def __init__(self, registry: PluginRegistry, device: str = "cpu", memory_mb: int | None = None):
+    def __init__(self, registry: PluginRegistry, device: str = "cpu", memory_mb: int | None = None,
+                 ir_cache: Path | str | None = "default"):
+        from convrepair import ircache
+
         self.registry = registry
         self.device = device
         self.memory_mb = memory_mb  # what one batch may use; None: a share of what the machine has free
@@ -63,6 +70,9 @@ class JobContext:
         self.cache: dict[tuple, Any] = {}  # small derived results (noise floors …) by key
         self.workdir = Path(tempfile.mkdtemp(prefix="convrepair-job-"))
         self.counts = {"resolve": 0, "load": 0, "export": 0}  # what the job did, for the benchmark
+        # where IRs are kept across jobs ("default": ircache.cache_dir(); None or "off": nowhere)
+        self.ir_cache = ircache.cache_dir() if ir_cache == "default" else (None if ir_cache in (None, "off") else Path(ir_cache))
+        self._exports: Exports | None = None
 
     # --- models ---------------------------------------------------------------------------------
 
@@ -139,15 +149,42 @@ class JobContext:
     # --- ONNX IR --------------------------------------------------------------------------------
 
     def onnx_ir(self, handle: ModelHandle, samples: Dataset, options: dict | None = None) -> OnnxIR:
-        """The model as ONNX (itself when it is ONNX), exported once per job and export options."""
-        from convrepair.localize.ir import to_onnx_ir
+        """The model as ONNX (itself when it is ONNX), had once per job and export options (from
+        the IR cache, or exported in a child), its fidelity measured on `samples`."""
+        from convrepair.onnx_ir import onnx_ir
 
         key = repr(sorted((options or {}).items()))
         if key not in handle.irs:
-            if handle.ref.format != "onnx":
-                self.counts["export"] += 1
-            handle.irs[key] = to_onnx_ir(self, handle, samples, self.workdir, options)
+            exports = self.exports()
+            before = exports.count
+            handle.irs[key] = onnx_ir(self.registry, handle.ref, handle.sidecar, lambda: self.runner(handle), samples,
+                                      self.workdir, options, exports)
+            self.counts["export"] += exports.count - before
         return handle.irs[key]
+
+    def prepare_ir(self, handle: ModelHandle, options: dict | None = None) -> str:
+        """Have the model's IR ready (cached, or exported now) before any model is loaded; how it was
+        had ("cached", "child process", "in process", "as is" for ONNX). Uncontained, the export's
+        peak comes and goes in a child before the check's begins; in a contained worker it is the
+        worker's own (`ir_export`: call `export_ahead` before starting the worker instead).
+        Fidelity waits for `onnx_ir`, which has the samples."""
+        from convrepair.onnx_ir import exported_file
+
+        if handle.ref.format == "onnx":
+            return "as is"
+        exports = self.exports()
+        before = exports.count
+        _, how = exported_file(self.registry, handle.ref, handle.sidecar, options, exports, self.workdir)
+        self.counts["export"] += exports.count - before
+        return how
+
+    def exports(self) -> Exports:
+        """The IRs this job had (and where it keeps them across jobs)."""
+        if self._exports is None:
+            from convrepair.onnx_ir import Exports
+
+            self._exports = Exports(self.ir_cache)
+        return self._exports
 
     def graph(self, path: str | Path) -> tuple[Any, GraphView]:
         """An ONNX file parsed once: (ModelProto, GraphView). Treat both as read-only."""

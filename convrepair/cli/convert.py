@@ -34,6 +34,7 @@ def convert(
     from convrepair.plugins import default_registry
     from convrepair.report.progress import ForwardingProgress, for_terminal, relay, track, using
     from convrepair.report.terminal import render_conversions
+    from convrepair.validate import validate
 
     if out is not None and len(to) != 1:
         raise typer.BadParameter("--out needs exactly one --to")
@@ -56,7 +57,7 @@ def convert(
             with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
                 results = [engine.convert(registry, source, target, staged_out, options, calib, out_dir=staged_dir)
                            for target in track(to, f"converting {Path(source).name}")]
-                checks = [engine.validate(registry, result, data) for result in track(results, "validating on the data")] \
+                checks = [validate(registry, result, data) for result in track(results, "validating on the data")] \
                     if data else [None] * len(results)
             return [r.to_json() | ({"validation": c.to_json()} if c else {}) for r, c in zip(results, checks)]
 

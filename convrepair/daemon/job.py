@@ -7,6 +7,14 @@ half-written result, and every path the report and the signed log name is the fi
 log is signed in place after the rename; a crash between the two is completed by the next
 attempt, which finds the result without its log).
 
+The models run in two contained workers, one after the other, so that the converter's peak
+(tf2onnx: 4–5 GB for a ResNet50) is never added to the check's: the first converts, and the
+source's ONNX IR that localization walks is kept in the IR cache (the state dir's `ir-cache`) —
+the conversion itself when it is that export, else one more export in a worker of its own
+(`ir_export.export_ahead`); the second checks and repairs, reading that IR from the cache (held
+to its fidelity there). convert → check → repair exports the source once, and once per source
+across jobs.
+
     python -m convrepair.daemon.job JOB.json     (the daemon starts this; exit 0 ok, 3 failed)
 """
 
@@ -37,7 +45,6 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         from convrepair.daemon.registry import run_remote_job
 
         return run_remote_job(spec, run_job)
-    from convrepair.convert import convert, load_calibration
     from convrepair.daemon.config import load_model_config
     from convrepair.daemon.reads import check_reads, companions
     from convrepair.daemon.verdict import CONVERTED, REPAIRED, judge_job
@@ -67,15 +74,20 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                                  max_flip_rate=config.max_flip_rate, evidence_dir=evidence,
                                  force=True)  # an equivalent target is still the version's deployable output, named in the log
     try:
-        def contained(_send) -> dict[str, Any]:  # the models run in a contained worker writing only to scratch
-            calibration = load_calibration(config.calibration) if config.calibration else None
-            converted = convert(registry, Path(spec["model_file"]), spec["target"], out_dir=scratch / CONVERTED, calibration=calibration)
-            out = scratch / REPAIRED / converted.output.path.name
-            return run_repair(registry, Path(spec["model_file"]), converted.output.path, out, repair_config).to_json()
-
         from convrepair.contain.worker import run_contained
 
-        report, containment = run_contained(contained, reads=reads, writes=[scratch, evidence], trust_code=config.trust_model_code)
+        cache = ir_cache_dir(spec)
+        converted, ir_reads = convert_ahead(registry, spec, scratch, reads, config, cache)
+
+        def contained(_send) -> dict[str, Any]:  # checks and repairs in a contained worker writing only to scratch
+            from convrepair.job import JobContext
+
+            out = scratch / REPAIRED / converted.name
+            with JobContext(registry, ir_cache=cache) as job:
+                return run_repair(registry, Path(spec["model_file"]), converted, out, repair_config, job=job).to_json()
+
+        report, containment = run_contained(contained, reads=[*reads, *ir_reads], writes=[scratch, evidence],
+                                            trust_code=config.trust_model_code)
         # the verdict that is signed is ours, from the arrays, never the worker's word
         report = judge_job(report, evidence, repair_config, scratch, Path(spec["model_file"]))
         report["containment"] = containment.to_json()
@@ -92,6 +104,61 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     finally:
         shutil.rmtree(evidence, ignore_errors=True)
     return _completed(final, spec)
+
+
+def ir_cache_dir(spec: dict[str, Any]) -> Path | None:
+    """Where the job keeps ONNX IRs: the job's `ir_cache` ("off": nowhere), else $CONVREPAIR_IR_CACHE,
+    else the daemon's state dir (`ir-cache`), else the user's cache."""
+    from convrepair import ircache
+
+    if "ir_cache" in spec:
+        return None if spec["ir_cache"] in (None, "off") else Path(spec["ir_cache"])
+    if ircache.ENV not in os.environ and spec.get("state_dir"):
+        return Path(spec["state_dir"]) / "ir-cache"
+    return ircache.cache_dir()
+
+
+def convert_ahead(registry, spec: dict[str, Any], scratch: Path, reads: list[Path], config, cache: Path | None
+                  ) -> tuple[Path, list[Path]]:
+    """Convert in a contained worker of its own, and have the source's IR in the cache: the
+    converted model when the conversion is that very export (keeping a copy), else exported in
+    one more worker. (The converted model, the cache folders the check's worker may read.)"""
+    from convrepair import ircache
+    from convrepair.contain.worker import run_contained
+    from convrepair.convert import plan_route
+    from convrepair.daemon.verdict import CONVERTED
+    from convrepair.errors import BadInput
+    from convrepair.ir_export import export_ahead
+    from convrepair.localize.ir import export_options
+    from convrepair.model import model_ref
+    from convrepair.sidecar import read_sidecar
+
+    model_file = Path(spec["model_file"])
+    request = {"source": str(model_file), "target": spec["target"], "out_dir": str(scratch / CONVERTED),
+               "calibration": str(config.calibration) if config.calibration else None, "lean": True}
+    answer, _ = run_contained(_convert_task, request, reads=reads, writes=[scratch], trust_code=config.trust_model_code)
+    converted = Path(answer["output"]).resolve()
+    if not converted.is_relative_to((scratch / CONVERTED).resolve()) or not converted.exists():
+        raise BadInput(f"the conversion's worker named an output outside its folder: {converted}", model_file)
+    source = model_ref(model_file, registry)
+    sidecar = read_sidecar(source.path) or registry.implied_sidecar(source)
+    options = export_options(read_sidecar(converted))
+    key = ircache.key_for(registry, source, sidecar, options)
+    if key is None or cache is None:
+        return converted, []
+    same = answer.get("route") == [conv.name for conv in plan_route(registry, source.format, "onnx")] \
+        and not {k: v for k, v in options.items() if k != "exporter"}  # no option but the exporter the converter chose
+    if same and converted.is_file():
+        meta = {"route": answer["route"], "where": "the job's conversion", "lean": bool(answer.get("lean"))}
+        if ircache.lookup(cache, key) or ircache.store(cache, key, [converted], converted, meta):
+            return converted, [cache / key]
+    return converted, export_ahead(registry, model_file, options, cache=cache, trust_code=config.trust_model_code).reads
+
+
+def _convert_task(_send, request: dict[str, Any]) -> dict[str, Any]:
+    from convrepair.ir_export import run_export
+
+    return run_export(request)
 
 
 def never_readable(spec: dict[str, Any]) -> list[Path]:
