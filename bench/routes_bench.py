@@ -2,6 +2,8 @@
 
     python bench/routes_bench.py [--size ci|full] [--zoo DIR] [--models resnet18,minilm]
                                  [--routes onnx,openvino-int8,...] [--json OUT.json] [--timeout 900]
+    python bench/routes_bench.py --tables run1.json run2.json   # one table from earlier runs (a later
+                                                                # run's row replaces an earlier one)
 
 For each (model, target) the real CLI runs, each as its own subprocess: `convert` (int8 targets
 calibrated on the model's held-out file, so calibration never sees the samples the check and the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -36,6 +39,7 @@ LOSSY = {"onnx-fp16": "fp16", "onnx-int8": "int8", "tflite-int8": "int8", "openv
 NEEDS_CALIBRATION = {"onnx-int8", "tflite-int8", "openvino-int8", "litert-int8"}
 COLUMNS = ["route", "model", "precision", "verdict", "agreement", "max_abs", "first_divergent", "fault_type",
            "repair", "held_out", "seconds", "exit", "reason"]
+ERROR_PREFIX = re.compile(r"^convrepair: error: \S+: ")
 
 
 def targets() -> list[str]:
@@ -120,12 +124,21 @@ def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: fl
         code, took, why = run(["repair", source, output, "--data", data, "--out", repaired, "--force",
                                "--budget-seconds", "120", "--json", out / "repair.json"], out, timeout)
         seconds += took
-        report = load(out / "repair.json")
-        row |= {"repair": report.get("verdict") or f"failed (exit {code})",
-                "held_out": (report.get("check_after") or {}).get("verdict")}
+        row |= repair_columns(load(out / "repair.json"), code)
         if code not in (0, 1):
             row |= {"exit": code, "reason": why}
     return row | {"seconds": round(seconds, 1)}
+
+
+def repair_columns(report: dict, code: int) -> dict:
+    """The repair's verdict, its held-out label agreement before → after, and its one-line reason."""
+    held = report.get("held_out") or {}
+    before, after = held.get("label_agreement_before"), held.get("label_agreement_after")
+    shown = None
+    if before is not None:
+        shown = f"{100 * before:.0f}% → " + (f"{100 * after:.0f}%" if after is not None else "—") + f" of {held.get('n')}"
+    return {"repair": report.get("verdict") or f"failed (exit {code})", "held_out": shown,
+            "repair_reason": report.get("verdict_reason")}
 
 
 def ensure_zoo(zoo: Path, size: str, models: list[str]) -> dict:
@@ -145,6 +158,8 @@ def markdown(rows: list[dict]) -> str:
         value = row.get(column)
         if isinstance(value, float):
             return f"{value:.3g}" if column != "agreement" else f"{100 * value:.1f}%"
+        if column == "reason" and value:
+            value = ERROR_PREFIX.sub("", str(value))[:160]
         return "" if value is None else str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
@@ -152,8 +167,18 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def merged(paths: list[Path]) -> list[dict]:
+    """Rows of earlier runs, one per (model, route), the later run's winning, in first-seen order."""
+    rows: dict[tuple, dict] = {}
+    for path in paths:
+        for row in load(path).get("rows", []):
+            rows[(row["model"], row["route"])] = row
+    return list(rows.values())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", type=Path, nargs="+", default=None, help="print one table from earlier --json runs")
     parser.add_argument("--size", choices=["ci", "full"], default="ci")
     parser.add_argument("--zoo", type=Path, default=None, help="zoo folder (default fixtures/out/zoo[-full])")
     parser.add_argument("--models", default=",".join(ZOO), help="comma-separated zoo models (default all)")
@@ -162,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="keep converted models here (default a temp dir)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per CLI step (default 900)")
     args = parser.parse_args(argv)
+    if args.tables:
+        print(markdown(merged(args.tables)))
+        return 0
     zoo = args.zoo or ROOT / "fixtures" / "out" / ("zoo" if args.size == "ci" else "zoo-full")
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in ZOO]
