@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.zoo.manifest import CI_ZOO, ZOO  # noqa: E402
+from bench.zoo.manifest import ALL_ZOO, CI_ZOO, LARGE_ZOO, ZOO  # noqa: E402
 
 INDEX = "zoo.json"
 
@@ -43,10 +43,10 @@ def build_one(name: str, out: Path, size: str) -> dict:
     """Build one model in this process (called in a fresh subprocess by `build`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     started = time.perf_counter()
-    built = ZOO[name].build(out, size)
+    built = ALL_ZOO[name].build(out, size)
     built.seconds = round(time.perf_counter() - started, 2)
-    entry = built.to_json() | {"family": ZOO[name].family, "size": size,
-                               "fp32_routes": list(ZOO[name].fp32_routes), "lossy_routes": list(ZOO[name].lossy_routes)}
+    entry = built.to_json() | {"family": ALL_ZOO[name].family, "size": size,
+                               "fp32_routes": list(ALL_ZOO[name].fp32_routes), "lossy_routes": list(ALL_ZOO[name].lossy_routes)}
     entry["sha256"] = {key: file_sha(out / entry[key]) for key in ("model", "data", "holdout")}
     return entry
 
@@ -58,8 +58,8 @@ def build(out: Path, size: str = "ci", only: list[str] | None = None, quiet: boo
     index = json.loads(index_path.read_text()) if index_path.exists() else {}
     key = sources_digest()
     for name in only or list(ZOO):
-        if name not in ZOO:
-            raise SystemExit(f"unknown zoo model '{name}'; known: {', '.join(ZOO)}")
+        if name not in ALL_ZOO:
+            raise SystemExit(f"unknown zoo model '{name}'; known: {', '.join(ALL_ZOO)}")
         cached = index.get(name)
         if cached and cached.get("key") == key and cached.get("size") == size and all(
             (out / cached[k]).exists() and file_sha(out / cached[k]) == cached["sha256"][k] for k in ("model", "data", "holdout")
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "fixtures" / "out" / "zoo")
     parser.add_argument("--size", choices=["ci", "full"], default="ci")
-    parser.add_argument("--only", default=None, help=f"comma-separated model names (default all; CI: {','.join(CI_ZOO)})")
+    parser.add_argument("--only", default=None, help=f"comma-separated model names (default all but {','.join(LARGE_ZOO)}; CI: {','.join(CI_ZOO)})")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

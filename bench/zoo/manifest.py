@@ -83,6 +83,17 @@ ZOO: dict[str, ZooModel] = {
 
 CI_ZOO = ("mobilenetv2", "resnet18", "minilm")  # what tests/test_zoo.py builds
 
+# Built only when named (`build.py --only bert_large`): not in ZOO, so no default build, bench or
+# test pays for a 335M-parameter model (1.3 GB .pt2). bench/large_model_bench.py measures it.
+LARGE_ZOO: dict[str, ZooModel] = {
+    m.name: m
+    for m in [
+        ZooModel("bert_large", "transformer", "bench.zoo.bert_large:build", ("onnx",), (),
+                 {"ci": Size(samples=16, holdout=8, sequence=128), "full": Size(samples=96, holdout=32, sequence=128)}),
+    ]
+}
+ALL_ZOO: dict[str, ZooModel] = ZOO | LARGE_ZOO
+
 
 def write_model_sidecar(model: Path, fmt: str, layouts: list[str], input_range: tuple[float, float],
                         channel_order: str | None, scale: float = 1.0, offset: float = 0.0,
