@@ -89,7 +89,7 @@ def load(path: Path) -> dict:
         return {}
 
 
-def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: float) -> dict:
+def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: float, memory_mb: int) -> dict:
     """One row: convert, check, and repair when the check finds a discrepancy."""
     source, data, holdout = zoo / entry["model"], zoo / entry["data"], zoo / entry["holdout"]
     row = {"route": target, "model": name, "precision": LOSSY.get(target, "fp32")}
@@ -98,7 +98,8 @@ def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: fl
         return row | {"verdict": "no route", "reason": why}
     out = work / name / target
     out.mkdir(parents=True, exist_ok=True)
-    args = ["convert", source, "--to", target, "--out-dir", out, "--force", "--json", out / "convert.json"]
+    limit = ["--memory-mb", str(memory_mb)]
+    args = ["convert", source, "--to", target, "--out-dir", out, "--force", *limit, "--json", out / "convert.json"]
     if target in NEEDS_CALIBRATION:
         args += ["--calibration", holdout]
     code, seconds, why = run(args, out, timeout)
@@ -107,7 +108,7 @@ def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: fl
         return row | {"verdict": "convert failed", "exit": code, "reason": why, "seconds": seconds}
     output = Path(converted[0]["output"]["path"])
     row["precision"] = (load(Path(str(output) + ".convrepair.json")) or {}).get("precision") or row["precision"]
-    code, took, why = run(["check", source, output, "--data", data, "--json", out / "check.json"], out, timeout)
+    code, took, why = run(["check", source, output, "--data", data, *limit, "--json", out / "check.json"], out, timeout)
     seconds += took
     check = load(out / "check.json")
     if code not in (0, 1) or not check:
@@ -122,7 +123,7 @@ def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: fl
     if check.get("verdict") == "discrepant":
         repaired = out / ("repaired" + output.suffix)
         code, took, why = run(["repair", source, output, "--data", data, "--out", repaired, "--force",
-                               "--budget-seconds", "120", "--json", out / "repair.json"], out, timeout)
+                               "--budget-seconds", "120", *limit, "--json", out / "repair.json"], out, timeout)
         seconds += took
         row |= repair_columns(load(out / "repair.json"), code)
         if code not in (0, 1):
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the rows (and the command) as JSON")
     parser.add_argument("--work", type=Path, default=None, help="keep converted models here (default a temp dir)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per CLI step (default 900)")
+    parser.add_argument("--memory-mb", type=int, default=2500,
+                        help="memory limit of each step's contained worker (default 2500; a step over it is a row)")
     args = parser.parse_args(argv)
     if args.tables:
         print(markdown(merged(args.tables)))
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"route": target, "model": name, "verdict": "build failed",
                              "reason": f"bench/zoo/build.py did not build {name} at {args.size} size"})
             else:
-                rows.append(hunt(name, index[name], zoo, target, work, args.timeout))
+                rows.append(hunt(name, index[name], zoo, target, work, args.timeout, args.memory_mb))
             print(json.dumps(rows[-1], default=str), flush=True)
             if args.json:
                 args.json.write_text(json.dumps({"command": command, "size": args.size, "rows": rows}, indent=2, default=str))
