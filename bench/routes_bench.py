@@ -105,6 +105,7 @@ def hunt(name: str, entry: dict, zoo: Path, target: str, work: Path, timeout: fl
     code, seconds, why = run(args, out, timeout)
     converted = load(out / "convert.json").get("conversions") or []
     if code != 0 or not converted:
+        why = why if code != 0 else f"exit 0 but no conversion in {out / 'convert.json'}"
         return row | {"verdict": "convert failed", "exit": code, "reason": why, "seconds": seconds}
     output = Path(converted[0]["output"]["path"])
     row["precision"] = (load(Path(str(output) + ".convrepair.json")) or {}).get("precision") or row["precision"]
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tables:
         print(markdown(merged(args.tables)))
         return 0
-    zoo = args.zoo or ROOT / "fixtures" / "out" / ("zoo" if args.size == "ci" else "zoo-full")
+    zoo = (args.zoo or ROOT / "fixtures" / "out" / ("zoo" if args.size == "ci" else "zoo-full")).resolve()
     models = [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in ZOO]
     if unknown:
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     routes = [r for r in args.routes.split(",") if r] if args.routes else targets()
     index = ensure_zoo(zoo, args.size, models)
-    work = args.work or Path(tempfile.mkdtemp(prefix="routes-bench-"))
+    work = (args.work or Path(tempfile.mkdtemp(prefix="routes-bench-"))).resolve()  # steps run in their own folder
     rows = []
     command = " ".join(["python", "bench/routes_bench.py", *(argv if argv is not None else sys.argv[1:])])
     for name in models:
