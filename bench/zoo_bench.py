@@ -55,6 +55,8 @@ class Run:
 
 def measure(args: list, json_out: Path | None = None, timeout: float = 1800) -> Run:
     """Run a subprocess; wall time and its peak RSS (with the children it waited for)."""
+    if json_out:
+        json_out.unlink(missing_ok=True)  # an earlier repeat's report is never read as this run's
     started = time.perf_counter()
     with tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([str(a) for a in args], stdout=subprocess.DEVNULL, stderr=err, cwd=CWD,
@@ -174,7 +176,8 @@ def repair_run(source: Path, onnx: Path, fault: str, data: Path, holdout: Path, 
     except (KeyError, IndexError, StopIteration) as exc:
         return {"fault": fault, "applies": False, "why": str(exc)[:80]}
     repaired = work / f"repaired-{fault}.onnx"
-    repaired.unlink(missing_ok=True)
+    for old in work.glob(f"{repaired.name}*"):  # an earlier repeat's model and sidecar (else: exit 2, already exists)
+        old.unlink()
     run = measure(cli("repair", source, faulty, "--out", repaired, "--data", data, "--budget-seconds", "60",
                       "--json", work / "r.json"), work / "r.json")
     report = run.json or {}
