@@ -8,6 +8,15 @@ writing `{2, 32, 12, 32}` into a transformer's Reshape) fails that check and the
 tried. Measured on the fixture CNN: torchscript 0.13 s, opset 17, and onnx2torch reads its
 output back; dynamo 2.3 s, opset 20 with a `Gelu` node that onnx2torch 1.5 cannot convert.
 The sidecar records which exporter ran and the sizes it was proven at.
+
+Memory (issue 21, a 334M-parameter BERT-large .pt2, 1.34 GB of weights): the dynamo exporter's own
+`save` serializes one in-memory proto of every weight (peak 5.8 GB, the exporter alone); here it
+writes external data (tensor by tensor) and the single .onnx is streamed from it, one initializer
+at a time (peak 1.75 GB for export + save). Sources of more than `LARGE_SOURCE_BYTES` of weights
+try dynamo first: the TorchScript exporter also builds one in-memory proto (and, where the
+program's view/reshape sizes come from a dynamic batch, bakes them in and fails the proof).
+The proof's ONNX Runtime session neither prepacks weights nor keeps an arena: it runs two tiny
+batches, and a prepacked copy of every MatMul weight would add the model's size again.
 """
 
 from __future__ import annotations
@@ -24,6 +33,8 @@ DYNAMO_OPSET = 18  # the dynamo exporter's own opset: asking it for 17 runs a do
 # Two sizes for every dynamic dimension: the example the exporter sees, and a probe it did not.
 EXAMPLE_BATCH, PROBE_BATCH = 2, 3
 EXAMPLE_OTHER, PROBE_OTHER = 16, 11
+LARGE_SOURCE_BYTES = 1 << 30  # weights past this: dynamo first (see the module docstring)
+PROTOBUF_LIMIT = (2 << 30) - (64 << 20)  # one .onnx file holds at most 2 GiB (protobuf), less a margin for the graph
 
 
 @PLUGIN.converter(
@@ -52,7 +63,8 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
         program = load_exported_program(path)
         specs = exported_input_specs(program)
         dims = exported_dynamic_dims(program)
-        default_order = ["torchscript", "dynamo"]
+        large = sum(t.numel() * t.element_size() for t in program.state_dict.values()) > LARGE_SOURCE_BYTES
+        default_order = ["dynamo", "torchscript"] if large else ["torchscript", "dynamo"]
         module: Any = program
     else:
         module, declared = load_torchscript(path)
@@ -92,6 +104,7 @@ def torch_to_onnx(request: ConvertRequest) -> ConvertNotes:
             request.output.unlink(missing_ok=True)
             for extra in request.output.parent.glob(request.output.name + "*.data"):
                 extra.unlink()
+            _release()  # what the failed exporter held is not kept under the next one's peak
     else:  # every exporter refused this model (or its export failed the proof): the user's to act on
         reasons = "; ".join(f"{k} exporter: {v}" for k, v in errors.items())
         raise BadInput(f"torch.onnx cannot export this model: {reasons}", path) from last
@@ -152,6 +165,8 @@ def _prove(module, output: str, names: list[str], cases: list[tuple]) -> list[li
 
     options = ort.SessionOptions()
     options.log_severity_level = 4  # a failing case is expected here (the next exporter is tried): no log
+    options.enable_cpu_mem_arena = False  # two tiny batches: no arena, no prepacked copy of the weights
+    options.add_session_config_entry("session.disable_prepacking", "1")
     session = ort.InferenceSession(output, options, providers=["CPUExecutionProvider"])
     feeds_names = [i.name for i in session.get_inputs()]
     if len(feeds_names) != len(names):
@@ -191,7 +206,7 @@ def _export(module, example, names, dynamic, output: str, exporter: str, opset: 
         with contextlib.redirect_stdout(io.StringIO()):
             onnx_program = torch.onnx.export(program, example, dynamo=True, input_names=names, opset_version=opset,
                                              verbose=False, optimize=True)
-        onnx_program.save(output)
+        _save_streamed(onnx_program, output)
         return
     callable_module = module.module() if isinstance(module, torch.export.ExportedProgram) else module
     if isinstance(module, torch.export.ExportedProgram):
@@ -207,3 +222,55 @@ def _export(module, example, names, dynamic, output: str, exporter: str, opset: 
                       for name in names if dynamic[name]},
         opset_version=opset,
     )
+
+
+def _save_streamed(onnx_program, output: str) -> None:
+    """One self-contained .onnx without one in-memory proto of all weights: save with external data
+    (written tensor by tensor), then write the graph and append each initializer as its own
+    ModelProto{graph{initializer}}; protobuf parses concatenated messages as one merged message
+    (repeated fields appended), so the file is the ordinary single-file model. Past protobuf's 2 GiB
+    a single file cannot exist: torch.onnx's own save (external data) is left as it was."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import onnx
+
+    target = Path(output)
+    parts = Path(tempfile.mkdtemp(prefix=".parts-", dir=target.parent))
+    try:
+        onnx_program.save(str(parts / "model.onnx"), external_data=True)
+        data = parts / "model.onnx.data"
+        if not data.exists() or data.stat().st_size > PROTOBUF_LIMIT:
+            onnx_program.save(output)
+            return
+        model = onnx.load(str(parts / "model.onnx"), load_external_data=False)
+        external = [t for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+        inline = [t for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(inline)
+        with open(target, "wb") as out, open(data, "rb") as weights:
+            out.write(model.SerializeToString())
+            for tensor in external:
+                where = {e.key: e.value for e in tensor.external_data}
+                weights.seek(int(where.get("offset", 0)))
+                raw = weights.read(int(where["length"]))
+                tensor.ClearField("external_data")
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                tensor.raw_data = raw
+                out.write(onnx.ModelProto(graph=onnx.GraphProto(initializer=[tensor])).SerializeToString())
+                tensor.ClearField("raw_data")
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)
+
+
+def _release() -> None:
+    """Collect what a failed export left and hand freed heap back to the system (glibc keeps it)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
