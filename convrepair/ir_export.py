@@ -63,12 +63,14 @@ class Ahead:
 
 
 def export_ahead(registry: PluginRegistry, source: Path, options: dict | None = None, *,
-                 cache: Path | str | None = "default", trust_code: bool = False, memory_mb: int | None = None) -> Ahead:
+                 cache: Path | str | None = "default", trust_code: bool = False, memory_mb: int | None = None,
+                 export: bool = True) -> Ahead:
     """In the process that starts a check's worker, before it does: the source's IR in the cache,
-    exported (on a miss) in a contained worker of its own that ends with it. The worker writes
-    only a folder of ours; this process hashes the source itself and keeps the file under the key
-    it computed, so no worker can place an IR under another model's key. An export that fails is
-    no failure here: the check's localization says what it could not do."""
+    exported (on a miss, when `export`; else only a hit is granted) in a contained worker of its
+    own that ends with it. The worker writes only a folder of ours; this process hashes the source
+    itself and keeps the file under the key it computed, so no worker can place an IR under
+    another model's key. An export that fails is no failure here: the check's localization says
+    what it could not do."""
     import shutil
     import tempfile
 
@@ -87,6 +89,8 @@ def export_ahead(registry: PluginRegistry, source: Path, options: dict | None = 
         return Ahead(root, [], f"no route from {ref.format} to ONNX" if key is None else "no cache")
     if ircache.lookup(root, key) is not None:
         return Ahead(root, [root / key], "cached")
+    if not export:
+        return Ahead(root, [], "not cached")
     stage = Path(tempfile.mkdtemp(prefix="convrepair-ir-"))
     try:
         request = {"source": str(ref.path), "format": ref.format, "target": "onnx", "out": str(stage / "ir.onnx"),

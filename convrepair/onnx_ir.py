@@ -78,7 +78,7 @@ def exported_file(registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | No
         try:
             made = convert_in_child(ref.path, "onnx", folder / "ir.onnx", fmt=ref.format, options=options)
         except Exception as exc:  # noqa: BLE001 - no IR means no layer-wise view, said plainly
-            text = exc.one_line() if hasattr(exc, "one_line") else str(exc)
+            text = getattr(exc, "message", None) or str(exc)
             raise BadInput(f"cannot bring this {ref.format} model to ONNX for localization: {text}", ref.path) from None
     exports.count += 1
     meta = {"route": made.route, "where": made.where, "lean": made.lean}
