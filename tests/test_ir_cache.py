@@ -148,3 +148,25 @@ def test_cache_folder_follows_use_then_environment(monkeypatch, tmp_path):
         assert ircache.cache_dir() == tmp_path / "state" / "ir-cache"
     finally:
         ircache._chosen.pop("dir", None)
+
+
+def test_the_daemons_conversion_is_the_export_localization_reads(exported, tmp_path):
+    """convert → check → repair exports the source once: the job's own keras → onnx conversion (a
+    worker of its own) is kept as the source's IR, and the check's job finds it there."""
+    from types import SimpleNamespace
+
+    from convrepair.daemon.job import convert_ahead
+
+    registry, cache, scratch = exported["registry"], tmp_path / "ir-cache", tmp_path / "scratch"
+    scratch.mkdir()
+    source = tmp_path / "model.keras"
+    shutil.copy(exported["source"], source)
+    shutil.copy(exported["source"].with_name("keras_cnn.keras.convrepair.json"), tmp_path / "model.keras.convrepair.json")
+    config = SimpleNamespace(calibration=None, trust_model_code=False)
+    converted, reads = convert_ahead(registry, {"model_file": str(source), "target": "onnx"}, scratch, [source], config, cache)
+    assert converted.is_relative_to(scratch) and converted.suffix == ".onnx"
+    (entry,) = reads
+    assert json.loads((entry / ircache.ENTRY).read_text())["meta"]["where"] == "the job's conversion"
+    with JobContext(registry, ir_cache=cache) as job:
+        assert job.prepare_ir(job.model(source), {}) == "cached"
+        assert job.counts["export"] == 0
