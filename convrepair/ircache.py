@@ -12,7 +12,8 @@ Entries are written whole or not at all: built in a temporary folder beside the 
 every file; a folder without a readable `entry.json`, or whose files do not hash to it, is no
 entry (it is removed). Where the cache lives: `use(path)` for this process (the daemon's worker:
 its state dir), else $CONVREPAIR_IR_CACHE, else $XDG_CACHE_HOME/convrepair/ir (~/.cache/…);
-"off" turns it off. A cache that cannot be written is skipped, never an error.
+"off" turns it off; a contained worker has none unless `use` gives it one (the folder its
+parent granted). A cache that cannot be written is skipped, never an error.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def cache_dir() -> Path | None:
     """The folder this process caches IRs in, or None when caching is off."""
     if "dir" in _chosen:
         return _chosen["dir"]
+    from convrepair import contain
+
+    if contain.current() is not None and contain.current().in_force:
+        return None  # a contained worker's HOME is its scratch, gone when it ends: only `use` gives it one
     if ENV in os.environ:
         return None if os.environ[ENV] in ("", "off") else Path(os.environ[ENV])
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
