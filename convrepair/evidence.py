@@ -66,20 +66,27 @@ def floor_positions(count: int, integer_inputs: bool) -> np.ndarray:
 def gather(job: JobContext, source: ModelHandle, target: ModelHandle, dataset: Dataset, indices: np.ndarray,
            batch_size: int, floor: bool) -> Evidence:
     """Run both models on `dataset[indices]` (once each, through the job), the source again on
-    nudged inputs when `floor`, and a few samples of the target one at a time."""
+    nudged inputs when `floor`, and a few samples of the target one at a time.
+
+    Each model does all its runs before the other starts, and what the source's runs freed goes
+    back to the system in between (`memory.trim`): the peak is the larger model's, not the sum
+    of both models' largest batches (issue 21)."""
+    from convrepair import memory
     from convrepair.compare import check_output_counts
 
     s_out = job.outputs(source, dataset, indices, batch_size)
-    t_out = job.outputs(target, dataset, indices, batch_size)
-    names = job.output_names(source), job.output_names(target)
-    check_output_counts(job.runner(source), job.runner(target), dict(zip(names[0], s_out)), dict(zip(names[1], t_out)))
     integer = not any(np.issubdtype(x.dtype, np.floating) for x in dataset.inputs)
     positions = floor_positions(len(indices), integer) if floor else np.zeros(0, np.int64)
     nudged, method = (_nudged(job, source, dataset, indices[positions], job.batch_for(source, batch_size),
                               [s[positions] for s in s_out])
                       if floor else (None, "none"))
+    memory.trim()
+    t_out = job.outputs(target, dataset, indices, batch_size)
+    names = job.output_names(source), job.output_names(target)
+    check_output_counts(job.runner(source), job.runner(target), dict(zip(names[0], s_out)), dict(zip(names[1], t_out)))
     singles = spread(len(indices), BATCH_SAMPLES)
     single, error = _one_at_a_time(job, target, dataset, indices[singles])
+    memory.trim()
     return Evidence(indices, s_out, t_out, names[0], names[1], positions, nudged, method, singles, single, error, integer)
 
 

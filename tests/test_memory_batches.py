@@ -43,3 +43,17 @@ def test_the_default_budget_is_a_share_of_the_workers_own_limit():
             "from convrepair import memory; print(memory.budget(None) >> 20, memory.budget(100) >> 20)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["512", "100"]
+
+
+def test_taking_consecutive_samples_is_a_view_and_others_a_copy():
+    """A check over all the data takes every sample: no second copy of the inputs (issue 21)."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    data = Dataset([x], np.arange(10), ["NC"], "x")
+    every = data.take(np.arange(10))
+    assert np.shares_memory(every.inputs[0], x) and np.array_equal(every.labels, np.arange(10))
+    middle = data.take(np.array([3, 4, 5]))
+    assert np.shares_memory(middle.inputs[0], x) and np.array_equal(middle.inputs[0], x[3:6])
+    picked = data.take(np.array([1, 4, 5]))
+    assert not np.shares_memory(picked.inputs[0], x) and np.array_equal(picked.inputs[0], x[[1, 4, 5]])
+    assert np.array_equal(data.take(np.array([5, 4, 3])).inputs[0], x[[5, 4, 3]])
+    assert len(data.take(np.array([], dtype=np.int64))) == 0

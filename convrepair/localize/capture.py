@@ -3,7 +3,7 @@
 Marking every tensor of a large model at once costs memory in proportion to the whole network
 (MobileNetV2 at 96×96, 64 images: 825 MB), so `sweep` runs every tensor at once over a few
 samples at a time (one session, one pass over the data), and `capture` asks for a few tensors
-of the whole batch when only those are needed.
+of the whole batch when only those are needed; `segment` runs one piece of a graph on its own.
 """
 
 from __future__ import annotations
@@ -51,11 +51,10 @@ def capture(model, names: list[str], feeds: dict[str, np.ndarray], chunk: int = 
     return values
 
 
-def run_segment(model, input_name: str, output_name: str, value: np.ndarray) -> np.ndarray | None:
-    """Shadow mode: run only the target's segment `input_name → output_name` on a given input.
-
-    Returns None when the segment depends on more than that input and its parameters.
-    """
+def segment(model, input_name: str, output_name: str):
+    """Shadow mode: the target's segment `input_name → output_name` alone, as a function of that
+    input (float32 in, float32 out; built once, run a batch at a time). None when the segment
+    depends on more than that input and its parameters; the function returns None where it fails."""
     import onnx
     import onnxruntime as ort
     from onnx.utils import Extractor
@@ -66,8 +65,15 @@ def run_segment(model, input_name: str, output_name: str, value: np.ndarray) -> 
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        feed_type = session.get_inputs()[0].type
-        dtype = np.float16 if "float16" in feed_type else np.float32
-        return np.asarray(session.run([output_name], {input_name: value.astype(dtype)})[0], dtype=np.float32)
+        dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
     except Exception:  # noqa: BLE001 - extraction fails for segments with other live inputs
         return None
+
+    def run(value: np.ndarray) -> np.ndarray | None:
+        try:
+            return np.asarray(session.run([output_name], {input_name: value.astype(dtype)})[0], dtype=np.float32)
+        except Exception:  # noqa: BLE001 - a segment that cannot run on this input
+            return None
+
+    return run
+

@@ -76,15 +76,29 @@ class OnnxRuntimeRunner(Runner):
             TensorSpec(meta.name, _shape(meta.shape), _ORT_DTYPES.get(meta.type, "float32"))
             for meta in self.session.get_outputs()
         ]
+        self._largest = 0  # the largest batch run so far: the arena has grown to it
+        self._shrink = ort.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(self, feeds):
         feeds = conform_feeds(self.inputs, feeds, self.path)
+        batch = _batch_of(feeds)
+        # The arena keeps what the largest batch grew it to. A run smaller than that (the tail of a
+        # series of batches, a single sample) gives it back; equal batches reuse it (issue 21:
+        # shrinking every run costs ~7% CPU re-faulting the pages).
+        shrink = 0 < batch < self._largest
+        self._largest = max(self._largest, batch)
         try:
-            values = self.session.run(None, feeds)
+            values = self.session.run(None, feeds, self._shrink if shrink else None)
         except Exception as exc:  # noqa: BLE001 - e.g. a shape the graph cannot compute
             text = exception_text(exc, 240)
             raise BadInput(f"ONNX Runtime fails to run this model on the given inputs: {text}", self.path) from None
         return {spec.name: value for spec, value in zip(self.outputs, values)}
+
+
+def _batch_of(feeds) -> int:
+    shapes = [getattr(value, "shape", ()) for value in feeds.values()]
+    return max((int(shape[0]) for shape in shapes if len(shape)), default=0)
 
 
 def _shape(dims) -> tuple[int | None, ...]:

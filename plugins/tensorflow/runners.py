@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from convrepair import memory
 from convrepair.errors import BadInput, exception_text
 from convrepair.model import Runner, TensorSpec, conform_feeds, input_layouts, zip_members
 from convrepair.plugins import LoadRequest
@@ -59,13 +60,20 @@ class KerasRunner(Runner):
         ]
         self.outputs = [TensorSpec(f"output_{i}", _dims(t.shape), str(t.dtype)) for i, t in enumerate(model.outputs)]
         self.device = "cpu"
+        self._largest = 0  # the largest batch run so far
 
     def run(self, feeds):
         feeds = conform_feeds(self.inputs, feeds, self.path)
         args = [feeds[spec.name] for spec in self.inputs]
         result = self.model(args[0] if len(args) == 1 else args, training=False)
         values = result if isinstance(result, (list, tuple)) else [result]
-        return {spec.name: v.numpy() for spec, v in zip(self.outputs, values)}
+        out = {spec.name: v.numpy() for spec, v in zip(self.outputs, values)}
+        del result, values
+        batch = len(args[0]) if args and getattr(args[0], "ndim", 0) else 0
+        if 0 < batch < self._largest:  # the tail of a series: what the batches held goes back (memory.trim)
+            memory.trim()
+        self._largest = max(self._largest, batch)
+        return out
 
 
 @PLUGIN.format("keras", description="Keras 3 archive (.keras)", suffix=".keras", detect=is_keras)
