@@ -135,7 +135,9 @@ def cost_row(name: str, route: str, runs: dict[str, list[Run]], order: list[str]
     """Median, min–max and ratio of medians to plain inference; every failed run listed, none in a median."""
     row = {"model": name, "route": route, "repeats": REPEATS, "seed": SEED, "order": order,
            "warm": "every measured process starts fresh (imports and model load included) after one discarded "
-                   "plain-inference run of this model and route: files in the OS page cache",
+                   "plain-inference run of this model and route: files in the OS page cache; the source IR cache "
+                   f"(CONVREPAIR_IR_CACHE) {os.environ.get('CONVREPAIR_IR_CACHE', 'at its default')}: a Keras source's "
+                   "IR is exported by the first run that needs it and reused by the rest",
            "plain_warmup_s": warmup.seconds, "plain_warmup_mb": warmup.peak_mb,
            "convert_first_s": conv.seconds, "convert_first_mb": conv.peak_mb,
            "failures": [f"{c} run {i + 1}: exit {r.code}" for c, rs in runs.items() for i, r in enumerate(rs) if r.code not in (0, 1)]}

@@ -21,7 +21,9 @@ def spread_rows(cost: list[dict]) -> list[dict]:
     medians to plain inference (convert and the exporter: convert to the exporter alone)."""
     out = []
     for row in cost:
-        spread = row.get("spread") or {}
+        spread = row.get("spread")
+        if not spread:  # a run from before the repeats (or a route that failed): no spread to show
+            continue
         for contender in CONTENDERS:
             if f"{contender}_s" not in spread:
                 continue
