@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     print_table(table, args, entry, first)
     if args.json:
         args.json.write_text(json.dumps({"order": order, "first_convert": first, "runs": runs, "table": table,
-                                         "samples": args.samples, "cpus": os.cpu_count()}, indent=2))
+                                         "samples": args.samples, "cpus": os.cpu_count()}, indent=2, default=vars))
     return 0
 
 
@@ -158,6 +158,9 @@ def print_table(table: dict, args, entry: dict, first: dict) -> None:
         print(f"{name:11s} {s.text() if s else '-':>28s} {mb.text() if mb else '-':>34s}  "
               f"{','.join(row['verdicts'])} {'; '.join(row['failed'])}")
 
+    def show(value) -> str:
+        return f"{value}x" if value is not None else "n/a (no successful run)"
+
     def median(name: str, unit: str):
         spread = table.get(name, {}).get(unit)
         return spread.median if spread else None
@@ -165,12 +168,12 @@ def print_table(table: dict, args, entry: dict, first: dict) -> None:
     print()
     for contender, target in (("check", 1.3), ("localize", 1.3)):
         for base in ("plain", "plain-both"):
-            print(f"{contender} / {base:10s} time {ratio(median(contender, 's'), median(base, 's'))}x   "
-                  f"peak RSS {ratio(median(contender, 'mb'), median(base, 'mb'))}x   (RSS target <= {target})")
-    print(f"convert / exporter   time {ratio(median('convert', 's'), median('exporter', 's'))}x   "
-          f"peak RSS {ratio(median('convert', 'mb'), median('exporter', 'mb'))}x   (RSS target <= 1.5)")
+            print(f"{contender} / {base:10s} time {show(ratio(median(contender, 's'), median(base, 's')))}   "
+                  f"peak RSS {show(ratio(median(contender, 'mb'), median(base, 'mb')))}   (RSS target <= {target})")
+    print(f"convert / exporter   time {show(ratio(median('convert', 's'), median('exporter', 's')))}   "
+          f"peak RSS {show(ratio(median('convert', 'mb'), median('exporter', 'mb')))}   (RSS target <= 1.5)")
     for base in ("plain", "plain-both"):
-        print(f"convert / {base:10s} peak RSS {ratio(median('convert', 'mb'), median(base, 'mb'))}x   (RSS target <= 1.3)")
+        print(f"convert / {base:10s} peak RSS {show(ratio(median('convert', 'mb'), median(base, 'mb')))}   (RSS target <= 1.3)")
     print(f"\n{args.repeats} runs each, shuffled (seed {args.seed}); {args.samples} samples x 128 tokens, one round; "
           f"{os.cpu_count()} CPU cores; every run a fresh process, model files in the page cache")
 
