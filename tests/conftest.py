@@ -15,6 +15,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))  # fixtures/faults.py: fault injection shared with the demo
 
 
+@pytest.fixture(autouse=True)
+def _own_ir_cache(tmp_path_factory, monkeypatch):
+    """Each test its own IR cache (convrepair.ircache): none shares another's exports, none writes
+    into the user's ~/.cache."""
+    monkeypatch.setenv("CONVREPAIR_IR_CACHE", str(tmp_path_factory.mktemp("ir-cache")))
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir(tmp_path_factory) -> Path:
     """Built fixtures: `make test` builds them once and passes CONVREPAIR_FIXTURES; else build here."""

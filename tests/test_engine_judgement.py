@@ -226,7 +226,8 @@ def test_rounds_do_not_overlap_while_the_data_allows_and_the_bound_counts_distin
 
 def test_convert_validation_of_a_dead_model_is_inconclusive(tmp_path):
     """`convert --data` judges its outputs with the same guard as check."""
-    from convrepair.convert import convert, validate
+    from convrepair.convert import convert
+    from convrepair.validate import validate
 
     source = deep_cnn(tmp_path / "dead.onnx", zero_weights=True)
     registry = default_registry()

@@ -14,7 +14,8 @@ from onnx import TensorProto, helper, numpy_helper
 from test_engine_judgement import _images, _save, deep_cnn, embedder
 
 from convrepair.check import CheckConfig, run_check
-from convrepair.convert import convert, validate
+from convrepair.convert import convert
+from convrepair.validate import validate
 from convrepair.plugins import default_registry
 from convrepair.sidecar import Preprocessing, Sidecar, write_sidecar
 

@@ -88,6 +88,15 @@ def check(
                          lenses=lens_config(lenses, seed, epsilons, pgd_steps, pgd_step), latent=True if strict else None)
     from convrepair.contain.staging import StagedOutputs
     from convrepair.contain.worker import run_contained
+    from convrepair.ir_export import export_ahead
+    from convrepair.localize.ir import export_options
+    from convrepair.sidecar import read_sidecar
+
+    # the source's IR exported (or found cached) in a worker of its own before the check's worker
+    # loads any model: the exporter's peak is never added to the check's; only an explicit
+    # --localize pays for an export up front, otherwise a cached IR is granted if there is one
+    ahead = export_ahead(registry, source, export_options(read_sidecar(target)), trust_code=trust_model_code,
+                         memory_mb=memory_mb, export=localize is True) if not golden else None
 
     with StagedOutputs(force=force) as staged:
         inputs_to = staged.place(save_inputs) if save_inputs is not None else None
@@ -97,6 +106,10 @@ def check(
         started, asked, evidence_dir = time.perf_counter(), broker.ask(registry, source, target, config), tempfile.mkdtemp(prefix="convrepair-evidence-")
 
         def job(send) -> dict:  # runs in the contained worker: every model is loaded there
+            if ahead is not None:
+                from convrepair import ircache
+
+                ircache.use(ahead.cache)
             if inputs_to is not None or outputs_to is not None:
                 from convrepair.golden import save_reference
 
@@ -105,7 +118,7 @@ def check(
                 return broker.work(registry, source, target, config, asked.data.n, asked.indices, Path(evidence_dir))
 
         with using(for_terminal(json_out, quiet=not human(json_out))) as progress, _removed(evidence_dir):
-            result, containment = run_contained(job, reads=[source, target, data], writes=[*staged.writes(), Path(evidence_dir)],
+            result, containment = run_contained(job, reads=[source, target, data, *(ahead.reads if ahead else [])], writes=[*staged.writes(), Path(evidence_dir)],
                                                 on_message=relay(progress),
                                                 trust_code=trust_model_code, memory_mb=memory_mb)
             report = broker.decide(asked, Path(evidence_dir), result, config, started)

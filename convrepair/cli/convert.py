@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from convrepair.cli.app import app
+from convrepair.cli.hints import after_convert
 from convrepair.cli.common import JsonOption, MemoryOption, TrustCodeOption, emit_json, human, parse_options, say
 
 
@@ -73,6 +74,9 @@ def convert(
         say(containment.summary(), json_out)
     emit_json(json_out, payload)
     failed = any(not c["validation"]["agrees"] for c in payload["conversions"] if "validation" in c)
+    written = [c["output"]["path"] for c in payload["conversions"] if (c.get("output") or {}).get("path")]
+    if written:  # the last one asked for: the lossiest, in the usual `--to onnx --to onnx-int8`
+        after_convert(source, Path(written[-1]), data, json_out)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -87,4 +87,8 @@ def _repaired(target: Path) -> Path:
 
 
 def _q(path: Path | str) -> str:
-    return shlex.quote(str(path))
+    """PATH as the user would type it (relative under the current folder), quoted for the shell."""
+    import os
+
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    return shlex.quote(os.path.relpath(resolved, here) if resolved.is_relative_to(here) else str(path))

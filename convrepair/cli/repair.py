@@ -30,7 +30,7 @@ def repair(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where to write the repaired model (target's format, with a sidecar). Required.")] = None,
     previous: Annotated[Optional[Path], typer.Option(help="Version N-1 of MODEL: repair the regressions against it.")] = None,
     data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
-    strategy: Annotated[str, typer.Option(help="auto | restore | pso")] = "auto",
+    strategy: Annotated[str, typer.Option(help="auto | restore (the source's parameters, attributes, input pipeline or precision) | pso (a weight patch)")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     budget_seconds: Annotated[float, typer.Option(help="Wall-clock budget for the patch search (restores always run).")] = 300.0,
     seed: Annotated[int, typer.Option(help="Seed of the data split and the search.")] = 0,
@@ -104,6 +104,14 @@ def repair(
     from convrepair.contain.staging import StagedOutputs
     from convrepair.contain.worker import run_contained
 
+    from convrepair.ir_export import export_ahead
+    from convrepair.localize.ir import export_options
+    from convrepair.sidecar import read_sidecar
+
+    # a repair localizes: the source's IR is exported (or found cached) in a worker of its own
+    # before the repair's worker loads any model, so the exporter's peak is never added to it
+    ahead = export_ahead(default_registry(), source, export_options(read_sidecar(target)), trust_code=trust_model_code,
+                         memory_mb=memory_mb) if target is not None else None
     evidence = Path(tempfile.mkdtemp(prefix="convrepair-evidence-"))  # the worker's held-out outputs, for us to judge
     try:
         with StagedOutputs(force=force) as staged:
@@ -111,6 +119,10 @@ def repair(
             config.evidence_dir = evidence if target is not None else None
 
             def job(send) -> dict:  # runs in the contained worker: every model is loaded there
+                if ahead is not None:
+                    from convrepair import ircache
+
+                    ircache.use(ahead.cache)
                 with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
                     if target is None:
                         from convrepair.repair.model_repair import run_model_repair
@@ -121,7 +133,7 @@ def repair(
                     return {"payload": report.to_json(), "exit": 0 if report.succeeded else 1}
 
             with using(for_terminal(json_out, quiet=not human(json_out))) as progress:
-                result, containment = run_contained(job, reads=[source, target, previous, data],
+                result, containment = run_contained(job, reads=[source, target, previous, data, *(ahead.reads if ahead else [])],
                                                     writes=[*staged.writes(), evidence], on_message=relay(progress),
                                                     trust_code=trust_model_code, memory_mb=memory_mb)
             payload, code = result["payload"], result["exit"]

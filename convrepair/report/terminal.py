@@ -9,7 +9,8 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from convrepair.convert import ConversionResult, Validation
+    from convrepair.convert import ConversionResult
+    from convrepair.validate import Validation
     from convrepair.plugins import PluginRegistry
 
 # Wide enough for the tables when stdout is a pipe or a CI log (rich would assume 80 columns).
