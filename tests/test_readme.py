@@ -38,12 +38,27 @@ def readme_blocks(name: str) -> list[str]:
     return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _run_verbatim(lines: list[str], cwd: Path) -> None:
+def _run_verbatim(lines: list[str], cwd: Path) -> dict[str, str]:
+    """Run each line in order; the stdout of each, by line."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", COLUMNS="200")
+    printed = {}
     for line in lines:
         expected = int(m.group(1)) if (m := _EXIT.search(line)) else 0
         proc = subprocess.run(["bash", "-c", line], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == expected, f"README line exited {proc.returncode}, not {expected}:\n{line}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        printed[line] = proc.stdout
+    return printed
+
+
+def _assert_next_hints(printed: dict[str, str]) -> None:
+    """convert, check, repair and approve each end with one `next:` line naming a real command."""
+    for line, stdout in printed.items():
+        words = line.split()
+        if words[:1] != ["convrepair"] or words[1] not in {"convert", "check", "repair", "approve"}:
+            continue
+        hints = [out for out in stdout.splitlines() if out.startswith("next: ")]
+        assert len(hints) == 1, f"{line}\nprinted {len(hints)} next: lines:\n{stdout[-2000:]}"
+        assert hints[0].split()[1] in {"convrepair", "deploy", "repeat"}, hints[0]
 
 
 def _workspace(tmp_path: Path, fixtures_dir: Path) -> Path:
@@ -64,7 +79,7 @@ def test_the_marked_blocks_exist_and_name_only_installed_commands():
 
 def test_five_minute_guide_runs_verbatim(tmp_path, fixtures_dir):
     work = _workspace(tmp_path, fixtures_dir)
-    _run_verbatim(readme_blocks("guide"), work)
+    _assert_next_hints(_run_verbatim(readme_blocks("guide"), work))
     # what the guide says the reader ends with
     assert (work / "page.html").stat().st_size > 0
     assert (work / "approved" / "my_model" / "1" / "convrepair" / "model.sig").exists()
