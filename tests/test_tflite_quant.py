@@ -72,11 +72,20 @@ def test_runner_quantizes_inputs_and_dequantizes_outputs(quantized, fixtures_dir
     np.testing.assert_allclose(scores.sum(axis=1), 1.0, atol=0.05)  # probabilities, not int8 codes
 
 
+def _agrees_as_int8_does(report) -> None:
+    """Scaled I/O makes an int8 model agree with its source as int8 can (the raw codes agreed on
+    12.4%): within tolerance, or a rare label flip at a decision boundary, which the judge reports
+    as it is (`discrepant`) — never anything but flips, never on more than 1% of the samples."""
+    assert report.pooled.label_agreement >= 0.97, report.reasons
+    if report.verdict != "equivalent":
+        assert report.verdict == "discrepant" and all("change their top-1 label" in r for r in report.reasons), report.reasons
+        assert len(report.flipped_samples) <= 0.01 * report.distinct, report.reasons
+
+
 @pytest.mark.parametrize("io", VARIANTS)
 def test_full_integer_tflite_agrees_with_its_source(quantized, fixtures_dir, io):
     report = _check(fixtures_dir, quantized[io])
-    assert report.verdict == "equivalent", report.reasons
-    assert report.pooled.label_agreement >= 0.97
+    _agrees_as_int8_does(report)
     assert report.tolerance.enforced is False  # judged as int8 (from the file itself: no sidecar)
 
 
@@ -131,7 +140,7 @@ def test_a_user_int8_tflite_converted_to_onnx_stays_int8_with_float_io(quantized
     model = onnx.load(str(result.output.path))
     assert [v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)] == [onnx.TensorProto.FLOAT] * 2
     report = _check(fixtures_dir, result.output.path)
-    assert report.verdict == "equivalent" and report.pooled.label_agreement >= 0.97, report.reasons
+    _agrees_as_int8_does(report)
 
 
 def test_quantization_rounds_and_saturates():
