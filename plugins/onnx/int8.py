@@ -92,7 +92,8 @@ class _CalibrationReader:
     def __init__(self, data: dict, names: list[str], batch: int = 32):
         import numpy as np
 
-        arrays = [np.asarray(data[n] if n in data else list(data.values())[i], dtype=np.float32) for i, n in enumerate(names)]
+        arrays = [np.asarray(data[n] if n in data else list(data.values())[i]) for i, n in enumerate(names)]
+        arrays = [a.astype(np.float32) if a.dtype.kind == "f" else a for a in arrays]  # token ids stay integers
         self.count = int(arrays[0].shape[0])
         self._batches = iter(
             [{n: a[i : i + batch] for n, a in zip(names, arrays)} for i in range(0, self.count, batch)]

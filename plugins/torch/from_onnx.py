@@ -77,7 +77,10 @@ def onnx_to_torch(request: ConvertRequest) -> ConvertNotes:
             f"does not import here ({_torchvision_error}). Install a torchvision that matches torch.",
             request.source.path,
         )
-    module = onnx2torch.convert(model).eval()
+    try:
+        module = onnx2torch.convert(model).eval()
+    except NotImplementedError as exc:  # a node or attribute onnx2torch has no converter for: a refusal, not our bug
+        raise BadInput(f"onnx2torch cannot convert this model: {exception_text(exc, 240)}", request.source.path) from None
     static = _static_reshapes(module)
     inputs = graph_inputs(model)
     example = tuple(
