@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml constraints.txt | $(BIN)/python
 	# onnx2tf imports tf_keras, whose wheel requires the `tensorflow` distribution (not tensorflow-cpu): the
 	# release matching the installed TensorFlow, without its dependencies (docs/ROUTES.md, onnx2tf)
 	$(BIN)/python -m pip install --quiet --no-deps "$$($(BIN)/python -c 'import tensorflow as tf; print("tf-keras~=" + tf.__version__.rsplit(".", 1)[0] + ".0")')"
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt litert-torch litert-converter  # their xdsl pin conflicts with model-signing; conversion never imports xdsl (docs/ROUTES.md)
 	touch $@
 
 fixtures: $(FIXTURE_STAMP)
