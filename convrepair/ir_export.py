@@ -64,7 +64,7 @@ class Ahead:
 
 def export_ahead(registry: PluginRegistry, source: Path, options: dict | None = None, *,
                  cache: Path | str | None = "default", trust_code: bool = False, memory_mb: int | None = None,
-                 export: bool = True) -> Ahead:
+                 export: bool = True, known: tuple | None = None) -> Ahead:
     """In the process that starts a check's worker, before it does: the source's IR in the cache,
     exported (on a miss, when `export`; else only a hit is granted) in a contained worker of its
     own that ends with it. The worker writes only a folder of ours; this process hashes the source
@@ -80,10 +80,11 @@ def export_ahead(registry: PluginRegistry, source: Path, options: dict | None = 
     from convrepair.sidecar import read_sidecar
 
     root = ircache.cache_dir() if cache == "default" else (None if cache in (None, "off") else Path(cache))
-    ref = model_ref(Path(source), registry)
+    # `known`: the (ModelRef, sidecar) the caller already has (broker.ask hashed the source): not twice
+    ref, sidecar = known if known is not None else (model_ref(Path(source), registry), None)
     if ref.format == "onnx":
         return Ahead(root, [], "as is")
-    sidecar = read_sidecar(ref.path) or registry.implied_sidecar(ref)
+    sidecar = sidecar or read_sidecar(ref.path) or registry.implied_sidecar(ref)
     key = ircache.key_for(registry, ref, sidecar, options)
     if key is None or root is None:
         return Ahead(root, [], f"no route from {ref.format} to ONNX" if key is None else "no cache")

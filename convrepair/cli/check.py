@@ -90,13 +90,6 @@ def check(
     from convrepair.contain.worker import run_contained
     from convrepair.ir_export import export_ahead
     from convrepair.localize.ir import export_options
-    from convrepair.sidecar import read_sidecar
-
-    # the source's IR exported (or found cached) in a worker of its own before the check's worker
-    # loads any model: the exporter's peak is never added to the check's; only an explicit
-    # --localize pays for an export up front, otherwise a cached IR is granted if there is one
-    ahead = export_ahead(registry, source, export_options(read_sidecar(target)), trust_code=trust_model_code,
-                         memory_mb=memory_mb, export=localize is True) if not golden else None
 
     with StagedOutputs(force=force) as staged:
         inputs_to = staged.place(save_inputs) if save_inputs is not None else None
@@ -104,6 +97,11 @@ def check(
 
         # the parent asks for samples and judges the tensors the worker hands back (convrepair.broker)
         started, asked, evidence_dir = time.perf_counter(), broker.ask(registry, source, target, config), tempfile.mkdtemp(prefix="convrepair-evidence-")
+        # the source's IR exported (or found cached) in a worker of its own before the check's worker
+        # loads any model: the exporter's peak is never added to the check's; only an explicit
+        # --localize pays for an export up front, otherwise a cached IR is granted if there is one
+        ahead = export_ahead(registry, source, export_options(asked.target[1]), trust_code=trust_model_code,
+                             memory_mb=memory_mb, export=localize is True, known=asked.source) if not golden else None
 
         def job(send) -> dict:  # runs in the contained worker: every model is loaded there
             if ahead is not None:
