@@ -42,10 +42,10 @@ class Asked:
 
 def ask(registry: PluginRegistry, source: Path, target: Path, config: CheckConfig) -> Asked:
     """The parent's side, before the worker runs: hash the models, read the data file, draw the plan."""
-    from convrepair.check import sampling_plan, validate_config
+    from convrepair.check import noise_origin, sampling_plan, validate_config
     from convrepair.data import npz_facts
     from convrepair.model import model_ref
-    from convrepair.sidecar import read_sidecar
+    from convrepair.sidecar import read_sidecar, recorded_range
 
     validate_config(config)
     refs = [model_ref(path, registry) for path in (source, target)]
@@ -55,8 +55,7 @@ def ask(registry: PluginRegistry, source: Path, target: Path, config: CheckConfi
         count, labels, arrays = npz_facts(config.data)
         data = DataFacts(count, labels, str(config.data), True, tuple(value_range(x) for x in arrays))
     else:
-        low, high = sidecars[0].preprocessing.input_range if sidecars[0] else (0.0, 1.0)
-        data = DataFacts(config.rounds * config.samples, None, f"uniform[{low}, {high}]", False)
+        data = DataFacts(config.rounds * config.samples, None, noise_origin(recorded_range(sidecars[0])), False)
     plan = sampling_plan(data.n, config.rounds, config.samples, config.seed)
     precision = sidecars[1].precision if sidecars[1] else "fp32"
     return Asked((refs[0], sidecars[0]), (refs[1], sidecars[1]), data, plan, tensors.distinct(plan),

@@ -32,6 +32,7 @@ from convrepair.judge import (  # noqa: F401 - re-exported
     classifier_of,
     default_tolerance,
     guard,
+    guard_notes,
     judge,
     needs_floor,
     noise_floor,
@@ -40,7 +41,7 @@ from convrepair.judge import (  # noqa: F401 - re-exported
 )
 from convrepair.model import ModelRef
 from convrepair.plugins import PluginRegistry
-from convrepair.sidecar import Sidecar
+from convrepair.sidecar import NOISE_RANGE, Sidecar, recorded_range
 
 if TYPE_CHECKING:
     from convrepair.lenses import LensConfig
@@ -107,6 +108,7 @@ class CheckReport:
     flipped_samples: list[int] = field(default_factory=list)
     lenses: dict[str, Any] | None = None
     inconclusive: list[str] = field(default_factory=list)  # the guard's reasons (beside the evidence when discrepant)
+    guard_notes: list[str] = field(default_factory=list)  # what the guard could not check (no recorded input range)
     classifier: bool = True
     batch_dependent: dict[str, Any] = field(default_factory=lambda: batch_dependence([], None, False))
     evidence: dict[str, str] = field(default_factory=dict)  # evidence file → sha256, when judged across processes
@@ -159,7 +161,8 @@ class CheckReport:
             "localization": self.localization,
             "lenses": self.lenses,
             "batch_dependent": self.batch_dependent,
-            "guard": {"reasons": self.inconclusive, "outranked_by_evidence": bool(self.inconclusive and self.reasons)},
+            "guard": {"reasons": self.inconclusive, "outranked_by_evidence": bool(self.inconclusive and self.reasons),
+                      "notes": self.guard_notes},
             "evidence": self.evidence or None,
             "provenance": self.provenance,
         } | self.worker_reported
@@ -174,8 +177,18 @@ def load_dataset(config: CheckConfig, specs, sidecar: Sidecar | None) -> Dataset
         return load_npz(config.data, specs)
     if any(d is None for spec in specs for d in spec.shape[1:]) or any(not spec.shape for spec in specs):
         raise BadInput("the model does not declare full input shapes; give sample data with --data")
-    input_range = sidecar.preprocessing.input_range if sidecar else (0.0, 1.0)
-    return random_inputs(specs, config.rounds * config.samples, config.seed, tuple(input_range))
+    recorded = recorded_range(sidecar)
+    noise = random_inputs(specs, config.rounds * config.samples, config.seed, recorded or NOISE_RANGE)
+    noise.origin = noise_origin(recorded)
+    return noise
+
+
+def noise_origin(recorded: tuple[float, float] | None) -> str:
+    """How a check names its synthetic noise: drawn in the range the source's sidecar records, else
+    in NOISE_RANGE, an assumption about noise said as such (and never written to a sidecar)."""
+    low, high = recorded or NOISE_RANGE
+    assumed = "" if recorded else " (synthetic noise: no --data and no recorded input range, so [0, 1] is assumed)"
+    return f"uniform[{float(low)}, {float(high)}]{assumed}"
 
 
 def job_dataset(job: JobContext, source: ModelHandle, config: CheckConfig) -> Dataset:
@@ -280,7 +293,7 @@ def judge_evidence(evidence: Evidence, plan: list[tuple[int, np.ndarray]], data:
     return CheckReport(
         source=source_ref, target=target_ref, verdict=verdict(reasons, unsure), samples=pooled.n, rounds=rounds,
         pooled=pooled, tolerance=tolerance, data=data.origin, top_k=config.top_k, seconds=0.0, reasons=reasons,
-        flipped_samples=pooled.flips, inconclusive=unsure, classifier=bool(pooled.label_agreement is not None),
+        flipped_samples=pooled.flips, inconclusive=unsure, guard_notes=guard_notes(data, source_sidecar), classifier=bool(pooled.label_agreement is not None),
         batch_dependent=batch_dependence(batched, evidence.single, pooled.label_agreement is not None,
                                          evidence.single_error),
         evidence=dict(evidence.digests))

@@ -6,7 +6,7 @@ import shutil
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,10 @@ def convert(
     calibration: dict | None = None,
     out_dir: Path | None = None,
     force: bool = True,
+    data: Path | None = None,
 ) -> ConversionResult:
+    """Convert along the planned route; the sidecar records the input range measured on `data`
+    (the float inputs' min/max), else the one the source's sidecar records, else none."""
     # a ModelRef a job already resolved and hashed is taken as is
     source = source_path if isinstance(source_path, ModelRef) else model_ref(source_path, registry)
     source_sidecar = read_sidecar(source.path) or registry.implied_sidecar(source) or Sidecar()  # a sidecar-less int8 .tflite stays int8
@@ -111,6 +114,9 @@ def convert(
     if not source_sidecar.input_layout:
         with registry.load(source, source_sidecar, device="cpu") as runner:
             source_sidecar.input_layout = [spec.layout for spec in runner.inputs]
+
+    if data is not None:  # measured on the user's data, replacing anything recorded before
+        source_sidecar.preprocessing = replace(source_sidecar.preprocessing, input_range=measured_input_range(data))
 
     started = time.perf_counter()
     steps: list[ConversionStep] = []
@@ -184,6 +190,15 @@ def convert(
         sidecar=side,
         sizes={"source": _size(source.path), "output": _size(out)},
     )
+
+
+def measured_input_range(data: Path) -> tuple[float, float] | None:
+    """(min, max) over the finite values of a data file's float inputs; None when it has none."""
+    from convrepair.data import npz_facts
+    from convrepair.judge import value_range
+
+    spans = [span for span in (value_range(x) for x in npz_facts(Path(data))[2]) if span is not None]
+    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
 
 
 CALIBRATION_SUFFIX = ".calibration.npz"

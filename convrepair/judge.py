@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from convrepair.sidecar import recorded_range
+
 if TYPE_CHECKING:
     from convrepair.compare import Comparison
     from convrepair.data import Dataset
@@ -247,8 +249,9 @@ def guard(pooled: Comparison, data: DataFacts, sidecar: Sidecar | None) -> list[
         if share >= DOMINANT_CLASS and not truly_one_class:
             reasons.append(f"the source's outputs do not depend on the data: it gives class {label} to {share:.1%} "
                            f"of {pooled.n} samples")
-    if data.given and sidecar is not None:
-        low, high = (float(v) for v in sidecar.preprocessing.input_range)
+    recorded = recorded_range(sidecar)
+    if data.given and recorded is not None:  # no recorded range: no range guard (see guard_notes)
+        low, high = recorded
         slack = RANGE_SLACK * max(high - low, 1e-12)
         for span in data.ranges:
             if span is not None and (span[0] < low - slack or span[1] > high + slack):
@@ -256,6 +259,16 @@ def guard(pooled: Comparison, data: DataFacts, sidecar: Sidecar | None) -> list[
                                f"it spans [{span[0]:.4g}, {span[1]:.4g}]")
                 break
     return reasons
+
+
+def guard_notes(data: DataFacts, sidecar: Sidecar | None) -> list[str]:
+    """What the guard could not check, said beside its reasons (never a reason itself)."""
+    if data.given and recorded_range(sidecar) is None:
+        spans = [span for span in data.ranges if span is not None]
+        seen = f" (the data spans [{min(s[0] for s in spans):.4g}, {max(s[1] for s in spans):.4g}])" if spans else ""
+        return [f"no recorded input range: the source's sidecar records none measured at conversion, so the data's "
+                f"range was not checked against one{seen}"]
+    return []
 
 
 def verdict(reasons: list[str], unsure: list[str]) -> str:

@@ -20,12 +20,29 @@ SUFFIX = ".convrepair.json"
 
 @dataclass
 class Preprocessing:
-    """How raw data becomes the model's input: x_model = (x_raw * scale + offset)[channel_order]."""
+    """How raw data becomes the model's input: x_model = (x_raw * scale + offset)[channel_order].
+
+    `input_range` is the (min, max) of the float inputs measured on the data the model was
+    converted with (`convert --data`), or None: never an assumed range, because the check's range
+    guard judges real data against it."""
 
     scale: float = 1.0
     offset: float = 0.0
     channel_order: str | None = None  # e.g. "RGB" / "BGR"; None = single channel or unknown
-    input_range: tuple[float, float] = (0.0, 1.0)
+    input_range: tuple[float, float] | None = None
+
+
+# The range of the uniform noise a check draws when it has no data and the source records no
+# range: an assumption about synthetic inputs, said as such wherever it is used, never recorded.
+NOISE_RANGE = (0.0, 1.0)
+
+
+def recorded_range(sidecar: Sidecar | None) -> tuple[float, float] | None:
+    """The input range a sidecar records (measured at conversion), or None."""
+    if sidecar is None or sidecar.preprocessing.input_range is None:
+        return None
+    low, high = sidecar.preprocessing.input_range
+    return float(low), float(high)
 
 
 @dataclass
@@ -53,7 +70,8 @@ class Sidecar:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["preprocessing"]["input_range"] = list(self.preprocessing.input_range)
+        span = self.preprocessing.input_range
+        data["preprocessing"]["input_range"] = list(span) if span is not None else None
         return data
 
     @classmethod
@@ -62,8 +80,9 @@ class Sidecar:
             raise BadInput(f"sidecar schema is {data.get('schema')!r}, expected {SCHEMA!r}", path)
         try:
             pre = dict(data.get("preprocessing") or {})
-            if "input_range" in pre:
-                pre["input_range"] = tuple(pre["input_range"])
+            if pre.get("input_range") is not None:  # older sidecars carry [0, 1]: still read as written
+                low, high = pre["input_range"]
+                pre["input_range"] = (float(low), float(high))
             return cls(
                 source=data.get("source"),
                 output=data.get("output"),

@@ -56,7 +56,8 @@ def convert(
         def job(send) -> list[dict]:  # runs in the contained worker: every model is loaded there
             registry = default_registry()
             with using(ForwardingProgress(send)):  # the parent shows it (stderr, terminals only)
-                results = [engine.convert(registry, source, target, staged_out, options, calib, out_dir=staged_dir)
+                results = [engine.convert(registry, source, target, staged_out, options, calib, out_dir=staged_dir,
+                                          data=data)
                            for target in track(to, f"converting {Path(source).name}")]
                 checks = [validate(registry, result, data) for result in track(results, "validating on the data")] \
                     if data else [None] * len(results)

@@ -148,8 +148,8 @@ def _plain(value: Any) -> Any:
 
 
 def input_range_of(sidecar, dataset: Dataset) -> tuple[float, float]:
-    """The valid input range: as the sidecar's preprocessing declares it, else the data's own."""
-    if sidecar is not None and getattr(sidecar.preprocessing, "input_range", None):
+    """The valid input range: as the sidecar records it (measured at conversion), else the data's own."""
+    if sidecar is not None and getattr(sidecar.preprocessing, "input_range", None) is not None:
         low, high = sidecar.preprocessing.input_range
         return float(low), float(high)
     x = dataset.inputs[0]
