@@ -87,7 +87,8 @@ def run_contained(task: Callable[..., Any], *args: Any, reads: list[Path], write
                   "writes": [str(Path(p).absolute()) for p in (*writes, scratch)], "scratch": str(scratch),
                   "landlock_abi": containment.landlock_abi, "trust_code": trust_code, "memory_mb": memory_mb}
         payload = json.dumps(header).encode() + b"\n" + _pickle_task(task, args)
-        return _spawn(payload, worker_env(scratch), memory_mb, on_message, containment)
+        return _spawn(payload, worker_env(scratch), memory_mb, on_message, containment,
+                      [Path(p) for p in reads if p is not None])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -101,7 +102,8 @@ def _pickle_task(task, args) -> bytes:
     return cloudpickle.dumps((task, args))
 
 
-def _spawn(payload: bytes, env: dict[str, str], memory_mb: int, on_message, containment) -> tuple[Any, Containment]:
+def _spawn(payload: bytes, env: dict[str, str], memory_mb: int, on_message, containment,
+           reads: list[Path] = ()) -> tuple[Any, Containment]:
     from convrepair.contain.supervisor import Launch, supervise
 
     message_r, message_w = os.pipe()
@@ -138,7 +140,7 @@ def _spawn(payload: bytes, env: dict[str, str], memory_mb: int, on_message, cont
         os.close(output_r)
     _, status = os.waitpid(pid, 0)
     feeder.join(timeout=1)
-    return _outcome(messages, status, containment)
+    return _outcome(messages, status, containment, reads)
 
 
 def _feed(fd: int, payload: bytes) -> None:
@@ -188,7 +190,7 @@ def _decode(line: bytes) -> Any:
         return None
 
 
-def _outcome(messages: list[Any], status: int, containment: Containment) -> tuple[Any, Containment]:
+def _outcome(messages: list[Any], status: int, containment: Containment, reads: list[Path] = ()) -> tuple[Any, Containment]:
     confirmed = any(isinstance(m, dict) and "contained" in m for m in messages)
     messages = [m for m in messages if not (isinstance(m, dict) and "contained" in m)]
     last = messages[-1] if messages else None
@@ -199,6 +201,8 @@ def _outcome(messages: list[Any], status: int, containment: Containment) -> tupl
     if isinstance(last, dict) and isinstance(last.get("error"), dict):
         error = last["error"]
         text = " ".join(str(error.get("message", "")).split())[:2000]
+        if containment.memory_mb and error.get("kind") != "UnsafeModel":
+            memory_limit(text, error.get("path") or next(iter(reads), None), containment.memory_mb)
         if error.get("kind") == "bug":
             raise WorkerBug(text)
         if error.get("kind") == "ContainmentFailed":
@@ -214,3 +218,29 @@ def _outcome(messages: list[Any], status: int, containment: Containment) -> tupl
         raise BadInput(f"the contained worker was killed by {name} while loading or running the models "
                        f"(a malformed model{limit})")
     raise WorkerBug(f"the contained worker exited with status {os.waitstatus_to_exitcode(status)} and no result")
+
+
+# What running out of the worker's address space looks like from inside it, and how it is said:
+# ONNX Runtime's arena, C++'s std::bad_alloc, numpy's "Unable to allocate …", Python's MemoryError
+# (and the child's own wording of it). GPU memory ("CUDA out of memory") is no part of the limit.
+_OUT_OF_MEMORY = {"Failed to allocate memory": "ONNX Runtime's memory arena could not allocate a buffer",
+                  "BFCArena::AllocateRaw": "ONNX Runtime's memory arena could not allocate a buffer",
+                  "bad_alloc": "an allocation failed (std::bad_alloc)",
+                  "Unable to allocate": None,  # numpy's own text names the size: quoted
+                  "MemoryError": "Python raised MemoryError",
+                  "needed more memory than the worker may use": "Python raised MemoryError"}
+
+
+def memory_limit(text: str, path: str | Path | None, memory_mb: int) -> None:
+    """Raise BadInput (exit 2) when a worker's error is an allocation failing under its memory limit:
+    a limit the user set (--memory-mb) is configuration, not a bug in our code or the converter's
+    (exit 70), nor a fault of the model ("fails to run this model")."""
+    marker = next((m for m in _OUT_OF_MEMORY if m.lower() in text.lower()), None)
+    if marker is None:
+        return
+    cause = _OUT_OF_MEMORY[marker]
+    if cause is None:
+        start = text.lower().index(marker.lower())
+        cause = text[start:start + 100].split(" for an array")[0]
+    raise BadInput(f"ran out of memory under the worker's {memory_mb} MB limit (--memory-mb); raise it or lower "
+                   f"--samples/batch ({cause})", str(path) if path else None)
