@@ -9,7 +9,10 @@ and options come from the target's sidecar. Layers are ranked by how much error 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
+
+from convrepair.repair.outcome import Attempt
 
 FALLBACK_CONVERTERS = ("onnx-int8", "onnx-fp16")
 
@@ -48,3 +51,19 @@ def requantize(registry, fp32_path, output_path, step, keep_fp32: list[str], tar
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT warns on root
     notes = converter.convert(ConvertRequest(model_ref(fp32_path, registry), output_path, options, None, calibration))
     return {"converter": step.converter, "kept_fp32": list(keep_fp32), **notes.details}
+
+
+def over_budget(started: float, budget_seconds: float, phase: str, done: list[str], planned: list[str],
+                attempts: list) -> bool:
+    """True (and a refused attempt saying where the fallback stopped) once `budget_seconds` have
+    passed since `started`: the fallback starts no step past its budget, and says so."""
+    spent = time.perf_counter() - started
+    if spent < budget_seconds:
+        return False
+    left = [layer for layer in planned if layer not in done]
+    attempts.append(Attempt("precision_fallback", False,
+                            f"stopped at --budget-seconds {budget_seconds:g} after {spent:.1f} s: {len(done)} of "
+                            f"{len(planned)} layer(s) {phase}; not tried: {', '.join(left)}",
+                            seconds=spent, cost={"stopped_by_budget": True, "budget_seconds": budget_seconds,
+                                                 "phase": phase, "done": list(done), "not_tried": left}))
+    return True

@@ -149,13 +149,18 @@ def precision_fallback(registry, check, search_idx, current_path, current_check,
     split — and then kept cumulatively in the order of that measured gain, until the search split
     is equivalent or `max_fp32_layers` are spent. A set is kept only when it helps on the search
     split and its gain on the selection split (`selection(path)` → failing samples, discrepant)
-    is beyond its bound (`outcome.significant_gain`). Returns the best such candidate, or None."""
-    from convrepair.repair.precision import lossy_step, requantize, sensitivity_ranking
+    is beyond its bound (`outcome.significant_gain`). Returns the best such candidate, or None.
+
+    Bounded by `--budget-seconds` from its start (each step re-converts and checks the model: on a
+    real network minutes): no step starts past it, and the attempt that stops says so
+    (`cost.stopped_by_budget`); what was found before stands as an option, judged like any other."""
+    from convrepair.repair.precision import lossy_step, over_budget, requantize, sensitivity_ranking
 
     step = lossy_step(target_sidecar)
     if step is None:
         attempts.append(Attempt("precision_fallback", False, "the target's sidecar names no re-runnable lossy step"))
         return None
+    started = time.perf_counter()
     inference_before = inference_ms(current_path)
     candidates = sensitivity_ranking(current_check.localization or {"layers": []})[: 2 * config.max_fp32_layers]
 
@@ -176,6 +181,8 @@ def precision_fallback(registry, check, search_idx, current_path, current_check,
     sensitivity: list[dict] = []
     if len(candidates) > 1:  # measured, not guessed: each candidate alone in fp32
         for index, layer in enumerate(track(candidates, "precision fallback: measuring each layer in fp32")):
+            if over_budget(started, config.budget_seconds, "measured alone in fp32", candidates[:index], candidates, attempts):
+                return None
             t0 = time.perf_counter()
             probe = convert([layer], f"probe_{index}.onnx", t0)
             if probe is None:
@@ -191,7 +198,10 @@ def precision_fallback(registry, check, search_idx, current_path, current_check,
     best: Option | None = None
     best_selection = selection(Path(current_path)) if selection is not None else None
     keep: list[str] = []
-    for layer in track(order[: config.max_fp32_layers], "precision fallback: layers kept in fp32"):
+    planned = order[: config.max_fp32_layers]
+    for layer in track(planned, "precision fallback: layers kept in fp32"):
+        if over_budget(started, config.budget_seconds, "kept in fp32", keep, planned, attempts):
+            break
         keep.append(layer)
         t0 = time.perf_counter()
         candidate = convert(list(keep), f"fallback_{len(keep)}.onnx", t0)
