@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convrepair.data import Dataset, feeds_for
+from convrepair.errors import BadInput
 from convrepair.localize.align import align
 from convrepair.localize.faults import Fault, FaultContext, explain, static_diff
 from convrepair.localize.graph import GraphView
@@ -97,7 +98,14 @@ def localize(
     # Export the source the way the target was exported (FetaFix compares like with like).
     options = export_options(target.sidecar)
     source_ir = job.onnx_ir(source, samples, options)
-    target_ir = job.onnx_ir(target, samples, options)
+    try:
+        target_ir = job.onnx_ir(target, samples, options)
+    except BadInput:  # no ONNX IR of the target: walk by name where its runtime returns its own intermediates
+        from convrepair.localize import by_name
+
+        if not by_name.supports(job.runner(target)):
+            raise
+        return by_name.localize_by_name(job, source, target, samples, counts, source_ir, discrepant, threshold)
     ir_info = {
         "source": {"origin": source_ir.origin, "fidelity_max_abs": source_ir.fidelity_max_abs,
                    "fidelity_rel_l2": source_ir.fidelity_rel_l2, "threshold_rel_l2": ir_threshold(source.precision)},

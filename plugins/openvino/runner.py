@@ -40,6 +40,8 @@ def is_openvino(path: Path) -> bool:
 
 
 class OpenVinoRunner(Runner):
+    runtime_name = "OpenVINO"
+
     def __init__(self, path: Path, layouts: list[str]):
         import openvino as ov
 
@@ -79,10 +81,16 @@ class OpenVinoRunner(Runner):
                 for port in op.outputs() for name in sorted(port.get_names())]
 
     def intermediates(self, names: list[str], feeds) -> dict:
-        """The values of internal tensors by name, on `feeds`: the IR is read again with them added
-        as outputs (`Model.add_outputs`) and compiled like the model itself (CPU, f32). Names the IR
-        does not carry are left out. Extra outputs can keep the CPU plugin from fusing an op with
-        the next (a Conv with its Relu), so these are the layers' values, not the fused kernels'."""
+        """The values of internal tensors by name, on `feeds` (see `probe`). Names the IR does not
+        carry are left out."""
+        return self.probe(names)(feeds)
+
+    def probe(self, names: list[str]):
+        """A function of feeds returning the internal tensors `names` by name: the IR is read again
+        with them added as outputs (`Model.add_outputs`) and compiled once like the model itself
+        (CPU, f32), so a walk over many batches compiles once. Extra outputs can keep the CPU plugin
+        from fusing an op with the next (a Conv with its Relu), so these are the layers' values, not
+        the fused kernels'."""
         wanted, ports = set(names), {}
         model = self._core.read_model(str(self._xml), str(self._xml.with_suffix(".bin")))
         for op in model.get_ordered_ops():
@@ -92,20 +100,70 @@ class OpenVinoRunner(Runner):
                 for name in port.get_names() & wanted:
                     ports.setdefault(name, port)
         if not ports:
-            return {}
+            return lambda feeds: {}
         model.add_outputs(list(ports.values()))
-        feeds = conform_feeds(self.inputs, feeds, self.path)
         try:
             compiled = self._core.compile_model(model, "CPU", CONFIG)
-            results = compiled.create_infer_request().infer([feeds[spec.name] for spec in self.inputs])
         except Exception as exc:  # noqa: BLE001
-            raise BadInput(f"OpenVINO fails to run this model with its intermediate outputs: {exception_text(exc, 240)}",
+            raise BadInput(f"OpenVINO fails to compile this model with its intermediate outputs: {exception_text(exc, 240)}",
                            self.path) from None
-        found = {}
-        for port in compiled.outputs:
-            for name in port.get_names() & ports.keys():
-                found[name] = results[port].copy()
+        request = compiled.create_infer_request()
+
+        def run(feeds) -> dict:
+            feeds = conform_feeds(self.inputs, feeds, self.path)
+            try:
+                results = request.infer([feeds[spec.name] for spec in self.inputs])
+            except Exception as exc:  # noqa: BLE001
+                raise BadInput(f"OpenVINO fails to run this model with its intermediate outputs: "
+                               f"{exception_text(exc, 240)}", self.path) from None
+            found = {}
+            for port in compiled.outputs:
+                for name in port.get_names() & ports.keys():
+                    found[name] = results[port].copy()
+            return found
+
+        return run
+
+    def graph_ops(self) -> list[dict]:
+        """The IR's ops (Parameters, Constants and Results aside) in graph order, framework-neutral,
+        for a comparison with the ONNX graph it was read from: friendly name (the ONNX node's name,
+        or `NAME/WithoutBiases` for a part the frontend split off), op type, output tensor names,
+        the friendly names of the ops it reads, its attributes, and the constants it reads (through
+        f16 decompression `Convert`s) as (input position, tensor names, float32 value)."""
+        import numpy as np
+
+        model = self._core.read_model(str(self._xml), str(self._xml.with_suffix(".bin")))
+        found = []
+        for op in model.get_ordered_ops():
+            kind = op.get_type_name()
+            if kind in ("Parameter", "Constant", "Result", "Convert") and not _computes(op):
+                continue
+            inputs, constants = [], []
+            for position, port in enumerate(op.inputs()):
+                producer = port.get_source_output().get_node()
+                while producer.get_type_name() == "Convert" and producer.inputs():
+                    producer = producer.input(0).get_source_output().get_node()
+                inputs.append(producer.get_friendly_name())
+                if producer.get_type_name() == "Constant":
+                    value = producer.get_data()
+                    if np.issubdtype(value.dtype, np.floating):
+                        constants.append((position, sorted(producer.output(0).get_names()) + [producer.get_friendly_name()],
+                                          np.asarray(value, dtype=np.float32)))
+            try:
+                attributes = {k: v for k, v in op.get_attributes().items() if isinstance(v, (int, float, str, list))}
+            except Exception:  # noqa: BLE001 - an op whose attributes the Python API cannot read
+                attributes = {}
+            found.append({"name": op.get_friendly_name(), "type": kind, "inputs": inputs, "constants": constants,
+                          "outputs": sorted(n for port in op.outputs() for n in port.get_names()), "attributes": attributes})
         return found
+
+
+def _computes(op) -> bool:
+    """A Convert of a non-constant (a precision change inside the graph) is an op; a Constant, a
+    Result or a weight's f16 decompression is not."""
+    if op.get_type_name() != "Convert":
+        return False
+    return op.input(0).get_source_output().get_node().get_type_name() != "Constant"
 
 
 _NOT_CHECKPOINTS = {"Parameter", "Constant", "Result", "Convert", "ShapeOf"}
