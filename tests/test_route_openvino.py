@@ -1,6 +1,7 @@
 """The OpenVINO route: the digits fixture (torch_cnn.pt2) → ONNX → OpenVINO IR at fp32, fp16 and
 int8 (NNCF with calibration data), run by the OpenVINO runtime on CPU in the contained worker; a
-weight scaled inside the IR's .bin is detected, and localization says it is output-level only."""
+weight scaled inside the IR's .bin, and a fault injected into the ONNX an IR is converted from, are
+localized layer-wise through OpenVINO's own intermediates (fetched by their ONNX names)."""
 
 from __future__ import annotations
 
@@ -106,15 +107,48 @@ def scale_first_conv_weight(ir: Path, out: Path, factor: float) -> str:
     return layer.get("name")
 
 
-def test_a_scaled_weight_in_the_ir_is_detected_and_localization_says_output_level_only(routes, fixtures_dir, tmp_path):
+def test_a_scaled_weight_in_the_ir_is_localized_through_openvino_intermediates(routes, fixtures_dir, tmp_path):
     work, by_target = routes
     clean = Path(by_target["openvino"]["output"]["path"])
     faulty = tmp_path / "faulty.openvino"
     scale_first_conv_weight(clean, faulty, 1.5)
     report = run_check(default_registry(), work / "torch_cnn.pt2", faulty, CheckConfig(data=fixtures_dir / "digits_test_nchw.npz"))
     assert report.verdict == "discrepant"
-    fault = report.localization["fault"]
-    assert fault["type"] == "unknown" and "output-level only" in fault["detail"]
+    located = report.localization
+    assert located["ir"]["method"].startswith("layer-wise via OpenVINO intermediates")
+    assert located["first_divergent"]["node"] == "/Conv"
+    fault = located["fault"]
+    assert fault["type"] == "weights" and fault["evidence"]["differences"][0]["uniform_factor"] == pytest.approx(1.5)
+
+
+@pytest.fixture(scope="module")
+def cnn_onnx(routes, tmp_path_factory):
+    """The digits CNN as ONNX, through the real CLI (the IR's own first step)."""
+    from conftest import run_cli
+
+    work, _ = routes
+    out = tmp_path_factory.mktemp("openvino-onnx")
+    result = run_cli("convert", work / "torch_cnn.pt2", "--to", "onnx", "--out-dir", out, "-q")
+    assert result.code == 0, result.stderr
+    return out / "torch_cnn.onnx"
+
+
+def test_a_fault_in_the_onnx_an_ir_is_converted_from_is_localized_to_the_injected_op(routes, cnn_onnx, fixtures_dir, tmp_path):
+    """The realistic shape: the Relu after the first Conv is dropped from the ONNX, that ONNX goes to
+    OpenVINO, and the IR is checked against the clean source (its clean ONNX: no export to wait for)."""
+    from faults import inject_zoo_fault
+
+    from convrepair.convert import convert
+
+    node, expected = inject_zoo_fault(cnn_onnx, tmp_path / "dropped.onnx", "dropped_op")
+    convert(default_registry(), tmp_path / "dropped.onnx", "openvino", out=tmp_path / "dropped.openvino")
+    report = run_check(default_registry(), cnn_onnx, tmp_path / "dropped.openvino",
+                       CheckConfig(data=fixtures_dir / "digits_test_nchw.npz"))
+    assert report.verdict == "discrepant"
+    located = report.localization
+    assert located["ir"]["method"].startswith("layer-wise via OpenVINO intermediates")
+    assert (node, expected) == ("/Relu", "graph_structure")
+    assert located["first_divergent"]["node"] == node and located["fault"]["type"] == expected
 
 
 def test_a_lone_xml_is_refused_naming_the_folder_to_pass(routes, fixtures_dir):
@@ -133,20 +167,17 @@ def _rel_l2(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a), 1e-12))
 
 
-def test_openvino_intermediates_pair_with_the_onnx_tensors_by_name(routes, fixtures_dir, tmp_path):
+def test_openvino_intermediates_pair_with_the_onnx_tensors_by_name(routes, cnn_onnx, fixtures_dir, tmp_path):
     """The ground of OpenVINO layer-wise localization: the IR keeps the ONNX tensor names of its
     layers, its own intermediate outputs (`add_outputs`) match ONNX Runtime's values of the same
     tensors on the clean IR, and the first one that diverges on a faulty IR is the faulted layer."""
     import onnx
     import onnxruntime as ort
 
-    from conftest import run_cli
     from convrepair.model import model_ref
 
     work, by_target = routes
-    result = run_cli("convert", work / "torch_cnn.pt2", "--to", "onnx", "--out-dir", tmp_path, "-q")
-    assert result.code == 0, result.stderr
-    proto = onnx.load(str(tmp_path / "torch_cnn.onnx"))
+    proto = onnx.load(str(cnn_onnx))
     onnx_names = [out for node in proto.graph.node for out in node.output]
     x = np.load(fixtures_dir / "digits_test_nchw.npz")["x"][:16].astype(np.float32)
     registry = default_registry()
