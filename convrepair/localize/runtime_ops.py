@@ -143,6 +143,9 @@ def _parameters(view: GraphView, node: Node, ops: list[dict], precision: str) ->
         best = min((_delta(value, c[2]) for c in sized), key=lambda d: d[0])
         if best[0] > tolerance:
             factor = _uniform_factor(value, best[1])
+            if factor is not None and not named and role == "weights" and node.inputs and node.inputs[0] in view.inputs:
+                out.append(_folded_input_scale(node, name, factor, best[0], tolerance))
+                continue
             out.append({"type": role, "node": node.name, "input": position, "tensor": name, "max_abs_diff": best[0],
                         "tolerance": tolerance, "ratio": best[0] / max(tolerance, 1e-12), "by": "name" if named else "size",
                         "zeroed": bool(not np.any(best[1]) and np.any(value)), "uniform_factor": factor,
@@ -150,6 +153,17 @@ def _parameters(view: GraphView, node: Node, ops: list[dict], precision: str) ->
                                   + (f" (uniformly ×{factor:.4g}: an input scale folded into the first layer would "
                                      "look the same)" if factor is not None else "")})
     return out
+
+
+def _folded_input_scale(node: Node, name: str, factor: float, delta: float, tolerance: float) -> dict[str, Any]:
+    """The first layer's weights uniformly ×k in a constant that is no longer the initializer (its
+    name is gone: the frontend computed it, folding an op into it): the model input is scaled ×k
+    before this layer, and OpenVINO folded that scale into the weights."""
+    return {"type": "preprocessing", "node": node.inputs[0], "input": 1, "tensor": name, "max_abs_diff": delta,
+            "tolerance": tolerance, "ratio": delta / max(tolerance, 1e-12), "by": "size", "uniform_factor": factor,
+            "detail": f"the model input '{node.inputs[0]}' is scaled ×{factor:.4g} before {node.op} '{node.name}': the "
+                      f"target's kernel is the source's '{name}' ×{factor:.4g} everywhere, in a constant that no longer "
+                      "carries the initializer's name (the frontend folded an input scale into it)"}
 
 
 def _delta(source: np.ndarray, candidate: np.ndarray) -> tuple[float, np.ndarray]:
