@@ -94,6 +94,24 @@ class JobContext:
                 handle.runner = self.registry.load(handle.ref, handle.sidecar, device=self.device)
         return handle.runner
 
+    def park(self, keep: ModelHandle | None = None) -> None:
+        """Close every framework runner but `keep`'s, their outputs kept (a later `runner` loads
+        again): before a large model's IR is loaded or walked (issue 21: a 334M-parameter source's
+        torch program and its target's session are 3.1 GB the layer walk never uses)."""
+        import gc
+
+        closed = False
+        for handle in self.models.values():
+            if handle is not keep and handle.runner is not None:
+                try:
+                    handle.runner.close()
+                finally:
+                    handle.runner = None
+                closed = True
+        if closed:
+            gc.collect()
+            memory.trim()
+
     def release(self, handle: ModelHandle) -> None:
         """Close a model the job is done with (a rejected repair candidate), freeing its memory."""
         if handle.runner is not None:
@@ -153,12 +171,18 @@ class JobContext:
         the IR cache, or exported in a child), its fidelity measured on `samples`."""
         from convrepair.onnx_ir import onnx_ir
 
+        from convrepair import lean_onnx
+
         key = repr(sorted((options or {}).items()))
         if key not in handle.irs:
             exports = self.exports()
             before = exports.count
+            release = None
+            if handle.ref.format != "onnx" and lean_onnx.is_large(handle.ref.path):  # one large model at a time
+                self.park(keep=handle)
+                release = self.park
             handle.irs[key] = onnx_ir(self.registry, handle.ref, handle.sidecar, lambda: self.runner(handle), samples,
-                                      self.workdir, options, exports)
+                                      self.workdir, options, exports, release)
             self.counts["export"] += exports.count - before
         return handle.irs[key]
 
@@ -187,16 +211,35 @@ class JobContext:
         return self._exports
 
     def graph(self, path: str | Path) -> tuple[Any, GraphView]:
-        """An ONNX file parsed once: (ModelProto, GraphView). Treat both as read-only."""
+        """An ONNX file parsed once: (ModelProto, GraphView). Treat both as read-only.
+
+        A large one (`lean_onnx.LEAN_BYTES`) is parsed without its weights, from its lean form in
+        the job's folder (written there once unless it already is), its parameters read from the
+        data file when asked; and the framework runners are closed first, since what asks for a
+        graph walks the IRs, not the models. Its proto runs only through `lean_onnx.session`."""
         import onnx
 
+        from convrepair import lean_onnx
         from convrepair.localize.graph import GraphView
 
         key = str(Path(path).resolve())
         if key not in self.graphs:
-            proto = onnx.load(str(path))
+            if lean_onnx.is_large(Path(path)):
+                self.park()
+                proto = lean_onnx.load(self._lean_file(Path(path)))
+            else:
+                proto = onnx.load(str(path))
             self.graphs[key] = (proto, GraphView(proto))
         return self.graphs[key]
+
+    def _lean_file(self, path: Path) -> Path:
+        """The large ONNX file itself when it is lean already in this job's folder, else its lean copy there."""
+        from convrepair import lean_onnx
+
+        resolved = path.resolve()
+        if resolved.is_relative_to(self.workdir.resolve()) and resolved.with_name(resolved.name + ".data").is_file():
+            return resolved  # lean_onnx.write made it (onnx_ir's own copy of a large IR)
+        return lean_onnx.write(resolved, Path(tempfile.mkdtemp(dir=self.workdir)), resolved.name)
 
     def forget_graph(self, path: str | Path) -> None:
         self.graphs.pop(str(Path(path).resolve()), None)

@@ -88,8 +88,12 @@ def exported_file(registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | No
 
 
 def onnx_ir(registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | None, runner: Callable[[], Runner],
-            samples: Dataset, workdir: Path, options: dict | None, exports: Exports) -> OnnxIR:
-    """The model's IR as a file of its own in `workdir`, with its fidelity on `samples`."""
+            samples: Dataset, workdir: Path, options: dict | None, exports: Exports,
+            release: Callable[[], None] | None = None) -> OnnxIR:
+    """The model's IR as a file of its own in `workdir`, with its fidelity on `samples`. With
+    `release` (a large model), the model's outputs are computed first, `release()` closes what
+    the caller wants closed (its runner), and only then is the IR loaded: never both at once.
+    A large IR is kept in its lean form (`lean_onnx`: graph file + one data file)."""
     from convrepair.compare import compare_on
     from convrepair.model import model_ref
 
@@ -98,18 +102,48 @@ def onnx_ir(registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | None, ru
         return OnnxIR(ref.path, "as is", 0.0, layouts)
     entry, how = exported_file(registry, ref, sidecar, options, exports, workdir)
     path = _own_copy(entry.path, workdir)  # the IR may be edited (repair); the cache's copy never is
-    with registry.load(model_ref(path, registry, "onnx"), None, device="cpu") as ir:
-        comparison = compare_on(runner(), ir, samples, np.arange(len(samples)))
+    if release is None:
+        with registry.load(model_ref(path, registry, "onnx"), None, device="cpu") as ir:
+            comparison = compare_on(runner(), ir, samples, np.arange(len(samples)))
+    else:
+        comparison = _one_after_the_other(registry, runner(), path, samples, release)
     rel_l2 = max((float(np.sqrt(o.noise_energy / o.signal_energy)) if o.signal_energy > 0 else float(o.noise_energy > 0))
                  for o in comparison.outputs)
     return OnnxIR(path, " → ".join(entry.meta.get("route", [])), comparison.max_abs, layouts, rel_l2, how)
 
 
+def _one_after_the_other(registry: PluginRegistry, model: Runner, path: Path, samples: Dataset, release: Callable[[], None]):
+    """compare_on's Comparison, the model's outputs computed and the model released before the IR loads."""
+    from convrepair.compare import Accumulator, check_output_counts
+    from convrepair.data import batches, feeds_for
+    from convrepair.model import model_ref
+
+    spans = list(batches(len(samples), 256))
+    expected = [model.run(feeds_for(model.inputs, samples, start, stop)) for start, stop in spans]
+    release()
+    acc = None
+    with registry.load(model_ref(path, registry, "onnx"), None, device="cpu") as ir:
+        for (start, stop), s_out in zip(spans, expected):
+            t_out = ir.run(feeds_for(ir.inputs, samples, start, stop))
+            check_output_counts(ir, ir, s_out, t_out)
+            if acc is None:
+                acc = Accumulator(list(s_out), list(t_out), 1, np.inf, 0.0, None)
+            labels = samples.labels[start:stop] if samples.labels is not None else None
+            acc.add(list(s_out.values()), list(t_out.values()), np.arange(start, stop), labels)
+    assert acc is not None
+    return acc.result()
+
+
 def _own_copy(path: Path, workdir: Path) -> Path:
-    """A copy of the IR (and its external data) in a fresh folder of `workdir`."""
+    """A copy of the IR (and its external data) in a fresh folder of `workdir`; a large one in its
+    lean form (written once, streamed: never a whole proto in memory)."""
+    from convrepair import lean_onnx
+
     if path.is_relative_to(workdir):
         return path
     folder = Path(tempfile.mkdtemp(dir=workdir))
+    if lean_onnx.is_large(path):
+        return lean_onnx.write(path, folder, path.name)
     for companion in path.parent.iterdir():
         if companion.is_file() and companion.name.startswith(path.name) and not companion.name.endswith(".json"):
             shutil.copy2(companion, folder / companion.name)

@@ -170,3 +170,23 @@ def test_the_daemons_conversion_is_the_export_localization_reads(exported, tmp_p
     with JobContext(registry, ir_cache=cache) as job:
         assert job.prepare_ir(job.model(source), {}) == "cached"
         assert job.counts["export"] == 0
+
+
+def test_a_large_sources_ir_is_lean_and_measured_one_model_at_a_time(exported, tmp_path, monkeypatch):
+    """Past lean_onnx.LEAN_BYTES (0 here) the job's copy of a cached IR is its lean form, and its
+    fidelity is measured with the source's outputs computed and its runner closed before the IR
+    loads: the same fidelity, never both models in memory at once."""
+    from convrepair import lean_onnx
+
+    cache, _ = _copy(exported, tmp_path)
+    monkeypatch.setattr(lean_onnx, "LEAN_BYTES", 0)
+    with JobContext(exported["registry"], ir_cache=cache) as job:
+        handle = job.model(exported["source"])
+        samples = job_dataset(job, handle, CheckConfig(data=exported["data"])).take(np.arange(16))
+        ir = job.onnx_ir(handle, samples, {})
+        assert handle.runner is None  # closed before the IR was loaded (a later job.runner loads it again)
+        assert ir.exported == "cached" and ir.fidelity_rel_l2 < 1e-5
+        assert ir.path.with_name(ir.path.name + ".data").is_file() and ir.path.stat().st_size < 64 << 10
+        proto, view = job.graph(ir.path)
+        assert lean_onnx.home_of(proto) == ir.path.parent  # read in place: the job's copy is lean already
+        assert len(list(ir.path.parent.iterdir())) == 2

@@ -4,39 +4,42 @@ Marking every tensor of a large model at once costs memory in proportion to the 
 (MobileNetV2 at 96×96, 64 images: 825 MB), so `sweep` runs every tensor at once over a few
 samples at a time (one session, one pass over the data), and `capture` asks for a few tensors
 of the whole batch when only those are needed; `segment` runs one piece of a graph on its own.
+A large model comes here in its lean form (`convrepair.lean_onnx`: the graph without its weights):
+its sessions are built from a file beside its weights, never from a serialized copy of them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from convrepair import lean_onnx
+
 
 def _session(model, outputs: list[str]):
-    import onnx
-    import onnxruntime as ort
+    return lean_onnx.session(model, outputs)
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    for name in outputs:
-        if name not in existing:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep tensors as named
-    return ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+def probe(model, names: list[str], feeds: dict[str, np.ndarray]):
+    """One session asking for `names`: a function of a sample span (start, stop) → {name: float32
+    value} on those samples (axis 0 of every feed)."""
+    session = _session(model, names)
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in wanted}
+
+    def run(start: int, stop: int) -> dict[str, np.ndarray]:
+        part = {k: v[start:stop] for k, v in feeds.items()}
+        return {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, session.run(names, part))}
+
+    return run
 
 
 def sweep(model, names: list[str], feeds: dict[str, np.ndarray], batch: int):
     """Every tensor of `names` for `batch` samples at a time: one session, one pass over the samples.
     Yields {name: float32 value} per batch of samples (axis 0 of every feed)."""
-    session = _session(model, names)
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    run = probe(model, names, feeds)
     total = len(next(iter(feeds.values()))) if feeds else 0
     for start in range(0, total, batch):
-        part = {k: v[start : start + batch] for k, v in feeds.items()}
-        yield {name: np.asarray(value, dtype=np.float32) for name, value in zip(names, session.run(names, part))}
+        yield run(start, min(start + batch, total))
 
 
 def capture(model, names: list[str], feeds: dict[str, np.ndarray], chunk: int = 8) -> dict[str, np.ndarray]:
@@ -62,9 +65,15 @@ def segment(model, input_name: str, output_name: str):
     try:
         inferred = onnx.shape_inference.infer_shapes(model)  # the extractor needs value_info
         sub = Extractor(inferred).extract_model([input_name], [output_name])
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        home = lean_onnx.home_of(model)
+        if home is not None:  # a piece of a lean model: its weights are in the model's folder
+            if lean_onnx.home_of(sub) is None:
+                sub.metadata_props.add(key=lean_onnx.HOME, value=str(home))
+            session = lean_onnx.session(sub, optimize=True)
+        else:
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
         dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
     except Exception:  # noqa: BLE001 - extraction fails for segments with other live inputs
         return None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from convrepair import ops
+from convrepair import lean_onnx, ops
 
 # Ops that only move precision around, and ops whose output is integers (scaled) whose real value
 # lies a Cast/Mul/Add (or Dequantize) later: both read from the op registry (convrepair/ops).
@@ -48,11 +49,11 @@ class GraphView:
 
         self.model = model
         graph = model.graph
-        self.initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        self.initializers = Initializers(graph.initializer, lean_onnx.home_of(model))
         for node in graph.node:  # Constant nodes are parameters too
             if node.op_type == "Constant" and node.attribute:
                 try:
-                    self.initializers[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+                    self.initializers.add(node.output[0], numpy_helper.to_array(node.attribute[0].t))
                 except Exception:  # noqa: BLE001 - non-tensor constants are not parameters
                     pass
         self.nodes = [
@@ -193,6 +194,38 @@ class GraphView:
             zero = self.initializers.get(producer.inputs[2]) if (zero is None and len(producer.inputs) > 2) else zero
             return _dequantize(base, scale, zero, producer.attributes.get("axis", 1))
         return None
+
+
+class Initializers(Mapping):
+    """A graph's parameters by name, read when asked (issue 21: the whole of a large model's weights
+    as numpy arrays was a second copy of it): embedded ones parsed once and kept, those of a lean
+    model memory-mapped from its data file on every read, so nothing holds them all at once."""
+
+    def __init__(self, tensors, home) -> None:
+        self._tensors = {tensor.name: tensor for tensor in tensors}
+        self._home = home
+        self._kept: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, value: np.ndarray) -> None:
+        self._kept[name] = value
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._kept:
+            return self._kept[name]
+        tensor = self._tensors[name]
+        value = lean_onnx.weights(tensor, self._home)
+        if not lean_onnx.mapped(tensor, self._home):
+            self._kept[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._kept or name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys([*self._tensors, *self._kept]))
+
+    def __len__(self) -> int:
+        return len(dict.fromkeys([*self._tensors, *self._kept]))
 
 
 def _dequantize(q: np.ndarray, scale, zero, axis: int) -> np.ndarray:

@@ -9,12 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from convrepair.localize.capture import capture, segment, sweep
+from convrepair import lean_onnx, memory
+from convrepair.localize.capture import capture, probe, segment, sweep
 from convrepair.localize.graph import GraphView
 from convrepair.localize.tensors import RunningDiff, TensorDiff, compare_tensors
 from convrepair.events import track
 
 SWEEP_BATCH = 8  # samples whose activations (every layer of both models) are held at once
+SPAN_BYTES = 256 << 20  # … at most this many bytes of them, for a large (lean) model: one sample where it is more
 
 
 @dataclass
@@ -44,11 +46,15 @@ def walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) 
     s_names = list(dict.fromkeys(s.tensor for s, _ in pairs))
     t_names = list(dict.fromkeys(t.tensor for _, t in pairs))
     total = len(next(iter(s_feeds.values()))) if s_feeds else 0
-    batches = zip(sweep(s_model, s_names, s_feeds, SWEEP_BATCH), sweep(t_model, t_names, t_feeds, SWEEP_BATCH))
-    for s_values, t_values in track(batches, f"localizing {len(pairs)} layers on {total} samples",
-                                    total=-(-total // SWEEP_BATCH)):
+    lean = lean_onnx.home_of(s_model) is not None or lean_onnx.home_of(t_model) is not None
+    batches = lockstep(probe(s_model, s_names, s_feeds), probe(t_model, t_names, t_feeds), total, lean)
+    for batch in track(batches, f"localizing {len(pairs)} layers on {total} samples",
+                       total=-(-total // (1 if lean else SWEEP_BATCH))):
+        s_values, t_values = batch
+        batch.clear()  # one batch of activations at a time, never two (track holds its last item)
         for diff, (s, t) in zip(running, pairs):
             diff.add(s_values[s.tensor], t_values[t.tensor])
+        del s_values, t_values
     diffs = [diff.result() for diff in running]
     # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
     diverged = [d is None or d.rel_l2 > threshold for d in diffs]
@@ -65,6 +71,27 @@ def walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) 
             status = "carried" if diff is not None else "incomparable"
         rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
     return rows, first
+
+
+def lockstep(s_run, t_run, total: int, lean: bool, budget: int | None = None):
+    """[source values, target values] over the samples, a span at a time (a list the caller empties:
+    nothing then keeps a span's values alive while the next one runs). Every checkpoint of both
+    models is held for one span, so its size follows memory: a lean (large) model's first span is
+    one sample, which measures the activations' bytes per sample, and later spans hold as many
+    samples as `budget` allows (issue 21: BERT-large's checkpoints are ~250 MB per 128-token
+    sample and model, 4 GB for eight samples of both); a small model's are SWEEP_BATCH samples."""
+    step, start = (1 if lean else SWEEP_BATCH), 0
+    while start < total:
+        stop = min(start + step, total)
+        s_values, t_values = s_run(start, stop), t_run(start, stop)
+        if lean and start == 0:
+            per_sample = sum(v.nbytes for part in (s_values, t_values) for v in part.values()) // max(stop - start, 1)
+            room = min(memory.budget(None), SPAN_BYTES) if budget is None else budget
+            step = max(1, min(SWEEP_BATCH, room // max(per_sample, 1)))
+        batch = [s_values, t_values]
+        del s_values, t_values
+        yield batch
+        start = stop
 
 
 def _feeds_next(view: GraphView, pairs, index: int) -> bool:
