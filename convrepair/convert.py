@@ -96,7 +96,8 @@ def convert(
     data: Path | None = None,
 ) -> ConversionResult:
     """Convert along the planned route; the sidecar records the input range measured on `data`
-    (the float inputs' min/max), else the one the source's sidecar records, else none."""
+    (the float inputs' min/max), else (no data, or integer inputs only) the one the source's
+    sidecar records, else none."""
     # a ModelRef a job already resolved and hashed is taken as is
     source = source_path if isinstance(source_path, ModelRef) else model_ref(source_path, registry)
     source_sidecar = read_sidecar(source.path) or registry.implied_sidecar(source) or Sidecar()  # a sidecar-less int8 .tflite stays int8
@@ -115,8 +116,9 @@ def convert(
         with registry.load(source, source_sidecar, device="cpu") as runner:
             source_sidecar.input_layout = [spec.layout for spec in runner.inputs]
 
-    if data is not None:  # measured on the user's data, replacing anything recorded before
-        source_sidecar.preprocessing = replace(source_sidecar.preprocessing, input_range=measured_input_range(data))
+    measured = measured_input_range(data) if data is not None else None
+    if measured is not None:  # measured on the user's data, replacing anything recorded before
+        source_sidecar.preprocessing = replace(source_sidecar.preprocessing, input_range=measured)
 
     started = time.perf_counter()
     steps: list[ConversionStep] = []
