@@ -42,10 +42,10 @@ class Asked:
 
 def ask(registry: PluginRegistry, source: Path, target: Path, config: CheckConfig) -> Asked:
     """The parent's side, before the worker runs: hash the models, read the data file, draw the plan."""
-    from convrepair.check import noise_origin, sampling_plan, validate_config
+    from convrepair.check import sampling_plan, validate_config
     from convrepair.data import npz_facts
     from convrepair.model import model_ref
-    from convrepair.sidecar import read_sidecar, recorded_range
+    from convrepair.sidecar import noise_origin, read_sidecar, recorded_range
 
     validate_config(config)
     refs = [model_ref(path, registry) for path in (source, target)]

@@ -41,7 +41,7 @@ from convrepair.judge import (  # noqa: F401 - re-exported
 )
 from convrepair.model import ModelRef
 from convrepair.plugins import PluginRegistry
-from convrepair.sidecar import NOISE_RANGE, Sidecar, recorded_range
+from convrepair.sidecar import NOISE_RANGE, Sidecar, noise_origin, recorded_range
 
 if TYPE_CHECKING:
     from convrepair.lenses import LensConfig
@@ -183,13 +183,6 @@ def load_dataset(config: CheckConfig, specs, sidecar: Sidecar | None) -> Dataset
     return noise
 
 
-def noise_origin(recorded: tuple[float, float] | None) -> str:
-    """How a check names its synthetic noise: drawn in the range the source's sidecar records, else
-    in NOISE_RANGE, an assumption about noise said as such (and never written to a sidecar)."""
-    low, high = recorded or NOISE_RANGE
-    assumed = "" if recorded else " (synthetic noise: no --data and no recorded input range, so [0, 1] is assumed)"
-    return f"uniform[{float(low)}, {float(high)}]{assumed}"
-
 
 def job_dataset(job: JobContext, source: ModelHandle, config: CheckConfig) -> Dataset:
     """The job's data (read once), restricted to `config.subset` when repair splits it."""
@@ -293,7 +286,8 @@ def judge_evidence(evidence: Evidence, plan: list[tuple[int, np.ndarray]], data:
     return CheckReport(
         source=source_ref, target=target_ref, verdict=verdict(reasons, unsure), samples=pooled.n, rounds=rounds,
         pooled=pooled, tolerance=tolerance, data=data.origin, top_k=config.top_k, seconds=0.0, reasons=reasons,
-        flipped_samples=pooled.flips, inconclusive=unsure, guard_notes=guard_notes(data, source_sidecar), classifier=bool(pooled.label_agreement is not None),
+        flipped_samples=pooled.flips, inconclusive=unsure, guard_notes=guard_notes(data, source_sidecar),
+        classifier=bool(pooled.label_agreement is not None),
         batch_dependent=batch_dependence(batched, evidence.single, pooled.label_agreement is not None,
                                          evidence.single_error),
         evidence=dict(evidence.digests))

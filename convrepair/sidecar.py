@@ -45,6 +45,14 @@ def recorded_range(sidecar: Sidecar | None) -> tuple[float, float] | None:
     return float(low), float(high)
 
 
+def noise_origin(recorded: tuple[float, float] | None) -> str:
+    """How a check names the uniform noise it draws without data: in the recorded range, else in
+    NOISE_RANGE, an assumption said as such."""
+    low, high = recorded or NOISE_RANGE
+    assumed = "" if recorded else " (synthetic noise: no --data and no recorded input range, so [0, 1] is assumed)"
+    return f"uniform[{float(low)}, {float(high)}]{assumed}"
+
+
 @dataclass
 class ConversionStep:
     converter: str
