@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import io
 import logging
 import os
@@ -30,11 +31,39 @@ def stderr_fd_silenced() -> Iterator[None]:
         os.close(devnull)
 
 
+# Packages TensorFlow and Keras import only if installed, for features convrepair never uses (TFLite's
+# JAX conversion, Keras's scikit-learn wrappers and image-gallery plots). Each import is guarded by
+# `except ImportError` upstream; together they were a third of `import tensorflow`'s CPU time here
+# (jax via litert-torch, scikit-learn, matplotlib), paid by every contained worker that loads a Keras
+# model. Imported later by anything else, they load as usual.
+OPTIONAL_AT_IMPORT = frozenset({"jax", "jaxlib", "sklearn", "matplotlib"})
+
+
+class _SkipOptional(importlib.abc.MetaPathFinder):
+    """Refuses the optional packages above (those not already imported) while TensorFlow imports,
+    as if they were not installed."""
+
+    def __init__(self) -> None:
+        self.skipped = OPTIONAL_AT_IMPORT - {name.partition(".")[0] for name in sys.modules}
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in self.skipped:
+            raise ImportError(f"{name} is not imported alongside tensorflow (convrepair does not use it)")
+        return None
+
+
 def import_tensorflow():
-    """Import tensorflow once, without its start-up chatter on the terminal."""
+    """Import tensorflow (and Keras) once, without its start-up chatter on the terminal and
+    without the optional packages it would pull in for features we do not use."""
     if "tensorflow" not in sys.modules:
-        with stderr_fd_silenced():
-            import tensorflow  # noqa: F401
+        skip = _SkipOptional()
+        sys.meta_path.insert(0, skip)
+        try:
+            with stderr_fd_silenced():
+                import tensorflow  # noqa: F401
+                import keras  # noqa: F401  (TensorFlow imports it lazily; the same cost, once, here)
+        finally:
+            sys.meta_path.remove(skip)
     return sys.modules["tensorflow"]
 
 
