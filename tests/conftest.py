@@ -15,11 +15,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "fixtures"))  # fixtures/faults.py: fault injection shared with the demo
 
 
+@pytest.fixture(scope="session")
+def _session_ir_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ir-cache")
+
+
 @pytest.fixture(autouse=True)
-def _own_ir_cache(tmp_path_factory, monkeypatch):
-    """Each test its own IR cache (convrepair.ircache): none shares another's exports, none writes
-    into the user's ~/.cache."""
-    monkeypatch.setenv("CONVREPAIR_IR_CACHE", str(tmp_path_factory.mktemp("ir-cache")))
+def _own_ir_cache(_session_ir_cache, monkeypatch):
+    """The session's IR cache (convrepair.ircache), never the user's ~/.cache. Shared by the tests, as
+    it is shared by a user's jobs: an entry is keyed by the source's sha256, the export options and
+    the converter versions, and a hit is held to its fidelity again (tests/test_ir_cache.py). A test
+    that counts exports or damages entries sets its own."""
+    monkeypatch.setenv("CONVREPAIR_IR_CACHE", str(_session_ir_cache))
 
 
 @pytest.fixture(scope="session")

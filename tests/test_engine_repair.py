@@ -73,6 +73,7 @@ def test_one_repair_resolves_hashes_loads_and_exports_the_source_once(fixtures_d
     import convrepair.job
     from convrepair.sidecar import read_sidecar, write_sidecar
 
+    monkeypatch.setenv("CONVREPAIR_IR_CACHE", str(tmp_path / "ir-cache"))  # its own: the one export is counted
     source = fixtures_dir / "torch_cnn.pt2"
     clean = convert(default_registry(), source, "onnx", out_dir=tmp_path / "clean").output.path
     target = fi.inject(clean, tmp_path / "faulty.onnx", fi.zero_bias, "/Conv_1")
