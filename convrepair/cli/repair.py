@@ -32,7 +32,7 @@ def repair(
     data: Annotated[Optional[Path], typer.Option(help=".npz with x (source layout) and optional y.")] = None,
     strategy: Annotated[str, typer.Option(help="auto | restore (the source's parameters, attributes, input pipeline or precision) | pso (a weight patch)")] = "auto",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    budget_seconds: Annotated[float, typer.Option(help="Wall-clock budget for the patch search (restores always run).")] = 300.0,
+    budget_seconds: Annotated[float, typer.Option(help="Wall-clock budget for the patch search and, separately, the precision fallback (restores always run).")] = 300.0,
     seed: Annotated[int, typer.Option(help="Seed of the data split and the search.")] = 0,
     atol: Annotated[Optional[float], typer.Option(help="Absolute tolerance the repair must meet (default: check's).")] = None,
     rtol: Annotated[Optional[float], typer.Option(help="Relative tolerance the repair must meet.")] = None,

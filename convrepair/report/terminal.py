@@ -173,6 +173,8 @@ def render_guard_and_batch(report: dict[str, Any]) -> None:
     label = "guard (the differences found outrank it)" if report["verdict"] == "discrepant" else "inconclusive"
     for reason in report.get("inconclusive_reasons") or []:
         console.print(f"[bold yellow]{label}:[/] {escape(reason)}")
+    for note in (report.get("guard") or {}).get("notes") or []:  # what the guard could not check, and why
+        console.print(f"[dim]guard:[/] {escape(note)}")
     batch = report.get("batch_dependent") or {}
     if batch.get("detected"):
         labels = batch.get("label_changes")
