@@ -17,7 +17,12 @@ sys.path.insert(0, str(ROOT / "fixtures"))  # fixtures/faults.py: fault injectio
 
 @pytest.fixture(scope="session")
 def _session_ir_cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ir-cache")
+    """One folder for the run: under xdist its workers' base folders share a parent (the cache's
+    writes are atomic renames, safe across processes)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "ir-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(autouse=True)
