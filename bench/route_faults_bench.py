@@ -63,6 +63,12 @@ def openvino_target(source: Path, fault: str, work: Path) -> tuple[Path, str, st
         result = cli("convert", source, "--to", "onnx", "--out", onnx_path, "-q")
         if result.returncode:
             raise RuntimeError(f"convert to onnx: {_last_line(result)}")
+    if fault == "channel_order":  # fixtures/faults.py gathers [2, 1, 0] whatever the channel count
+        import onnx
+
+        dims = [d.dim_value for d in onnx.load(str(onnx_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim]
+        if len(dims) == 4 and 3 not in (dims[1], dims[3]):
+            raise KeyError(f"the input has {dims[1]} channel(s), not 3")
     faulty = work / f"ov-{fault}.onnx"
     node, expected = inject_zoo_fault(onnx_path, faulty, fault)
     ir = work / f"ov-{fault}.openvino"

@@ -143,8 +143,10 @@ def _parameters(view: GraphView, node: Node, ops: list[dict], precision: str) ->
         best = min((_delta(value, c[2]) for c in sized), key=lambda d: d[0])
         if best[0] > tolerance:
             factor = _uniform_factor(value, best[1])
-            if factor is not None and not named and role == "weights" and node.inputs and node.inputs[0] in view.inputs:
-                out.append(_folded_input_scale(node, name, factor, best[0], tolerance))
+            at_input = not named and role == "weights" and bool(node.inputs) and node.inputs[0] in view.inputs
+            order = _channel_order(value, best[1]) if at_input else None
+            if at_input and (factor is not None or order is not None):
+                out.append(_folded_input_op(node, name, factor, order, best[0], tolerance))
                 continue
             out.append({"type": role, "node": node.name, "input": position, "tensor": name, "max_abs_diff": best[0],
                         "tolerance": tolerance, "ratio": best[0] / max(tolerance, 1e-12), "by": "name" if named else "size",
@@ -155,15 +157,33 @@ def _parameters(view: GraphView, node: Node, ops: list[dict], precision: str) ->
     return out
 
 
-def _folded_input_scale(node: Node, name: str, factor: float, delta: float, tolerance: float) -> dict[str, Any]:
-    """The first layer's weights uniformly ×k in a constant that is no longer the initializer (its
-    name is gone: the frontend computed it, folding an op into it): the model input is scaled ×k
-    before this layer, and OpenVINO folded that scale into the weights."""
+def _folded_input_op(node: Node, name: str, factor: float | None, order: list[int] | None, delta: float,
+                     tolerance: float) -> dict[str, Any]:
+    """The first layer's kernel in a constant that is no longer the initializer (its name is gone: the
+    frontend computed it, folding an op into it), equal to the source's kernel ×k everywhere or with
+    its input channels reordered: the model input is scaled or its channels reordered before this
+    layer, and OpenVINO folded that op into the kernel."""
+    what = f"scaled ×{factor:.4g}" if factor is not None else f"has its channels reordered {order}"
+    how = f"×{factor:.4g} everywhere" if factor is not None else f"with its input channels in the order {order}"
     return {"type": "preprocessing", "node": node.inputs[0], "input": 1, "tensor": name, "max_abs_diff": delta,
             "tolerance": tolerance, "ratio": delta / max(tolerance, 1e-12), "by": "size", "uniform_factor": factor,
-            "detail": f"the model input '{node.inputs[0]}' is scaled ×{factor:.4g} before {node.op} '{node.name}': the "
-                      f"target's kernel is the source's '{name}' ×{factor:.4g} everywhere, in a constant that no longer "
-                      "carries the initializer's name (the frontend folded an input scale into it)"}
+            "channel_order": order,
+            "detail": f"the model input '{node.inputs[0]}' {what} before {node.op} '{node.name}': the target's kernel is "
+                      f"the source's '{name}' {how}, in a constant that no longer carries the initializer's name (the "
+                      "frontend folded an op on the input into it)"}
+
+
+def _channel_order(source: np.ndarray, target: np.ndarray) -> list[int] | None:
+    """The order of input channels (axis 1 of a kernel, at most 4) that makes `target` the source
+    kernel exactly (within float rounding), when it is not the identity; else None."""
+    import itertools
+
+    if target.shape != source.shape or source.ndim < 2 or not 1 < source.shape[1] <= 4:
+        return None
+    for order in itertools.permutations(range(source.shape[1])):
+        if list(order) != sorted(order) and np.allclose(target, source[:, list(order)], rtol=1e-5, atol=1e-7):
+            return list(order)
+    return None
 
 
 def _delta(source: np.ndarray, candidate: np.ndarray) -> tuple[float, np.ndarray]:
