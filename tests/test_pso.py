@@ -117,6 +117,32 @@ def test_fake_quantization_limits_the_search_to_int8_values():
     assert evaluator.fake_quant(torch.tensor([[0.123], [100.0]])).numpy().ravel().tolist() == pytest.approx([0.1, 12.7])
 
 
+def test_quantized_logits_saturate_and_ties_go_to_the_lower_class():
+    """Issue 18: a static int8 model's logits pass a QDQ pair calibrated on other data. A logit
+    clamped at the top of its range does not fall when a weight lowers it below the float value
+    it had; the evaluator rounds and clamps to the pair's grid (uint8, zero point 0, scale 1: the
+    range [0, 255]) and breaks ties as argmax does, towards the lower class."""
+    import torch
+
+    x = np.array([[1.0], [1.0]], np.float32)
+    base = np.array([[300.0, 255.0], [2.0, 100.0]], np.float32)  # float logits before the pair
+    wanted = np.array([1, 1])
+    positions = [(0, 0)]  # the weight feeding class 0
+    evaluator = SwarmEvaluator(x, base, wanted, np.array([0]), np.array([1]), positions, np.array([0.0], np.float32),
+                               device="cpu", output_quantizer=(1.0, 0.0, 0, 255))
+    lowered = torch.tensor([[-40.0]])  # class 0: 300 → 260, still clamped to 255: a tie
+    logits = evaluator.logits(lowered)[0].numpy()
+    assert logits[0].tolist() == [255.0, 255.0] and logits.argmax(axis=1).tolist() == [0, 1]
+    # the old evaluator started from the logits after the pair (already clamped) and promised a fix
+    clamped = SwarmEvaluator(x, np.clip(base, 0, 255), wanted, np.array([0]), np.array([1]), positions,
+                             np.array([0.0], np.float32), device="cpu")
+    assert clamped.logits(lowered)[0].numpy().argmax(axis=1).tolist() == [1, 1]
+    # the fitness counts the tie as the lower class (still wrong); lowering past 255 fixes it
+    fitness = evaluator.fitness(np.array([[-40.0], [-50.0]], np.float32))
+    assert fitness[1] > fitness[0]
+    assert evaluator.logits(torch.tensor([[-50.0]]))[0].numpy().argmax(axis=1).tolist() == [1, 1]
+
+
 def test_pareto_front_and_boundary_order():
     assert sorted(pareto_front(np.array([3.0, 1.0, 2.0, 0.5]), np.array([1.0, 3.0, 2.0, 0.5]))) == [0, 1, 2]
     logits = np.array([[2.0, 1.9], [5.0, 0.0], [0.0, 3.0]])

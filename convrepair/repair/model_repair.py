@@ -114,8 +114,8 @@ def run_model_repair(registry: PluginRegistry, model_path: Path, previous_path: 
 
                     model = onnx.load(str(onnx_path))
                     layer = last_dense_layer(GraphView(model))
-                    cache_logits = layer.float_logits(
-                        capture(model, [layer.logits_tensor], onnx_feeds(model, layouts, search))[layer.logits_tensor])
+                    cache_logits = layer.output_logits(layer.float_logits(
+                        capture(model, [layer.logits_tensor], onnx_feeds(model, layouts, search))[layer.logits_tensor]))
                 except (RestoreUnavailable, KeyError):
                     pass
                 if cache_logits is not None:

@@ -6,6 +6,12 @@ in fp32), and on int8 weights: behind a DequantizeLinear (QDQ models), in a MatM
 a Mul) or a QLinearMatMul (static QOperator: the input is dequantized from its own scale and zero
 point). The search then sees the values int8 can hold, and the patch is written back as int8 with
 the layer's own scale and zero point, so the model stays quantized (and fast).
+
+A static QDQ model quantizes the logits themselves (QuantizeLinear → DequantizeLinear after the
+layer): the swarm then starts from the float logits before that pair and rounds and clamps every
+candidate's logits to the pair's grid, because a logit saturated at the top of a range calibrated
+on other data does not move when a weight does (issue 18: a patch modelled on the clamped logits
+fixed 68% of the flips over its cache and none in the real model).
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ class DenseLayer:
     quantization: tuple[np.ndarray, np.ndarray, int, int] | None  # scale, zero (C, F), qmin, qmax
     input_dequant: tuple[np.ndarray, np.ndarray] | None = None  # QLinearMatMul: (scale, zero) of its quantized input
     logits_dequant: tuple[np.ndarray, np.ndarray] | None = None  # QLinearSoftmax: (scale, zero) of its quantized logits
+    logits_quant: tuple[float, float, int, int] | None = None  # QDQ logits: (scale, zero, qmin, qmax) after the layer
+
+    def output_logits(self, logits: np.ndarray) -> np.ndarray:
+        """What the model outputs for float logits at `logits_tensor`: rounded and clamped to the
+        QDQ pair's grid when the logits are quantized, else unchanged."""
+        if self.logits_quant is None:
+            return logits
+        scale, zero, qmin, qmax = self.logits_quant
+        return ((np.clip(np.round(logits / np.float32(scale)) + zero, qmin, qmax) - zero) * np.float32(scale)).astype(np.float32)
 
     def float_inputs(self, captured: np.ndarray) -> np.ndarray:
         """The float values entering the layer from what was captured at `input_tensor`."""
@@ -65,7 +80,6 @@ def last_dense_layer(view: GraphView) -> DenseLayer:
         raise RestoreUnavailable(f"the weight of {node.name} is not a constant matrix")
     transposed = not (node.op == "Gemm" and node.attributes.get("transB", 0) == 1)
     matrix = weight.T if transposed else weight
-    _check_linear_path(view, node.outputs[0], logits)
     quantization, weight_name = None, weight_input
     producer = view.producer.get(weight_input)
     if producer is not None and producer.op == "DequantizeLinear":
@@ -76,13 +90,35 @@ def last_dense_layer(view: GraphView) -> DenseLayer:
         quantization = _quantization(quantized, scale, zero, producer.attributes.get("axis", 1), transposed)
     elif weight_input not in view.initializers:
         raise RestoreUnavailable(f"the weight of {node.name} is computed, not stored")
-    return DenseLayer(node, weight_name, matrix.astype(np.float32), transposed, logits, node.inputs[0], quantization)
+    logits, logits_quant = _before_output_quantization(view, logits)
+    _check_linear_path(view, node.outputs[0], logits)
+    return DenseLayer(node, weight_name, matrix.astype(np.float32), transposed, logits, node.inputs[0], quantization,
+                      logits_quant=logits_quant)
+
+
+def _before_output_quantization(view: GraphView, logits: str) -> tuple[str, tuple[float, float, int, int] | None]:
+    """The float tensor before a QuantizeLinear → DequantizeLinear pair that writes `logits` (with
+    the pair's per-tensor scale, zero point and integer range), or `logits` itself when none does."""
+    dequant = view.producer.get(logits)
+    if dequant is None or dequant.op != "DequantizeLinear":
+        return logits, None
+    quant = view.producer.get(dequant.inputs[0])
+    if quant is None or quant.op != "QuantizeLinear" or len(quant.inputs) < 3 or len(dequant.inputs) < 3:
+        return logits, None
+    names = (quant.inputs[1], quant.inputs[2], dequant.inputs[1], dequant.inputs[2])
+    if any(n not in view.initializers for n in names):
+        return logits, None
+    scale, zero, d_scale, d_zero = (np.asarray(view.initializers[n]) for n in names)
+    if scale.size != 1 or zero.size != 1 or not (np.array_equal(scale, d_scale) and np.array_equal(zero, d_zero)):
+        return logits, None  # per-channel or mismatched pair: not modelled
+    info = np.iinfo(zero.dtype)
+    return quant.inputs[0], (float(scale.reshape(())), float(zero.reshape(())), int(info.min), int(info.max))
 
 
 def _logits(view: GraphView) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
     """The pre-softmax tensor: the model's output, or what its Softmax reads, through the Casts
-    an fp16 graph wraps around a Softmax it keeps in fp32, or the DequantizeLinear after a
-    QLinearSoftmax (then with the logits' scale and zero point)."""
+    an fp16 graph wraps around a Softmax it keeps in fp32 or the QDQ pair around a quantized one,
+    or the DequantizeLinear after a QLinearSoftmax (then with the logits' scale and zero point)."""
     tensor = view.outputs[0]
     for _ in range(4):
         producer = view.producer.get(tensor)
@@ -93,7 +129,7 @@ def _logits(view: GraphView) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]
         if producer.op == "QLinearSoftmax" and all(i in view.initializers for i in producer.inputs[1:3]):
             return producer.inputs[0], (np.asarray(view.initializers[producer.inputs[1]], np.float32),
                                         np.asarray(view.initializers[producer.inputs[2]]))
-        if producer.op not in (*_PASS_THROUGH, "DequantizeLinear"):
+        if producer.op not in (*_PASS_THROUGH, "DequantizeLinear", "QuantizeLinear"):
             break
         tensor = producer.inputs[0]
     return view.outputs[0], None

@@ -49,7 +49,8 @@ class SearchResult:
 class SwarmEvaluator:
     """Fitness of many candidate weight vectors at once over cached activations."""
 
-    def __init__(self, inputs, base, wanted, negatives, positives, positions, original, alpha=1.0, device="auto", quantizer=None):
+    def __init__(self, inputs, base, wanted, negatives, positives, positions, original, alpha=1.0, device="auto", quantizer=None,
+                 output_quantizer=None):
         import torch
 
         self.torch = torch
@@ -65,6 +66,9 @@ class SwarmEvaluator:
         self.alpha = alpha
         # (scale, zero, qmin, qmax) per weight, to evaluate only what int8 can hold
         self.quantizer = None if quantizer is None else tuple(t(v) for v in quantizer)
+        # (scale, zero, qmin, qmax) of the logits themselves (a QDQ pair after the layer): `base` is
+        # then the float logits before it, and every candidate's logits are rounded and clamped
+        self.output_quantizer = None if output_quantizer is None else tuple(float(v) for v in output_quantizer)
         self._fitness_cache(x_cols, np.asarray(base, dtype=np.float64), np.asarray(wanted), rows,
                             np.asarray(negatives), np.asarray(positives), t)
 
@@ -82,7 +86,7 @@ class SwarmEvaluator:
         self.f_route = t(np.eye(len(changed))[np.searchsorted(changed, rows)])  # (K, R)
         self.f_base = t(base[:, changed])  # (M, R)
         if len(fixed):
-            fixed_logits = base[:, fixed]
+            fixed_logits = self._quantized_logits(base[:, fixed])
             fixed_max = fixed_logits.max(axis=1)
             self.f_fixed_max = t(fixed_max)
             self.f_fixed_sum = t(np.exp(fixed_logits - fixed_max[:, None]).sum(axis=1))
@@ -97,7 +101,16 @@ class SwarmEvaluator:
         in_changed = changed[slot] == wanted
         self.f_slot_safe = torch.as_tensor(np.where(in_changed, slot, 0), device=self.device)
         self.f_in_changed = torch.as_tensor(in_changed, device=self.device)
-        self.f_base_wanted = t(base[np.arange(len(used)), wanted])
+        self.f_base_wanted = t(self._quantized_logits(base[np.arange(len(used)), wanted]))
+
+    def _quantized_logits(self, logits):
+        """Logits as the model outputs them: on the QDQ pair's grid when it has one (numpy or torch)."""
+        if self.output_quantizer is None:
+            return logits
+        scale, zero, qmin, qmax = self.output_quantizer
+        if isinstance(logits, np.ndarray):
+            return (np.clip(np.round(logits / np.float32(scale)) + zero, qmin, qmax) - zero) * np.float32(scale)
+        return (logits / scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)  # in place: one copy
 
     def fake_quant(self, values):
         if self.quantizer is None:
@@ -112,7 +125,8 @@ class SwarmEvaluator:
         delta = self.fake_quant(values) - self.original  # (P, K)
         p = delta.shape[0]
         n, k = self.x_cols.shape
-        return torch.baddbmm(self.base.expand(p, n, -1), self.x_cols.expand(p, n, k), delta[:, :, None] * self.route[None])
+        return self._quantized_logits(
+            torch.baddbmm(self.base.expand(p, n, -1), self.x_cols.expand(p, n, k), delta[:, :, None] * self.route[None]))
 
     def fitness(self, values) -> "np.ndarray":
         """Arachne's fitness of P candidate vectors (P, K) at once: one GEMM over the cache for the
@@ -124,8 +138,9 @@ class SwarmEvaluator:
             p, (m, k), r = delta.shape[0], self.f_x.shape, self.f_route.shape[1]
             # layout (M, R, P): reductions over the few changed classes run along contiguous particles
             weights = (self.f_route[:, :, None] * delta.t()[:, None, :]).reshape(k, r * p)  # (K, R·P)
-            z = (self.f_x @ weights).view(m, r, p) + self.f_base[:, :, None]  # (M, R, P) changed logits
-            top, arg = z.max(dim=1)  # (M, P)
+            z = self._quantized_logits((self.f_x @ weights).view(m, r, p) + self.f_base[:, :, None])  # (M, R, P) changed logits
+            top = z.amax(dim=1)  # (M, P)
+            arg = (z == top[:, None, :]).float().argmax(dim=1)  # the first of tied classes (quantized logits tie often)
             shift = torch.maximum(top, self.f_fixed_max[:, None])
             total = torch.exp(z - shift[:, None, :]).sum(dim=1) + self.f_fixed_sum[:, None] * torch.exp(self.f_fixed_max[:, None] - shift)
             lse = shift + torch.log(total)

@@ -24,6 +24,27 @@ def labels_of(runner, dataset: Dataset, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
+def running_capture(model, names: list[str], feeds: dict[str, np.ndarray], batch_size: int = 256) -> dict[str, np.ndarray]:
+    """`names` as the model computes them when it runs, as float32: ONNX Runtime's graph
+    optimizations on, as in the runner, in `labels_of`'s batches. Run op by op (the localization
+    capture), a static QDQ int8 model is a different model: the runner fuses it into integer
+    kernels (QLinearConv, QGemm, QLinearMul) whose outputs differ — on this machine by up to 2.3
+    in the digits CNN's logits, 13 labels of 719 (issue 18) — and a patch searched on the op-by-op
+    values fixed flips that the running model does not have. Dynamic quantization's scales depend
+    on the batch, hence the same batches."""
+    from convrepair import lean_onnx
+
+    session = lean_onnx.session(model, names, optimize=True)
+    wanted = {i.name for i in session.get_inputs()}
+    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    total = len(next(iter(feeds.values()))) if feeds else 0
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for start, stop in batches(total, batch_size):
+        for name, value in zip(names, session.run(names, {k: v[start:stop] for k, v in feeds.items()})):
+            parts[name].append(np.asarray(value))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layouts: list[str], wanted: np.ndarray,
                  current: np.ndarray, config: SearchConfig, optimiser: str = "pso",
                  negatives: np.ndarray | None = None) -> tuple[Any, Patch, dict[str, Any]]:
@@ -33,15 +54,16 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
     regression repair passes only the regressions.
     """
     from convrepair.localize import onnx_feeds
-    from convrepair.localize.capture import capture
     from convrepair.localize.graph import GraphView
 
     view = GraphView(model)
     layer = last_dense_layer(view)
     feeds = onnx_feeds(model, layouts, dataset)
-    cache = capture(model, [layer.input_tensor, layer.logits_tensor], feeds)
+    cache = running_capture(model, [layer.input_tensor, layer.logits_tensor], feeds)
     inputs = layer.float_inputs(cache[layer.input_tensor]).reshape(len(dataset), -1)
     base = layer.float_logits(cache[layer.logits_tensor]).reshape(len(dataset), -1)
+    # the cache must describe the model whose labels were given: say how far it does not
+    mismatch = int((layer.output_logits(base).argmax(axis=1) != current).sum())
     negatives = np.nonzero(current != wanted)[0] if negatives is None else np.asarray(negatives)
     agreeing = np.nonzero(current == wanted)[0]
     rng = np.random.default_rng(config.seed)
@@ -55,7 +77,8 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
     if layer.quantization is not None:
         scale, zero, qmin, qmax = layer.quantization
         quantizer = (np.array([scale[r, c] for r, c in positions]), np.array([zero[r, c] for r, c in positions]), qmin, qmax)
-    evaluator = SwarmEvaluator(inputs, base, wanted, negatives, positives, positions, original, config.alpha, config.device, quantizer)
+    evaluator = SwarmEvaluator(inputs, base, wanted, negatives, positives, positions, original, config.alpha, config.device, quantizer,
+                               layer.logits_quant)
     stats = (float(layer.weight.mean()), float(layer.weight.std()), float(layer.weight.min()), float(layer.weight.max()))
     started = time.perf_counter()
     result = OPTIMISERS[optimiser](evaluator.fitness, original, stats, config)
@@ -92,5 +115,6 @@ def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layo
         "evaluations_per_second": result.evaluations / max(time.perf_counter() - started, 1e-9),
         "history": "weight difference to the source" if history is not None else "none (Pareto front)",
         "fitness": result.fitness,
+        "cache_label_mismatch": mismatch,
     }
     return new_model, patch, statistics
