@@ -106,6 +106,10 @@ class JobContext:
                 try:
                     handle.runner.close()
                 finally:
+                    # close() frees nothing in most plugins (a no-op hook), and a caller may still hold
+                    # the runner (check_models does, all through diagnose): emptied, its model goes now
+                    if hasattr(handle.runner, "__dict__"):
+                        vars(handle.runner).clear()
                     handle.runner = None
                 closed = True
         if closed:
