@@ -148,13 +148,13 @@ def _one_verified_log(registry: Path, keys: Path) -> None:
     assert verified.code == 0, verified.stdout + verified.stderr
 
 
-def test_twenty_versions_through_ray_each_processed_once(ray_address, tmp_path, keys):
+def test_eight_versions_through_ray_each_processed_once(ray_address, tmp_path, keys):
     import synthetic
 
     model = tmp_path / "registry" / "rgb"
     model.mkdir(parents=True)
     (model / "convrepair.toml").write_text(RGB)
-    for version in range(1, 21):
+    for version in range(1, 9):  # two rounds of the four Ray workers
         tmp = model / f".tmp-{version}"
         tmp.mkdir()
         synthetic.build_rgb_model(tmp / "model.onnx", seed=version)
@@ -168,11 +168,11 @@ def test_twenty_versions_through_ray_each_processed_once(ray_address, tmp_path, 
         if proc.poll() is None:
             proc.kill()
     jobs = _jobs(state)
-    assert len(jobs) == 20 and {j["state"] for j in jobs} == {"done"}, jobs
+    assert len(jobs) == 8 and {j["state"] for j in jobs} == {"done"}, jobs
     assert {j["attempts"] for j in jobs} == {1}
     assert {j["executor"] for j in jobs} == {"ray"} and all(j["host"] and j["node"] for j in jobs)
     logs = sorted(model.rglob("repair.log.dsse.json"))
-    assert len(logs) == 20 and len({p.parent.parent.parent for p in logs}) == 20  # one per version, none twice
+    assert len(logs) == 8 and len({p.parent.parent.parent for p in logs}) == 8  # one per version, none twice
     report = json.loads((model / "7" / "convrepair" / "onnx-fp16" / "repair.json").read_text())
     assert report["executor"]["kind"] == "ray"
     assert report["source"]["path"] == str(model / "7" / "model.onnx")  # the daemon's paths, not the worker's scratch
