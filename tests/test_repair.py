@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 import faults as fi
@@ -104,9 +105,11 @@ def test_two_faults_are_repaired_one_after_the_other(fixtures_dir, converted, tm
     assert [a.patch.kind for a in report.attempts if a.accepted] == ["restore_biases", "restore_attribute"]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18, open: on fixtures trained on some machines (2026-12-04's) the int8 "
-                   "calibration fault's PSO patch does not reduce the flips and the fallback stops short of equivalence; "
-                   "it passed in CI at stop 23 — measured both ways, not yet explained")
+@pytest.mark.xfail(strict=False, reason="issue 18: convrepair/repair/precision.py's sensitivity_ranking leaves out "
+                   "a quantized layer that adds no error on these samples (here /Gemm, fc1 behind a GELU, on this "
+                   "machine's fixtures: ONNX Runtime's integer kernels differ by CPU), so keeping every layer in fp32 is "
+                   "unreachable and the fallback stops one layer short (max |Δ| 0.157 > 0.151); ranking those layers last "
+                   "instead makes it repaired (measured) — the fix is precision.py's, outside this test's module")
 def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, converted, tmp_path):
     """The property is constructed, not left to training: the tolerance is half the error int8
     rounding actually causes on these data (so the target is discrepant), and the fallback may keep
@@ -177,9 +180,6 @@ def int8_flipping(fixtures_dir, tmp_path_factory):
     return convert(default_registry(), fixtures_dir / "torch_cnn.pt2", "onnx-int8", out=out / "dim_int8.onnx", calibration=dim).output.path
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18, open: on fixtures trained on some machines (2026-12-04's) the int8 "
-                   "calibration fault's PSO patch does not reduce the flips and the fallback stops short of equivalence; "
-                   "it passed in CI at stop 23 — measured both ways, not yet explained")
 def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int8_flipping, tmp_path):
     """The held-out rounds are 500 distinct samples (no overlap): the patch may break 2% of them."""
     data = fixtures_dir / "digits_all_nchw.npz"
@@ -205,9 +205,6 @@ def test_pso_patches_int8_label_flips_and_keeps_the_model_int8(fixtures_dir, int
     assert [a.patch.after for a in again.attempts if a.patch] == [a.patch.after for a in report.attempts if a.patch]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18, open: on fixtures trained on some machines (2026-12-04's) the int8 "
-                   "calibration fault's PSO patch does not reduce the flips and the fallback stops short of equivalence; "
-                   "it passed in CI at stop 23 — measured both ways, not yet explained")
 def test_static_int8_fallback_and_pso_patch_are_offered_side_by_side(fixtures_dir, int8_flipping, tmp_path):
     data = fixtures_dir / "digits_all_nchw.npz"
     report = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "chosen.onnx", data, accept_improvement=True)
@@ -234,6 +231,43 @@ def test_static_int8_fallback_and_pso_patch_are_offered_side_by_side(fixtures_di
     exact = _repair(fixtures_dir / "torch_cnn.pt2", int8_flipping, tmp_path / "exact.onnx", data, accept_improvement=True,
                     prefer="exact")
     assert exact.choice["chosen"] == "precision_fallback"
+
+
+def test_the_patch_search_sees_the_int8_model_as_it_runs(fixtures_dir, converted, int8_flipping):
+    """Issue 18: the swarm's cache was captured with ONNX Runtime's optimizations off, so a static
+    QDQ model ran op by op in float, while the runner fuses it into integer kernels (QGemm,
+    QLinearConv) whose logits differ (on a CPU without VNNI by up to 2.3, 13 labels of 719); and
+    the logits' own QDQ pair, which clamps a saturated logit, was left out. The search then
+    promised fixes the running model does not have (repair rate 0.69 over the cache, the flips
+    not reduced). Now the cache is the running model's: what the search predicts is what the
+    patched model does, label for label."""
+    import onnx
+    import onnxruntime as ort
+
+    from convrepair.data import Dataset
+    from convrepair.repair.outcome import three_splits
+    from convrepair.repair.pso import SearchConfig
+    from convrepair.repair.search import search_patch
+
+    digits = np.load(fixtures_dir / "digits_all_nchw.npz")
+    x = digits["x"].astype(np.float32)[three_splits(len(digits["x"]), 0)["search"]]
+    source = converted["torch_onnx"]
+
+    def labels(model):
+        session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[0].argmax(axis=1)
+
+    wanted, current = labels(source), labels(int8_flipping)
+    negatives, positives = np.nonzero(current != wanted)[0], np.nonzero(current == wanted)[0]
+    assert len(negatives) >= 10  # the calibration fault flips labels: there is something to fix
+    patched, patch, stats = search_patch(onnx.load(str(int8_flipping)), None, Dataset([x], None, ["NCHW"], "digits"), ["NCHW"],
+                                         wanted, current, SearchConfig(particles=40, iterations=30, budget_seconds=20, seed=0,
+                                                                       device="cpu"), "pso")
+    assert stats["cache_label_mismatch"] == 0  # the cache gives the running model's labels
+    after = labels(patched.SerializeToString())
+    assert stats["repair_rate_search"] == pytest.approx(float((after[negatives] == wanted[negatives]).mean()), abs=1e-9)
+    assert stats["break_rate_search"] == pytest.approx(float((after[positives] != wanted[positives]).mean()), abs=1e-9)
+    assert (after != wanted).sum() < len(negatives)  # and it does reduce the flips
 
 
 def test_static_int8_fallback_refuses_changed_calibration_data(fixtures_dir, int8_flipping, tmp_path):
