@@ -30,6 +30,7 @@ class Validation:
     source_accuracy: float | None
     target_accuracy: float | None
     inconclusive: list[str] = field(default_factory=list)  # the guard's reasons (judge.guard)
+    guard_notes: list[str] = field(default_factory=list)  # what the guard could not check (judge.guard_notes)
     verdict: str = "equivalent"  # judge.verdict: equivalent | discrepant | inconclusive
     reasons: list[str] = field(default_factory=list)  # why discrepant (judge.judge)
     classifier: bool = True
@@ -61,6 +62,7 @@ def validate(registry: PluginRegistry, result: ConversionResult, data: Path, bat
         source_accuracy=pooled.source_correct / n if pooled.source_correct is not None else None,
         target_accuracy=pooled.target_correct / n if pooled.target_correct is not None else None,
         inconclusive=report.inconclusive,
+        guard_notes=report.guard_notes,
         verdict=report.verdict,
         reasons=report.reasons,
         classifier=report.classifier,
