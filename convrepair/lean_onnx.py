@@ -30,8 +30,11 @@ _MODEL_GRAPH, _GRAPH_INITIALIZER = 7, 5
 
 
 def size_of(path: Path) -> int:
-    """Bytes of an ONNX file and of the external data files beside it that carry its name."""
+    """Bytes of a model file and of the files beside it that carry its name (external data); of
+    every file in it for a folder (a SavedModel)."""
     path = Path(path)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     total = path.stat().st_size
     for companion in path.parent.glob(path.name + "*"):
         if companion != path and companion.is_file() and not companion.name.endswith(".json"):
