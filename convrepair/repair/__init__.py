@@ -29,8 +29,8 @@ from convrepair.localize.ir import export_options
 from convrepair.plugins import PluginRegistry
 from convrepair.repair.cost import repair_cost
 from convrepair.repair.outcome import (PREFERENCES, STRATEGIES, Attempt, Option, RepairConfig, RepairReport, choose_option,
-                                       SplitView, fault_type_of, final_verdict, samples_needed,
-                                       three_splits)
+                                       SplitView, failing_samples, fault_type_of, final_verdict, samples_needed,
+                                       strata_of, three_splits)
 from convrepair.repair.stages import carried_restores, precision_fallback, pso_attempt, restore_loop
 from convrepair.repair.transfer import CARRIERS
 from convrepair.sidecar import ConversionStep, read_sidecar, write_sidecar
@@ -59,17 +59,19 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
         raise BadInput("--out must not overwrite the source or the target", out)
     base = CheckConfig(data=config.data, rounds=config.rounds, samples=config.samples, seed=config.seed)
     dataset = job_dataset(job, source, base)
-    splits = three_splits(len(dataset), config.seed)
+    whole = whole_check(job, source, target, config, len(dataset))
+    splits = three_splits(len(dataset), config.seed, failing_samples(whole))
     if any(not len(idx) for idx in splits.values()):
         raise BadInput(f"repair splits the data into search, selection and held-out samples and needs at least 3 "
                        f"(better {samples_needed(config.max_flip_rate) * 5 // 2} or more); the data has {len(dataset)}",
                        config.data)
     search_idx, selection_idx, held_idx = splits["search"], splits["selection"], splits["held_out"]
 
-    def check(path: Path, subset, localize=None, every_sample: bool = False) -> CheckReport:
-        """On the search split: the check's sampled rounds. On the selection and held-out splits
-        (`every_sample`): one round over every sample of the split, so each counts once (random
-        inputs are drawn rounds × samples at a time and their rounds cover every split already)."""
+    def check(path: Path, subset, localize=None, every_sample: bool = True) -> CheckReport:
+        """One round over every sample of the split, so each counts once and a flip the split was
+        dealt is seen (sampled rounds drew 500 of the search split's 719 and could miss the one
+        flip it holds); random inputs are drawn rounds × samples at a time and their rounds cover
+        every split already."""
         whole = every_sample and config.data is not None
         rounds, samples = (1, max(len(subset), 1)) if whole else (config.rounds, config.samples)
         cfg = CheckConfig(data=config.data, rounds=rounds, samples=samples, seed=config.seed,
@@ -136,6 +138,11 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
                                        held_idx, base, config)
     ruling = final_verdict(held, config.max_flip_rate, config.accept_improvement, config.max_break_rate)
     verdict = ruling.verdict
+    strata = strata_of(whole, splits)
+    vanished = set(strata["dealt"]["held_out"]) - set(held.failing_before)
+    if vanished and strata["batch_dependent"]:
+        ruling.reason += (f"; {len(vanished)} held-out sample(s) that failed when the whole data ran do not fail when the "
+                          f"held-out split runs on its own: the target's outputs depend on the batch")
     output = None
     if verdict in ("repaired", "improved", "unproven") and chosen is not None or (verdict == "already_equivalent" and config.force):
         output = _write_output(job.registry, chosen.path if chosen is not None and verdict != "already_equivalent" else target_ref.path,
@@ -169,7 +176,17 @@ def repair_models(job: JobContext, source_path: Path, target_path: Path, out: Pa
         max_flip_rate=config.max_flip_rate,
         cost=cost,
         evidence=evidence,
+        strata=strata,
     )
+
+
+def whole_check(job: JobContext, source, target, config: RepairConfig, total: int) -> CheckReport:
+    """The target against the source on every sample, once, before the data is split: which
+    samples fail decides nothing but how the failing ones are dealt to the splits."""
+    cfg = CheckConfig(data=config.data, rounds=1 if config.data is not None else config.rounds,
+                      samples=total if config.data is not None else config.samples, seed=config.seed,
+                      localize=False, atol=config.atol, rtol=config.rtol)
+    return check_models(job, source, target, cfg)
 
 
 def _mark_applied(attempts: list[Attempt], chosen: Option) -> None:

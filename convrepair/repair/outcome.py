@@ -110,6 +110,7 @@ class RepairReport:
     max_flip_rate: float = 0.01
     cost: dict[str, Any] | None = None  # size, latency and precision mix before and after
     evidence: str | None = None  # folder of the held-out arrays the parent judges again
+    strata: dict[str, Any] | None = None  # samples failing on the whole data and how they were dealt to the splits
 
     @property
     def skipped_for_time(self) -> list[str]:
@@ -137,6 +138,7 @@ class RepairReport:
             "check_after": self.check_after,
             "check_before_held_out": self.check_before_held_out,
             "splits": self.splits,
+            "strata": self.strata,
             "seconds": round(self.seconds, 3),
             "device": self.device,
             "choice": self.choice,
@@ -261,14 +263,60 @@ def significant_gain(before: SplitView, after: SplitView) -> tuple[bool, str]:
     return False, f"{counts}: within its bound (one-sided 95% upper bound on the broken share {bound:.0%} ≥ 50%)"
 
 
-def three_splits(total: int, seed: int) -> dict[str, np.ndarray]:
+def three_splits(total: int, seed: int, failing=None) -> dict[str, np.ndarray]:
     """Disjoint sorted index sets (search, selection, held-out) of `SPLITS`' sizes, from one seeded
-    permutation of the data."""
-    order = np.random.default_rng(seed).permutation(total)
+    permutation of the data. With `failing` (the samples the target gets wrong on the whole data),
+    stratified as scikit-learn's StratifiedShuffleSplit is: the failing samples are dealt to the
+    splits on their own, so rare flips are not left to chance (issue 18: 2 flips in 1797, both
+    drawn into the held-out split, left the search nothing to fix). From two failing samples on,
+    the search and the held-out split each hold at least one; a single one is held out (a repair
+    that could only be judged on the sample it was searched on would prove nothing). Which sample
+    goes where depends on the seed and on which samples fail, never on any repaired model, and
+    the splits stay disjoint: the held-out split is still seen by nothing but the verdict."""
+    rng = np.random.default_rng(seed)
     search = int(round(total * SPLITS["search"]))
     selection = int(round(total * SPLITS["selection"]))
-    return {"search": np.sort(order[:search]), "selection": np.sort(order[search:search + selection]),
-            "held_out": np.sort(order[search + selection:])}
+    sizes = (search, selection, total - search - selection)  # the same with or without strata
+    if failing is None or not len(failing):
+        order = rng.permutation(total)
+        return {"search": np.sort(order[:search]), "selection": np.sort(order[search:search + selection]),
+                "held_out": np.sort(order[search + selection:])}
+    bad = np.zeros(total, bool)
+    bad[np.asarray(failing, dtype=np.int64)] = True
+    failing_sizes = _failing_counts(int(bad.sum()), sizes)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SPLITS}
+    for members, counts in ((np.nonzero(bad)[0], failing_sizes),
+                            (np.nonzero(~bad)[0], [whole - part for whole, part in zip(sizes, failing_sizes)])):
+        order = rng.permutation(members)
+        start = 0
+        for name, size in zip(SPLITS, counts):
+            parts[name].append(order[start:start + size])
+            start += size
+    return {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+
+
+def strata_of(whole: CheckReport, splits: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Which samples failed on the whole data and where each went; a batch-dependent target
+    (dynamic quantization) may not fail on them again when a split is run in other batches."""
+    failing = failing_samples(whole)
+    return {"failing_whole": failing, "samples": int(whole.distinct),
+            "dealt": {name: sorted(int(i) for i in np.intersect1d(idx, failing)) for name, idx in splits.items()},
+            "batch_dependent": bool((whole.batch_dependent or {}).get("detected"))}
+
+
+def _failing_counts(failing: int, sizes: tuple[int, int, int]) -> list[int]:
+    """How many failing samples each split gets: `SPLITS`' proportions, at least one in the search
+    and one in the held-out split from two on, never more than a split holds."""
+    search = min(sizes[0], 0 if failing < 2 else max(1, int(round(failing * SPLITS["search"]))))
+    selection = min(sizes[1], int(round(failing * SPLITS["selection"])), max(failing - search - 1, 0))
+    held = failing - search - selection
+    while held > sizes[2]:  # a split that cannot take more passes the rest on
+        if selection < sizes[1]:
+            selection += 1
+        else:
+            search += 1
+        held -= 1
+    return [search, selection, held]
 
 
 def flip_rate_bound(failures: int, n: int) -> float:
