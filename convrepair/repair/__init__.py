@@ -1,6 +1,7 @@
 """`convrepair repair`: repair a converted model and prove the repair on held-out samples.
 
-Data is split once (seeded) into three disjoint parts (`outcome.SPLITS`): a search split, on which
+Data is split once (seeded; the samples the target fails on the whole data dealt to every part on
+their own, `outcome.three_splits`) into three disjoint parts (`outcome.SPLITS`): a search split, on which
 localization and every attempt are judged; a selection split, which picks between the options
 (restored model, precision fallback, patch) and keeps fallback layers; and a held-out split that
 only the final judgement sees. Restores (FetaFix) are tried first: after each one the model is
