@@ -105,11 +105,6 @@ def test_two_faults_are_repaired_one_after_the_other(fixtures_dir, converted, tm
     assert [a.patch.kind for a in report.attempts if a.accepted] == ["restore_biases", "restore_attribute"]
 
 
-@pytest.mark.xfail(strict=False, reason="issue 18: convrepair/repair/precision.py's sensitivity_ranking leaves out "
-                   "a quantized layer that adds no error on these samples (here /Gemm, fc1 behind a GELU, on this "
-                   "machine's fixtures: ONNX Runtime's integer kernels differ by CPU), so keeping every layer in fp32 is "
-                   "unreachable and the fallback stops one layer short (max |Δ| 0.157 > 0.151); ranking those layers last "
-                   "instead makes it repaired (measured) — the fix is precision.py's, outside this test's module")
 def test_precision_fallback_keeps_sensitive_layers_in_fp32(fixtures_dir, converted, tmp_path):
     """The property is constructed, not left to training: the tolerance is half the error int8
     rounding actually causes on these data (so the target is discrepant), and the fallback may keep

@@ -246,7 +246,9 @@ def _stages(before: CheckReport, attempts: list[Attempt], config: RepairConfig) 
                                                  "the fault is not one a restore puts back" if config.strategy != "pso" else
                                                  "--strategy pso")}]
     fallback = [a for a in attempts if a.kind == "precision_fallback"]
-    stages.append({"stage": "precision_fallback", "ran": bool(fallback), "note": None if fallback else "no precision fault left"})
+    cut_fallback = next((a for a in fallback if (a.cost or {}).get("stopped_by_budget")), None)
+    stages.append({"stage": "precision_fallback", "ran": bool(fallback),
+                   "note": cut_fallback.reason if cut_fallback else None if fallback else "no precision fault left"})
     search = [a for a in attempts if a.kind == "pso_patch"]
     cut = next((a for a in search if (a.cost or {}).get("stopped_by_budget")), None)
     stages.append({"stage": "search", "ran": bool(search),
