@@ -232,11 +232,9 @@ def check_models(
     started = time.perf_counter()
     validate_config(config)
     job.memory_mb = config.memory_mb or job.memory_mb
-    source_runner, target_runner = job.runner(source), job.runner(target)
-    if len(source_runner.inputs) != len(target_runner.inputs):
-        raise BadInput(
-            f"input counts differ: source has {len(source_runner.inputs)}, target has {len(target_runner.inputs)}", target.ref.path
-        )
+    source_inputs, target_inputs = job.runner(source).inputs, job.runner(target).inputs  # no runner held past here
+    if len(source_inputs) != len(target_inputs):
+        raise BadInput(f"input counts differ: source has {len(source_inputs)}, target has {len(target_inputs)}", target.ref.path)
     dataset = job_dataset(job, source, config)
     plan = sampling_plan(len(dataset), config.rounds, config.samples, config.seed)
     with stage(f"running both models on {len(distinct(plan))} samples"):

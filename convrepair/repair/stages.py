@@ -250,7 +250,7 @@ def restore_loop(job, check, search_idx, target_path, before, source_view, targe
             break  # rounding, not a wrong value: the precision stage offers fallback and patch side by side
         t0 = time.perf_counter()
         try:
-            model, patch = restore(job.graph(current_path)[0], source_view, loc)
+            model, patch = restore(_with_weights(job, Path(current_path)), source_view, loc)
         except RestoreUnavailable as exc:
             attempts.append(Attempt(f"restore_{fault}", False, str(exc), seconds=time.perf_counter() - t0))
             break
@@ -278,3 +278,13 @@ def restore_loop(job, check, search_idx, target_path, before, source_view, targe
         attempts[-1].applied = True
         current_path, current_check = candidate, result
     return current_path, current_check
+
+
+def _with_weights(job, path: Path):
+    """The graph a restore edits, with its weights: a large IR's job graph is parsed without them
+    (convrepair.lean_onnx), and a candidate saved from it would lose its data file."""
+    import onnx
+
+    from convrepair import lean_onnx
+
+    return onnx.load(str(path)) if lean_onnx.is_large(path) else job.graph(path)[0]
