@@ -194,7 +194,7 @@ def _allocate(_send) -> int:
 
 
 def test_the_worker_is_held_to_its_memory_limit(contained):
-    with pytest.raises(BadInput, match="more memory than the worker may use \\(512 MB"):
+    with pytest.raises(BadInput, match="ran out of memory under the worker's 512 MB limit \\(--memory-mb\\)"):
         run_contained(_allocate, reads=[], memory_mb=512)
 
 
