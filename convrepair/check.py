@@ -183,7 +183,6 @@ def load_dataset(config: CheckConfig, specs, sidecar: Sidecar | None) -> Dataset
     return noise
 
 
-
 def job_dataset(job: JobContext, source: ModelHandle, config: CheckConfig) -> Dataset:
     """The job's data (read once), restricted to `config.subset` when repair splits it."""
     base_key = ("data", str(config.data), config.rounds * config.samples if config.data is None else 0, config.seed if config.data is None else 0)
