@@ -19,7 +19,7 @@ from convrepair.localize.faults import Fault
 from convrepair.localize.graph import GraphView, Layer
 from convrepair.localize.runtime_ops import RuntimeGraph, explain_segment, static_differences
 from convrepair.localize.tensors import RunningDiff
-from convrepair.localize.walk import SWEEP_BATCH, LayerRow, first_jump
+from convrepair.localize.walk import SWEEP_BATCH, LayerRow, first_jump, layer_statuses
 from convrepair.events import track
 
 if TYPE_CHECKING:
@@ -131,20 +131,9 @@ def _walk(view, s_model, s_feeds, runner, samples, checkpoints, threshold, runti
             else:
                 running[name].comparable = False
     diffs = [running[cp.tensor].result() for cp in checkpoints]
-    diverged = [d is None or d.rel_l2 > threshold for d in diffs]
-    rows, first = [], None
-    for i, (cp, diff) in enumerate(zip(checkpoints, diffs)):
-        if not diverged[i]:
-            status = "ok"
-        elif (first is None and diff is not None and i + 1 < len(checkpoints) and not diverged[i + 1]
-              and view.reaches(cp.tensor, checkpoints[i + 1].node)):
-            status = "fused"  # diverged, and the next checkpoint that reads it agrees again
-        elif first is None:
-            status, first = "diverged", i
-        else:
-            status = "carried" if diff is not None else "incomparable"
-        rows.append(LayerRow(cp.node.name, runtime.producer_name(cp.tensor), cp.kind, diff, status))
-    return rows
+    statuses, _ = layer_statuses(view, checkpoints, diffs, threshold)
+    return [LayerRow(cp.node.name, runtime.producer_name(cp.tensor), cp.kind, diff, status)
+            for cp, diff, status in zip(checkpoints, diffs, statuses)]
 
 
 def _static_fault(static: list[dict[str, Any]]) -> Fault | None:

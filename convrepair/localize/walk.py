@@ -56,21 +56,32 @@ def walk(pairs, view: GraphView, s_model, t_model, s_feeds, t_feeds, threshold) 
             diff.add(s_values[s.tensor], t_values[t.tensor])
         del s_values, t_values
     diffs = [diff.result() for diff in running]
-    # A pair whose shapes no axis order reconciles has diverged too (a dropped Pad, a changed stride).
+    statuses, first = layer_statuses(view, [s for s, _ in pairs], diffs, threshold)
+    rows = [LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status)
+            for (s_layer, t_layer), diff, status in zip(pairs, diffs, statuses)]
+    return rows, first
+
+
+def layer_statuses(view: GraphView, layers, diffs, threshold: float) -> tuple[list[str], int | None]:
+    """Each checkpoint's status and the first that diverged: ok, fused (diverged, and the next
+    checkpoint, which depends on it, agrees again), diverged, then carried or incomparable. A
+    pair whose shapes no axis order reconciles (`None`) has diverged too (a dropped Pad, a
+    changed stride). `layers`: the source's checkpoints in order, one per diff."""
     diverged = [d is None or d.rel_l2 > threshold for d in diffs]
-    rows: list[LayerRow] = []
+    statuses: list[str] = []
     first: int | None = None
-    for i, ((s_layer, t_layer), diff) in enumerate(zip(pairs, diffs)):
+    for i, diff in enumerate(diffs):
         if not diverged[i]:
             status = "ok"
-        elif first is None and diff is not None and i + 1 < len(pairs) and not diverged[i + 1] and _feeds_next(view, pairs, i):
+        elif (first is None and diff is not None and i + 1 < len(diffs) and not diverged[i + 1]
+              and _feeds_next(view, layers, i)):
             status = "fused"
         elif first is None:
             status, first = "diverged", i
         else:
             status = "carried" if diff is not None else "incomparable"
-        rows.append(LayerRow(s_layer.node.name, t_layer.node.name, s_layer.kind, diff, status))
-    return rows, first
+        statuses.append(status)
+    return statuses, first
 
 
 def lockstep(s_run, t_run, total: int, lean: bool, budget: int | None = None):
@@ -94,12 +105,11 @@ def lockstep(s_run, t_run, total: int, lean: bool, budget: int | None = None):
         start = stop
 
 
-def _feeds_next(view: GraphView, pairs, index: int) -> bool:
+def _feeds_next(view: GraphView, layers, index: int) -> bool:
     """Does the next checkpoint depend on this one (a folded BatchNorm on its Conv)? Only then can
     agreeing again there mean fusion; a sibling that agrees (the K projection beside a faulty Q)
     says nothing about this layer."""
-    (source_layer, _), (next_source, _) = pairs[index], pairs[index + 1]
-    return view.reaches(source_layer.tensor, next_source.node)
+    return view.reaches(layers[index].tensor, layers[index + 1].node)
 
 
 def first_jump(rows: list[LayerRow], factor: float = 10.0, floor: float = 1e-6) -> int | None:
