@@ -272,15 +272,23 @@ def compare_on(
 ) -> Comparison:
     """Run both models on `dataset[indices]` batch by batch and compare their outputs."""
     subset = dataset.take(indices)
+    outputs = ((indices[start:stop], source.run(feeds_for(source.inputs, subset, start, stop)),
+                target.run(feeds_for(target.inputs, subset, start, stop)),
+                subset.labels[start:stop] if subset.labels is not None else None)
+               for start, stop in batches(len(subset), batch_size))
+    return compare_outputs(source, target, outputs, top_k, atol, rtol, classifier)
+
+
+def compare_outputs(source: Runner, target: Runner, outputs, top_k: int = 1, atol: float = np.inf, rtol: float = 0.0,
+                    classifier: bool | None = None) -> Comparison:
+    """Compare outputs computed elsewhere: `outputs` yields (indices, source outputs, target
+    outputs, labels or None) a batch at a time."""
     acc = None
-    for start, stop in batches(len(subset), batch_size):
-        s_out = source.run(feeds_for(source.inputs, subset, start, stop))
-        t_out = target.run(feeds_for(target.inputs, subset, start, stop))
+    for indices, s_out, t_out, labels in outputs:
         check_output_counts(source, target, s_out, t_out)
         if acc is None:
             acc = Accumulator(list(s_out), list(t_out), top_k, atol, rtol, classifier)
-        labels = subset.labels[start:stop] if subset.labels is not None else None
-        acc.add(list(s_out.values()), list(t_out.values()), indices[start:stop], labels)
+        acc.add(list(s_out.values()), list(t_out.values()), indices, labels)
     assert acc is not None
     return acc.result()
 

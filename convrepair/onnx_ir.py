@@ -114,24 +114,18 @@ def onnx_ir(registry: PluginRegistry, ref: ModelRef, sidecar: Sidecar | None, ru
 
 def _one_after_the_other(registry: PluginRegistry, model: Runner, path: Path, samples: Dataset, release: Callable[[], None]):
     """compare_on's Comparison, the model's outputs computed and the model released before the IR loads."""
-    from convrepair.compare import Accumulator, check_output_counts
+    from convrepair.compare import compare_outputs
     from convrepair.data import batches, feeds_for
     from convrepair.model import model_ref
 
     spans = list(batches(len(samples), 256))
     expected = [model.run(feeds_for(model.inputs, samples, start, stop)) for start, stop in spans]
     release()
-    acc = None
     with registry.load(model_ref(path, registry, "onnx"), None, device="cpu") as ir:
-        for (start, stop), s_out in zip(spans, expected):
-            t_out = ir.run(feeds_for(ir.inputs, samples, start, stop))
-            check_output_counts(ir, ir, s_out, t_out)
-            if acc is None:
-                acc = Accumulator(list(s_out), list(t_out), 1, np.inf, 0.0, None)
-            labels = samples.labels[start:stop] if samples.labels is not None else None
-            acc.add(list(s_out.values()), list(t_out.values()), np.arange(start, stop), labels)
-    assert acc is not None
-    return acc.result()
+        outputs = ((np.arange(start, stop), s_out, ir.run(feeds_for(ir.inputs, samples, start, stop)),
+                    samples.labels[start:stop] if samples.labels is not None else None)
+                   for (start, stop), s_out in zip(spans, expected))
+        return compare_outputs(model, ir, outputs)
 
 
 def _own_copy(path: Path, workdir: Path) -> Path:
