@@ -15,14 +15,11 @@ import numpy as np
 from convrepair import lean_onnx
 
 
-def _session(model, outputs: list[str]):
-    return lean_onnx.session(model, outputs)
-
-
-def probe(model, names: list[str], feeds: dict[str, np.ndarray]):
+def probe(model, names: list[str], feeds: dict[str, np.ndarray], optimize: bool = False):
     """One session asking for `names`: a function of a sample span (start, stop) → {name: float32
-    value} on those samples (axis 0 of every feed)."""
-    session = _session(model, names)
+    value} on those samples (axis 0 of every feed). Op by op (tensors kept as named) unless
+    `optimize`: then as the runner runs the model (fused kernels)."""
+    session = lean_onnx.session(model, names, optimize=optimize)
     wanted = {i.name for i in session.get_inputs()}
     feeds = {k: v for k, v in feeds.items() if k in wanted}
 
@@ -47,7 +44,7 @@ def capture(model, names: list[str], feeds: dict[str, np.ndarray], chunk: int = 
     values: dict[str, np.ndarray] = {}
     for start in range(0, len(names), chunk):
         part = names[start : start + chunk]
-        session = _session(model, part)
+        session = lean_onnx.session(model, part)
         wanted = {i.name for i in session.get_inputs()}
         for name, value in zip(part, session.run(part, {k: v for k, v in feeds.items() if k in wanted})):
             values[name] = np.asarray(value, dtype=np.float32)
@@ -59,21 +56,15 @@ def segment(model, input_name: str, output_name: str):
     input (float32 in, float32 out; built once, run a batch at a time). None when the segment
     depends on more than that input and its parameters; the function returns None where it fails."""
     import onnx
-    import onnxruntime as ort
     from onnx.utils import Extractor
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)  # the extractor needs value_info
         sub = Extractor(inferred).extract_model([input_name], [output_name])
         home = lean_onnx.home_of(model)
-        if home is not None:  # a piece of a lean model: its weights are in the model's folder
-            if lean_onnx.home_of(sub) is None:
-                sub.metadata_props.add(key=lean_onnx.HOME, value=str(home))
-            session = lean_onnx.session(sub, optimize=True)
-        else:
-            options = ort.SessionOptions()
-            options.log_severity_level = 3
-            session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        if home is not None and lean_onnx.home_of(sub) is None:  # a piece of a lean model: its weights are in the model's folder
+            sub.metadata_props.add(key=lean_onnx.HOME, value=str(home))
+        session = lean_onnx.session(sub, optimize=True)
         dtype = np.float16 if "float16" in session.get_inputs()[0].type else np.float32
     except Exception:  # noqa: BLE001 - extraction fails for segments with other live inputs
         return None

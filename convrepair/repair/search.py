@@ -32,17 +32,12 @@ def running_capture(model, names: list[str], feeds: dict[str, np.ndarray], batch
     in the digits CNN's logits, 13 labels of 719 (issue 18) — and a patch searched on the op-by-op
     values fixed flips that the running model does not have. Dynamic quantization's scales depend
     on the batch, hence the same batches."""
-    from convrepair import lean_onnx
+    from convrepair.localize.capture import probe
 
-    session = lean_onnx.session(model, names, optimize=True)
-    wanted = {i.name for i in session.get_inputs()}
-    feeds = {k: v for k, v in feeds.items() if k in wanted}
+    run = probe(model, names, feeds, optimize=True)
     total = len(next(iter(feeds.values()))) if feeds else 0
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for start, stop in batches(total, batch_size):
-        for name, value in zip(names, session.run(names, {k: v[start:stop] for k, v in feeds.items()})):
-            parts[name].append(np.asarray(value))
-    return {name: np.concatenate(values) for name, values in parts.items()}
+    parts = [run(start, stop) for start, stop in batches(total, batch_size)]
+    return {name: np.concatenate([part[name] for part in parts]) for name in names}
 
 
 def search_patch(model, source_weight: np.ndarray | None, dataset: Dataset, layouts: list[str], wanted: np.ndarray,
