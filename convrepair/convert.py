@@ -197,10 +197,9 @@ def convert(
 def measured_input_range(data: Path) -> tuple[float, float] | None:
     """(min, max) over the finite values of a data file's float inputs; None when it has none."""
     from convrepair.data import npz_facts
-    from convrepair.judge import value_range
+    from convrepair.judge import overall_range, value_range
 
-    spans = [span for span in (value_range(x) for x in npz_facts(Path(data))[2]) if span is not None]
-    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
+    return overall_range(value_range(x) for x in npz_facts(Path(data))[2])
 
 
 CALIBRATION_SUFFIX = ".calibration.npz"

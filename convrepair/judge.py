@@ -98,6 +98,12 @@ def value_range(x: np.ndarray) -> tuple[float, float] | None:
     return (float(finite.min()), float(finite.max())) if finite.size else None
 
 
+def overall_range(ranges) -> tuple[float, float] | None:
+    """(min, max) over several inputs' value ranges (None entries skipped); None when none has one."""
+    spans = [span for span in ranges if span is not None]
+    return (min(s[0] for s in spans), max(s[1] for s in spans)) if spans else None
+
+
 def default_tolerance(precision: str, atol: float | None, rtol: float | None) -> Tolerance:
     base_atol, base_rtol = DEFAULT_TOLERANCES.get(precision, DEFAULT_TOLERANCES["fp32"])
     if atol is not None or rtol is not None:
@@ -264,8 +270,8 @@ def guard(pooled: Comparison, data: DataFacts, sidecar: Sidecar | None) -> list[
 def guard_notes(data: DataFacts, sidecar: Sidecar | None) -> list[str]:
     """What the guard could not check, said beside its reasons (never a reason itself)."""
     if data.given and recorded_range(sidecar) is None:
-        spans = [span for span in data.ranges if span is not None]
-        seen = f" (the data spans [{min(s[0] for s in spans):.4g}, {max(s[1] for s in spans):.4g}])" if spans else ""
+        span = overall_range(data.ranges)
+        seen = f" (the data spans [{span[0]:.4g}, {span[1]:.4g}])" if span else ""
         return [f"no recorded input range: the source's sidecar records none measured at conversion, so the data's "
                 f"range was not checked against one{seen}"]
     return []

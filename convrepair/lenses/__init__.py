@@ -20,6 +20,7 @@ import numpy as np
 from convrepair.data import Dataset
 from convrepair.errors import BadInput, ConvrepairError, exception_text
 from convrepair.lenses import calibration, occlusion, robustness, uncertainty
+from convrepair.sidecar import recorded_range
 from convrepair.lenses.scores import LensUnavailable, as_log_probabilities, predict_scores
 from convrepair.model import Differentiable, Runner
 from convrepair.events import track
@@ -149,9 +150,9 @@ def _plain(value: Any) -> Any:
 
 def input_range_of(sidecar, dataset: Dataset) -> tuple[float, float]:
     """The valid input range: as the sidecar records it (measured at conversion), else the data's own."""
-    if sidecar is not None and getattr(sidecar.preprocessing, "input_range", None) is not None:
-        low, high = sidecar.preprocessing.input_range
-        return float(low), float(high)
+    recorded = recorded_range(sidecar)
+    if recorded is not None:
+        return recorded
     x = dataset.inputs[0]
     return float(np.min(x)), float(np.max(x))
 

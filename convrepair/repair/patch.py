@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from convrepair.localize.graph import GraphView, Node
+from convrepair.repair.pso import on_grid
 from convrepair.repair.restore import RestoreUnavailable
 
 _LINEAR_AFTER = {"Add", "QuantizeLinear", "DequantizeLinear", "Identity", "Cast", "QLinearAdd"}
@@ -45,8 +46,7 @@ class DenseLayer:
         QDQ pair's grid when the logits are quantized, else unchanged."""
         if self.logits_quant is None:
             return logits
-        scale, zero, qmin, qmax = self.logits_quant
-        return ((np.clip(np.round(logits / np.float32(scale)) + zero, qmin, qmax) - zero) * np.float32(scale)).astype(np.float32)
+        return on_grid(logits, self.logits_quant).astype(np.float32)
 
     def float_inputs(self, captured: np.ndarray) -> np.ndarray:
         """The float values entering the layer from what was captured at `input_tensor`."""

@@ -46,6 +46,13 @@ class SearchResult:
     history: list[float] = field(default_factory=list)
 
 
+def on_grid(logits: np.ndarray, quantizer: tuple[float, float, int, int]) -> np.ndarray:
+    """Float logits as a QuantizeLinear → DequantizeLinear pair (scale, zero, qmin, qmax) outputs
+    them: rounded to its grid and clamped to its range."""
+    scale, zero, qmin, qmax = quantizer
+    return (np.clip(np.round(logits / np.float32(scale)) + zero, qmin, qmax) - zero) * np.float32(scale)
+
+
 class SwarmEvaluator:
     """Fitness of many candidate weight vectors at once over cached activations."""
 
@@ -107,9 +114,9 @@ class SwarmEvaluator:
         """Logits as the model outputs them: on the QDQ pair's grid when it has one (numpy or torch)."""
         if self.output_quantizer is None:
             return logits
-        scale, zero, qmin, qmax = self.output_quantizer
         if isinstance(logits, np.ndarray):
-            return (np.clip(np.round(logits / np.float32(scale)) + zero, qmin, qmax) - zero) * np.float32(scale)
+            return on_grid(logits, self.output_quantizer)
+        scale, zero, qmin, qmax = self.output_quantizer
         return (logits / scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)  # in place: one copy
 
     def fake_quant(self, values):
